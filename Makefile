@@ -1,0 +1,39 @@
+# The README's two commands are `make demo` and `make test`; both set everything up first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+JARS := $(VENV)/.kafka-jars
+
+.PHONY: install kafka-jars demo test lint bench-ingest clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)
+
+# The broker jars go to ~/.cache/pagellm (or $$PAGELLM_CACHE_DIR), outside git.
+$(JARS): $(INSTALLED) deploy/kafka/pom.xml
+	$(BIN)/pagellm kafka fetch-jars
+	touch $@
+
+kafka-jars: $(JARS)
+
+demo: $(JARS)
+	$(BIN)/pagellm demo
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+test: $(JARS)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench-ingest: $(JARS)
+	$(BIN)/python -m tests.benchmarks.bench_ingest
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""A/B testing: bucketing and significance over the event store (see its issue)."""

@@ -1,0 +1,46 @@
+"""The one console script, ``pagellm``: each package registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from deploy import cli as deploy_cli
+from streams import cli as streams_cli
+
+# Client libraries log every connection at INFO; keep the operator's console readable.
+_CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode")
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pagellm",
+        description="Streaming online-learning platform for whole-page recommendation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    deploy_cli.register(commands)
+    streams_cli.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Catalogue items: what can be placed on a page."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import Identifier
+
+
+class CatalogueItem(BaseModel):
+    """One item of the catalogue; brand and price are unknown for some datasets."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    item_id: Identifier
+    category: Annotated[str, Field(min_length=1, max_length=200)]
+    title: Annotated[str, Field(max_length=1000)] = ""
+    brand: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    price: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)] | None = None

@@ -1,0 +1,1 @@
+"""Serving: model versions side by side on Ray Serve (see its issue)."""

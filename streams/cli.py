@@ -1,0 +1,210 @@
+"""``pagellm`` subcommands of the event backbone: topics, produce, worker, store, feed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from schemas import InvalidEvent, event_to_json, parse_event
+from streams.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+def settings_from(args: argparse.Namespace) -> StreamSettings:
+    """Environment settings, overridden by whichever of the common flags were given."""
+    overrides = {
+        name: getattr(args, name)
+        for name in ("kafka_bootstrap", "store_dir", "events_topic", "partitions")
+        if getattr(args, name, None) is not None
+    }
+    return StreamSettings(**overrides)
+
+
+def _add_common(parser: argparse.ArgumentParser, *, store: bool = False) -> None:
+    parser.add_argument("--bootstrap", dest="kafka_bootstrap", help="Kafka bootstrap servers")
+    parser.add_argument("--topic", dest="events_topic", help="the events topic")
+    if store:
+        parser.add_argument("--store", dest="store_dir", type=Path, help="event store directory")
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    topics = commands.add_parser("topics", help="create the events and dead-letter topics")
+    _add_common(topics)
+    topics.add_argument("--partitions", type=int, help="partitions of each topic")
+    topics.set_defaults(run=run_topics)
+
+    produce = commands.add_parser("produce", help="send events from a JSONL file or stdin")
+    _add_common(produce)
+    produce.add_argument("file", nargs="?", default="-", help="JSONL file, or - for stdin")
+    produce.add_argument(
+        "--raw",
+        action="store_true",
+        help="send lines unvalidated (the worker dead-letters bad ones)",
+    )
+    produce.set_defaults(run=run_produce)
+
+    worker = commands.add_parser("worker", help="run one ingest worker (faust) until stopped")
+    _add_common(worker, store=True)
+    worker.add_argument("--id", dest="writer_id", help="worker id used in file names")
+    worker.set_defaults(run=run_worker)
+
+    store = commands.add_parser("store", help="the event store: init, or query it with SQL")
+    _add_common(store, store=True)
+    store.add_argument("action", choices=["init", "sql"])
+    store.add_argument("query", nargs="?", help="SQL over the views (for `sql`)")
+    store.set_defaults(run=run_store)
+
+    feed = commands.add_parser("feed", help="write a generated feed of events as JSONL")
+    feed.add_argument("--events", type=int, default=10_000)
+    feed.add_argument("--users", type=int, default=1000)
+    feed.add_argument("--seed", type=int, default=7)
+    feed.add_argument("--out", type=Path, help="file to write (default stdout)")
+    feed.set_defaults(run=run_feed)
+
+
+def run_topics(args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+
+    settings = settings_from(args)
+    ensure_topics(settings)
+    console.print(
+        f"topics ready: {settings.events_topic}, {settings.dead_letter_topic} "
+        f"on {settings.kafka_bootstrap}"
+    )
+    return 0
+
+
+def _lines(file: str) -> Iterator[tuple[int, bytes]]:
+    stream: IO[bytes] = sys.stdin.buffer if file == "-" else open(file, "rb")  # noqa: SIM115
+    try:
+        for number, line in enumerate(stream, start=1):
+            if line.strip():
+                yield number, line.rstrip(b"\r\n")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _key_of(raw: bytes) -> bytes | None:
+    try:
+        user = json.loads(raw).get("user_id")
+    except (ValueError, AttributeError):
+        return None
+    return str(user).encode() if user is not None else None
+
+
+def run_produce(args: argparse.Namespace) -> int:
+    from streams.producer import EventProducer
+
+    settings = settings_from(args)
+    invalid = 0
+    total = None if args.file == "-" else sum(1 for _ in _lines(args.file))
+    with (
+        EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer,
+        _progress() as progress,
+    ):
+        task = progress.add_task("producing", total=total)
+        for number, line in _lines(args.file):
+            progress.advance(task)
+            if args.raw:
+                producer.send_raw(_key_of(line), line)
+                continue
+            try:
+                event = parse_event(line)
+            except InvalidEvent as exc:
+                invalid += 1
+                console.print(f"[red]line {number}[/red]: {exc.reason}")
+                continue
+            producer.send_raw(event.user_id.encode(), event_to_json(event))
+    report = producer.report
+    console.print(
+        f"sent {report.sent}, failed {report.failed}, invalid lines skipped {invalid} "
+        f"-> {settings.events_topic}"
+    )
+    return 1 if report.failed or invalid else 0
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.ingest_worker import build_app
+
+    settings = settings_from(args)
+    app = build_app(settings, writer_id=args.writer_id)
+    log.info(
+        "ingest worker: %s -> %s (group %s)",
+        settings.events_topic,
+        settings.store_dir,
+        settings.consumer_group,
+    )
+    worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def run_store(args: argparse.Namespace) -> int:
+    from streams.event_store import EventStore
+    from streams.store_views import connect_store, write_catalog
+
+    settings = settings_from(args)
+    if args.action == "init":
+        store = EventStore(settings.store_dir)
+        store.init()
+        catalog = write_catalog(store)
+        console.print(f"event store ready at {store.root}; catalog: {catalog}")
+        return 0
+    if not args.query:
+        console.print(
+            "[red]store sql needs a query[/red], e.g. "
+            '"SELECT type, count(*) FROM events GROUP BY 1"'
+        )
+        return 2
+    print_query(connect_store(settings.store_dir), args.query)
+    return 0
+
+
+def print_query(con: object, query: str, title: str | None = None) -> None:
+    """Run ``query`` on a DuckDB connection and print the result as a table."""
+    cursor = con.execute(query)  # type: ignore[attr-defined]
+    table = Table(title=title or query, title_justify="left")
+    for column in cursor.description:
+        table.add_column(column[0])
+    for row in cursor.fetchall():
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console().print(table)
+
+
+def run_feed(args: argparse.Namespace) -> int:
+    from streams.feed import FeedConfig, FeedGenerator
+
+    generator = FeedGenerator(FeedConfig(users=args.users, seed=args.seed))
+    out: IO[bytes] = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115
+    try:
+        for event in generator.events(args.events):
+            out.write(event_to_json(event) + b"\n")
+    finally:
+        if args.out:
+            out.close()
+    return 0

@@ -1,0 +1,109 @@
+"""The event store: immutable Parquet files that many writers append and DuckDB reads live.
+
+DuckDB allows one writing process per database file, and a writer locks readers out. So the
+store is not a database file: each ingest worker writes every micro-batch as one Parquet file,
+first under a temporary name, fsynced, then atomically renamed into a hive-style partition
+``ingested/date=YYYY-MM-DD/``. A reader's glob sees a batch entirely or not at all, and any
+number of readers (and writers) work at once. The analysts' views over the files live in
+``store_views``.
+
+Replays: every row keeps its Kafka topic, partition and offset. A partition is consumed in
+offset order by one worker at a time, so the highest stored offset of a partition (its
+watermark) tells exactly which records are already durable; a replayed record at or below it
+is dropped before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from streams.ledger import LedgerBatch, empty_ledger_table
+
+log = logging.getLogger(__name__)
+
+LEDGER_DIR = "ingested"
+_SEED_NAME = "00000000000000000000-seed.parquet"
+_SEED_DATE = "1970-01-01"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EventStore:
+    """Append-only Parquet ledger under ``root``; safe for concurrent writers and readers."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.ledger_dir = self.root / LEDGER_DIR
+
+    @property
+    def ledger_glob(self) -> str:
+        return str(self.ledger_dir / "*" / "*.parquet")
+
+    def init(self) -> None:
+        """Create the layout and a zero-row seed file, so that views bind on an empty store."""
+        seed_dir = self.ledger_dir / f"date={_SEED_DATE}"
+        seed = seed_dir / _SEED_NAME
+        if not seed.exists():
+            seed_dir.mkdir(parents=True, exist_ok=True)
+            self._write_atomically(empty_ledger_table(), seed)
+
+    def write_batch(self, batch: LedgerBatch, writer_id: str) -> Path:
+        """Make a batch durable as one file; returns its path once it is visible to readers."""
+        now = datetime.now(UTC)
+        table = batch.to_table(ingested_at=now)
+        name = f"{time.time_ns():020d}-{writer_id}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.ledger_dir / f"date={now:%Y-%m-%d}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_atomically(table, path)
+        return path
+
+    def _write_atomically(self, table: pa.Table, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as sink:
+            pq.write_table(table, sink, compression="zstd", compression_level=1)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.rename(tmp, path)
+        _fsync_dir(path.parent)
+
+    def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """Highest stored offset per partition of ``topic`` (-1 where nothing is stored)."""
+        marks = dict.fromkeys(partitions, -1)
+        if not partitions:
+            return marks
+        with duckdb.connect() as con:
+            rows = con.execute(
+                f"""SELECT kafka_partition, max(kafka_offset)
+                    FROM read_parquet('{self.ledger_glob}')
+                    WHERE kafka_topic = ? AND kafka_partition IN ({",".join("?" * len(partitions))})
+                    GROUP BY kafka_partition""",
+                [topic, *partitions],
+            ).fetchall()
+        for partition, offset in rows:
+            marks[int(partition)] = int(offset)
+        return marks
+
+    def remove_orphaned_temporaries(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files a crashed writer left behind; they were never visible."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in self.ledger_dir.glob("*/.*.parquet.tmp"):
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed

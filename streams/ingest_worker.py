@@ -1,0 +1,192 @@
+"""The ingest worker: a faust-streaming agent that turns the events topic into the event store.
+
+Per micro-batch (``stream.take_events``): drop records the store already holds (replays),
+validate the rest, send each rejected record to the dead-letter topic with its reason and raw
+bytes, write the whole batch (accepted and rejected rows) as one durable Parquet file, and only
+then let faust acknowledge the batch's events. Faust commits acknowledged offsets, so a
+committed offset always covers durable data: a crash at any point replays at most the batch in
+flight, and the store's watermarks drop what was already written. At-least-once delivery plus
+an idempotent store gives each accepted event exactly once in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import faust
+from faust.types import TP, EventT
+
+from schemas import InvalidEvent, parse_event
+from streams.dead_letter import dead_letter_headers
+from streams.event_store import EventStore
+from streams.ledger import LedgerBatch, SourceRecord
+from streams.settings import StreamSettings
+from streams.store_views import write_catalog
+
+log = logging.getLogger(__name__)
+
+# A store write that keeps failing must not be acknowledged; after this many attempts the
+# process exits without committing, and a restart replays the batch.
+_WRITE_ATTEMPTS = 5
+
+
+@dataclass
+class IngestCounters:
+    accepted: int = 0
+    rejected: int = 0
+    replays_dropped: int = 0
+    batches: int = 0
+
+
+class Ingestor:
+    """The batch logic of the worker, independent of faust's plumbing."""
+
+    def __init__(self, store: EventStore, settings: StreamSettings, writer_id: str) -> None:
+        self.store = store
+        self.settings = settings
+        self.writer_id = writer_id
+        self.counters = IngestCounters()
+        self._watermarks: dict[tuple[str, int], int] = {}
+        self._skew = timedelta(seconds=settings.max_clock_skew_s)
+
+    def forget_partitions(self, partitions: set[TP]) -> None:
+        """Drop cached watermarks of partitions another worker may now write."""
+        for tp in partitions:
+            self._watermarks.pop((tp.topic, tp.partition), None)
+
+    def _load_watermarks(self, records: Sequence[SourceRecord]) -> None:
+        missing: dict[str, set[int]] = {}
+        for r in records:
+            if (r.topic, r.partition) not in self._watermarks:
+                missing.setdefault(r.topic, set()).add(r.partition)
+        for topic, partitions in missing.items():
+            marks = self.store.stored_watermarks(topic, sorted(partitions))
+            for partition, offset in marks.items():
+                self._watermarks[(topic, partition)] = offset
+                log.info("partition %s[%d]: stored up to offset %d", topic, partition, offset)
+
+    def build_batch(
+        self, records: Sequence[tuple[SourceRecord, bytes]]
+    ) -> tuple[LedgerBatch, list[tuple[SourceRecord, bytes, str]]]:
+        """Validate a batch; returns its ledger rows and the rejects for the dead-letter topic."""
+        self._load_watermarks([source for source, _ in records])
+        batch = LedgerBatch()
+        rejects: list[tuple[SourceRecord, bytes, str]] = []
+        now = datetime.now(UTC)
+        for source, value in records:
+            if source.offset <= self._watermarks[(source.topic, source.partition)]:
+                self.counters.replays_dropped += 1
+                continue
+            try:
+                event = parse_event(value, now=now, max_clock_skew=self._skew)
+            except InvalidEvent as exc:
+                batch.add_rejected(value, exc.reason, source)
+                rejects.append((source, value, exc.reason))
+            else:
+                batch.add_accepted(event, source)
+        return batch, rejects
+
+    def commit_batch(self, batch: LedgerBatch, records: Sequence[SourceRecord]) -> None:
+        """Write the batch durably, then advance the watermarks it covers."""
+        if len(batch):
+            for attempt in range(1, _WRITE_ATTEMPTS + 1):
+                try:
+                    self.store.write_batch(batch, self.writer_id)
+                    break
+                except OSError as exc:
+                    log.error("store write failed (attempt %d): %s", attempt, exc)
+                    if attempt == _WRITE_ATTEMPTS:
+                        log.critical("giving up without acknowledging; exiting for a replay")
+                        os._exit(70)
+                    time.sleep(0.2 * 2**attempt)
+        for r in records:
+            key = (r.topic, r.partition)
+            self._watermarks[key] = max(self._watermarks[key], r.offset)
+        self.counters.accepted += batch.accepted
+        self.counters.rejected += batch.rejected
+        self.counters.batches += 1
+
+
+def _source_of(event: EventT) -> tuple[SourceRecord, bytes]:
+    message = event.message
+    stamp = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else None
+    key = message.key if isinstance(message.key, bytes | None) else bytes(message.key)
+    value = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+    source = SourceRecord(message.topic, message.partition, message.offset, key, stamp)
+    return source, value
+
+
+def default_writer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.App:
+    """The faust app of one ingest worker; run it with ``faust.Worker(app).execute_...``."""
+    store = EventStore(settings.store_dir)
+    store.init()
+    write_catalog(store)
+    ingestor = Ingestor(store, settings, writer_id or default_writer_id())
+    datadir = store.root / ".faust" / ingestor.writer_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.batch_max_events),
+        datadir=str(datadir),
+    )
+    source_topic = app.topic(settings.events_topic, value_serializer="raw", key_serializer="raw")
+    app.ingestor = ingestor  # type: ignore[attr-defined]
+
+    @app.on_partitions_revoked.connect
+    async def _forget(_app: faust.App, revoked: set[TP], **_kw: object) -> None:
+        ingestor.forget_partitions(revoked)
+
+    @app.agent(source_topic, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_events, settings.batch_max_wait_s
+        ):
+            records = [_source_of(e) for e in events]
+            batch, rejects = ingestor.build_batch(records)
+            sends = [
+                await app.producer.send(
+                    settings.dead_letter_topic,
+                    key=source.key,
+                    value=raw,
+                    partition=None,
+                    timestamp=None,
+                    headers=dead_letter_headers(source, reason),
+                )
+                for source, raw, reason in rejects
+            ]
+            if sends:
+                await asyncio.gather(*sends)
+            await asyncio.to_thread(ingestor.commit_batch, batch, [s for s, _ in records])
+            # Returning to take_events acknowledges these events; faust then commits them.
+
+    @app.timer(interval=10.0)
+    async def _report() -> None:
+        c = ingestor.counters
+        log.info(
+            "ingest: %d accepted, %d rejected, %d replays dropped, %d batches",
+            c.accepted,
+            c.rejected,
+            c.replays_dropped,
+            c.batches,
+        )
+
+    return app

@@ -1,0 +1,156 @@
+"""The ledger row layout: one row per consumed Kafka record, accepted or rejected.
+
+An accepted event fills its type's columns; a rejected record keeps its reason and raw bytes.
+Both kinds of row carry the record's topic, partition and offset, which is what makes a replay
+recognisable (see ``event_store.EventStore.stored_watermarks``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from schemas import Click, Impression, Purchase, Rating
+
+MONEY = pa.decimal128(18, 4)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("type", pa.string()),
+        ("user_id", pa.string()),
+        ("session_id", pa.string()),
+        ("ts", TIMESTAMP),
+        ("schema_version", pa.int16()),
+        ("request_id", pa.string()),
+        ("item_id", pa.string()),
+        ("position", pa.int16()),
+        ("quantity", pa.int32()),
+        ("unit_price", MONEY),
+        ("currency", pa.string()),
+        ("gmv", MONEY),
+        ("rating", pa.int8()),
+        ("model_version", pa.string()),
+        ("experiment", pa.string()),
+        ("variant", pa.string()),
+        (
+            "page",
+            pa.list_(pa.struct([("item_id", pa.string()), ("position", pa.int16())])),
+        ),
+        ("kafka_topic", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_key", pa.binary()),
+        ("kafka_timestamp", TIMESTAMP),
+        ("ingested_at", TIMESTAMP),
+        ("reject_reason", pa.string()),
+        ("raw", pa.binary()),
+    ]
+)
+
+_COLUMNS = tuple(LEDGER_SCHEMA.names)
+_EVENT_COLUMNS = _COLUMNS[: _COLUMNS.index("kafka_topic")]
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """Where a record came from in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    timestamp: datetime | None
+
+
+def _event_columns(event: Impression | Click | Purchase | Rating) -> dict[str, object]:
+    """The typed columns an event fills; the others stay null."""
+    row: dict[str, object] = {
+        "event_id": event.event_id,
+        "type": event.type,
+        "user_id": event.user_id,
+        "session_id": event.session_id,
+        "ts": event.ts,
+        "schema_version": event.schema_version,
+    }
+    match event:
+        case Impression():
+            row.update(
+                request_id=event.request_id,
+                model_version=event.model_version,
+                experiment=event.experiment,
+                variant=event.variant,
+                page=[{"item_id": s.item_id, "position": s.position} for s in event.items],
+            )
+        case Click():
+            row.update(request_id=event.request_id, item_id=event.item_id, position=event.position)
+        case Purchase():
+            row.update(
+                request_id=event.request_id,
+                item_id=event.item_id,
+                quantity=event.quantity,
+                unit_price=event.unit_price,
+                currency=event.currency,
+                gmv=event.gmv,
+            )
+        case Rating():
+            row.update(item_id=event.item_id, rating=event.rating)
+    return row
+
+
+@dataclass
+class LedgerBatch:
+    """Rows of one micro-batch, accumulated column by column."""
+
+    columns: dict[str, list[object]] = field(
+        default_factory=lambda: {name: [] for name in _COLUMNS}
+    )
+    accepted: int = 0
+    rejected: int = 0
+
+    def __len__(self) -> int:
+        return self.accepted + self.rejected
+
+    def add_accepted(
+        self, event: Impression | Click | Purchase | Rating, source: SourceRecord
+    ) -> None:
+        row = _event_columns(event)
+        for name in _EVENT_COLUMNS:
+            self.columns[name].append(row.get(name))
+        self._add_source(source, reason=None, raw=None)
+        self.accepted += 1
+
+    def add_rejected(self, raw: bytes, reason: str, source: SourceRecord) -> None:
+        for name in _EVENT_COLUMNS:
+            self.columns[name].append(None)
+        self._add_source(source, reason=reason, raw=raw)
+        self.rejected += 1
+
+    def _add_source(self, source: SourceRecord, reason: str | None, raw: bytes | None) -> None:
+        c = self.columns
+        c["kafka_topic"].append(source.topic)
+        c["kafka_partition"].append(source.partition)
+        c["kafka_offset"].append(source.offset)
+        c["kafka_key"].append(source.key)
+        c["kafka_timestamp"].append(source.timestamp)
+        c["reject_reason"].append(reason)
+        c["raw"].append(raw)
+
+    def to_table(self, ingested_at: datetime | None = None) -> pa.Table:
+        """The batch as an Arrow table in ``LEDGER_SCHEMA``, stamped with its ingestion time."""
+        stamp = ingested_at or datetime.now(UTC)
+        arrays = {
+            name: pa.array(values, type=LEDGER_SCHEMA.field(name).type)
+            for name, values in self.columns.items()
+            if name != "ingested_at"
+        }
+        arrays["ingested_at"] = pa.array([stamp] * len(self), type=TIMESTAMP)
+        return pa.table([arrays[name] for name in _COLUMNS], schema=LEDGER_SCHEMA)
+
+
+def empty_ledger_table() -> pa.Table:
+    """A zero-row table in ``LEDGER_SCHEMA`` (seeds the store so views always bind)."""
+    return LEDGER_SCHEMA.empty_table()

@@ -1,0 +1,33 @@
+"""Configuration of the event backbone, read from ``PAGELLM_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamSettings(BaseSettings):
+    """Where the broker and the store are, and how ingestion batches."""
+
+    model_config = SettingsConfigDict(env_prefix="PAGELLM_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="bootstrap servers; set it to use an existing cluster instead of a local one",
+    )
+    events_topic: str = "pagellm.events"
+    dead_letter_topic: str = "pagellm.events.dlq"
+    partitions: int = Field(4, ge=1, description="partitions of the events topic when created")
+    store_dir: Path = Field(Path("var/store"), description="root of the event store's files")
+    consumer_group: str = Field("pagellm-ingest", description="the ingest workers' group id")
+    batch_max_events: int = Field(
+        20_000, ge=1, description="a micro-batch is written when it holds this many events"
+    )
+    batch_max_wait_s: float = Field(
+        0.5, gt=0, description="...or when its first event has waited this long (freshness)"
+    )
+    max_clock_skew_s: float = Field(
+        300.0, ge=0, description="events stamped further in the future than this are rejected"
+    )

@@ -1,0 +1,94 @@
+"""The analysts' tables: DuckDB views over the event store's Parquet files.
+
+Views re-read the glob at every query, so a query sees every batch made durable before it
+started. Two ways in, neither of which locks anything a writer needs:
+
+* Python: ``connect_store(root)`` returns an in-memory DuckDB connection with the views;
+* the duckdb CLI: ``duckdb -readonly STORE/catalog.duckdb`` (written by ``write_catalog``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import duckdb
+
+from streams.event_store import EventStore
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.duckdb"
+
+_COMMON = "event_id, user_id, session_id, ts, schema_version"
+_SOURCE = "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, ingested_at, date"
+
+
+def view_definitions(store: EventStore) -> dict[str, str]:
+    """Name -> SELECT of every analyst view, in dependency order."""
+    return {
+        "ingested": (
+            f"SELECT * FROM read_parquet('{store.ledger_glob}', hive_partitioning = true, "
+            "union_by_name = true)"
+        ),
+        "events": (
+            f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
+            f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
+            "FROM ingested WHERE reject_reason IS NULL"
+        ),
+        "impressions": (
+            f"SELECT {_COMMON}, request_id, model_version, experiment, variant, page, "
+            f"len(page) AS page_size, {_SOURCE} FROM events WHERE type = 'impression'"
+        ),
+        "impressed_items": (
+            f"SELECT {_COMMON}, request_id, model_version, experiment, variant, "
+            "slot.item_id AS item_id, slot.position AS position, date "
+            "FROM impressions, unnest(page) AS t(slot)"
+        ),
+        "clicks": (
+            f"SELECT {_COMMON}, request_id, item_id, position, {_SOURCE} "
+            "FROM events WHERE type = 'click'"
+        ),
+        "purchases": (
+            f"SELECT {_COMMON}, request_id, item_id, quantity, unit_price, currency, gmv, "
+            f"{_SOURCE} FROM events WHERE type = 'purchase'"
+        ),
+        "ratings": (
+            f"SELECT {_COMMON}, item_id, rating, {_SOURCE} FROM events WHERE type = 'rating'"
+        ),
+        "rejected_events": (
+            "SELECT kafka_topic, kafka_partition, kafka_offset, kafka_key, kafka_timestamp, "
+            "reject_reason AS reason, raw, ingested_at, date "
+            "FROM ingested WHERE reject_reason IS NOT NULL"
+        ),
+    }
+
+
+def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
+    for name, select in view_definitions(store).items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+
+
+def connect_store(root: Path | str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the analyst views over the store at ``root``."""
+    store = EventStore(root)
+    if not (store.ledger_dir.exists()):
+        raise FileNotFoundError(
+            f"no event store at {store.root} (expected {store.ledger_dir}); "
+            "run an ingest worker or `pagellm store init` first"
+        )
+    con = duckdb.connect()
+    create_views(con, store)
+    return con
+
+
+def write_catalog(store: EventStore) -> Path | None:
+    """(Re)write ``catalog.duckdb`` holding the views; skipped while an analyst has it open."""
+    path = store.root / CATALOG_FILE
+    try:
+        with duckdb.connect(str(path)) as con:
+            create_views(con, store)
+    except duckdb.IOException as exc:
+        log.warning("catalog %s not rewritten (held by another process): %s", path, exc)
+        return None
+    return path

@@ -1,0 +1,40 @@
+"""Topic administration: the events topic and its dead-letter topic."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streams.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1) -> bool:
+    """Create ``name`` with ``partitions``; False (and no change) if it already exists."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pagellm-admin")
+    try:
+        admin.create_topics([NewTopic(name, partitions, replication)])
+    except TopicAlreadyExistsError:
+        existing = admin.describe_topics([name])[0]["partitions"]
+        if len(existing) != partitions:
+            log.warning(
+                "topic %s exists with %d partitions (asked for %d); left as it is",
+                name,
+                len(existing),
+                partitions,
+            )
+        return False
+    finally:
+        admin.close()
+    log.info("created topic %s with %d partitions", name, partitions)
+    return True
+
+
+def ensure_topics(settings: StreamSettings) -> None:
+    """Create the events topic and its dead-letter topic if they are missing."""
+    create_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
+    create_topic(settings.kafka_bootstrap, settings.dead_letter_topic, settings.partitions)

@@ -1,0 +1,47 @@
+"""Ingest workers as child processes (the demo, the tests and the benchmarks run them so)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.settings import StreamSettings
+
+
+def settings_env(settings: StreamSettings) -> dict[str, str]:
+    """The ``PAGELLM_*`` environment that reproduces ``settings`` in another process."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        env[f"PAGELLM_{name.upper()}"] = str(value)
+    return env
+
+
+def spawn_worker(
+    settings: StreamSettings, writer_id: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``pagellm worker`` with ``settings``; its output goes to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pagellm", "worker", "--id", writer_id],
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM (faust commits and leaves the group), then SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
