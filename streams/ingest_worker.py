@@ -145,6 +145,8 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         stream_buffer_maxsize=max(4096, settings.batch_max_events),
         datadir=str(datadir),
     )

@@ -28,6 +28,9 @@ class StreamSettings(BaseSettings):
     batch_max_wait_s: float = Field(
         0.5, gt=0, description="...or when its first event has waited this long (freshness)"
     )
+    session_timeout_s: float = Field(
+        10.0, ge=6, description="a worker silent this long is dropped and its partitions move"
+    )
     max_clock_skew_s: float = Field(
         300.0, ge=0, description="events stamped further in the future than this are rejected"
     )

@@ -1,0 +1,104 @@
+"""Shared fixtures: one real Kafka broker for the session, a fresh topic pair and store per test."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local_kafka import LocalKafka
+from streams.event_store import EventStore
+from streams.settings import StreamSettings
+from streams.topics import ensure_topics
+from streams.worker_process import spawn_worker, stop_worker
+
+log = logging.getLogger(__name__)
+
+
+def wait_for(
+    condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def _docker_engine_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An existing cluster (PAGELLM_KAFKA_BOOTSTRAP), testcontainers' Kafka, or a local broker."""
+    existing = os.environ.get("PAGELLM_KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    if _docker_engine_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    state = broker.start()
+    try:
+        yield state.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path) -> StreamSettings:
+    """Settings with a topic pair, consumer group and store of this test's own."""
+    name = uuid.uuid4().hex[:10]
+    s = StreamSettings(
+        kafka_bootstrap=kafka_bootstrap,
+        events_topic=f"events-{name}",
+        dead_letter_topic=f"events-{name}.dlq",
+        consumer_group=f"ingest-{name}",
+        store_dir=tmp_path / "store",
+        partitions=4,
+        batch_max_events=2000,
+        batch_max_wait_s=0.2,
+    )
+    ensure_topics(s)
+    EventStore(s.store_dir).init()
+    return s
+
+
+@pytest.fixture
+def workers(
+    settings: StreamSettings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ingest worker processes on demand; all are stopped (or killed) after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(writer_id: str = "w0", use: StreamSettings | None = None) -> subprocess.Popen[bytes]:
+        log_path = tmp_path / "logs" / f"{writer_id}-{len(started)}.log"
+        proc = spawn_worker(use or settings, writer_id, log_path)
+        proc.log_path = log_path  # type: ignore[attr-defined]
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_worker(proc, timeout_s=20)

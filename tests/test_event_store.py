@@ -1,0 +1,116 @@
+"""The event store on real DuckDB and Parquet files (no broker needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from schemas import parse_event
+from streams.event_store import EventStore
+from streams.ledger import LedgerBatch, SourceRecord
+from streams.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
+from tests.test_schemas import NOW, VALID
+
+
+def source(offset: int, partition: int = 0, topic: str = "t") -> SourceRecord:
+    return SourceRecord(topic, partition, offset, b"u-1", NOW)
+
+
+def one_of_each() -> LedgerBatch:
+    batch = LedgerBatch()
+    for offset, kind in enumerate(["impression", "click", "purchase", "rating"]):
+        doc = {**VALID[kind], "event_id": f"e-{kind}"}
+        batch.add_accepted(parse_event(json.dumps(doc), now=NOW), source(offset))
+    batch.add_rejected(b"\x00garbage", "event: Invalid JSON", source(4))
+    return batch
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EventStore:
+    s = EventStore(tmp_path / "store")
+    s.init()
+    return s
+
+
+def test_empty_store_views_bind_and_are_empty(store: EventStore) -> None:
+    con = connect_store(store.root)
+    for view in view_definitions(store):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+
+
+def test_views_expose_each_event_type(store: EventStore) -> None:
+    store.write_batch(one_of_each(), "w1")
+    con = connect_store(store.root)
+    counts = dict(con.execute("SELECT type, count(*) FROM events GROUP BY 1").fetchall())
+    assert counts == {"impression": 1, "click": 1, "purchase": 1, "rating": 1}
+    assert con.execute(
+        "SELECT item_id, position FROM impressed_items ORDER BY position"
+    ).fetchall() == [("i1", 1), ("i2", 2)]
+    assert con.execute("SELECT experiment, variant, page_size FROM impressions").fetchone() == (
+        "exp",
+        "treatment",
+        2,
+    )
+    assert con.execute("SELECT item_id, position, request_id FROM clicks").fetchone() == (
+        "i2",
+        2,
+        "r-1",
+    )
+    gmv, currency = con.execute("SELECT gmv, currency FROM purchases").fetchone()
+    assert (str(gmv), currency) == ("59.9700", "EUR")
+    assert con.execute("SELECT rating FROM ratings").fetchone() == (4,)
+    assert con.execute("SELECT kafka_offset, reason, raw FROM rejected_events").fetchone() == (
+        4,
+        "event: Invalid JSON",
+        b"\x00garbage",
+    )
+
+
+def test_watermarks_are_the_highest_stored_offsets(store: EventStore) -> None:
+    batch = LedgerBatch()
+    batch.add_rejected(b"x", "r", source(41, partition=1))
+    batch.add_rejected(b"x", "r", source(7, partition=3))
+    batch.add_rejected(b"x", "r", source(99, partition=1, topic="other"))
+    store.write_batch(batch, "w1")
+    assert store.stored_watermarks("t", [0, 1, 3]) == {0: -1, 1: 41, 3: 7}
+
+
+def test_temporary_files_are_invisible_and_orphans_are_removed(store: EventStore) -> None:
+    partition = store.ledger_dir / "date=2026-06-01"
+    partition.mkdir()
+    orphan = partition / ".half-written.parquet.tmp"
+    orphan.write_bytes(b"PAR1 truncated")
+    con = connect_store(store.root)
+    assert con.execute("SELECT count(*) FROM ingested").fetchone() == (0,)
+    old = time.time() - 7200
+    os.utime(orphan, (old, old))
+    assert store.remove_orphaned_temporaries(older_than_s=3600) == 1
+    assert not orphan.exists()
+
+
+def test_catalog_opens_read_only_in_another_connection(store: EventStore) -> None:
+    store.write_batch(one_of_each(), "w1")
+    assert write_catalog(store) == store.root / CATALOG_FILE
+    with duckdb.connect(str(store.root / CATALOG_FILE), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM events").fetchone() == (4,)
+        # A batch written after the catalog was opened is visible to the next query.
+        store.write_batch(one_of_each(), "w2")
+        assert con.execute("SELECT count(*) FROM events").fetchone() == (8,)
+
+
+def test_batch_file_lands_in_a_date_partition(store: EventStore) -> None:
+    path = store.write_batch(one_of_each(), "w1")
+    assert path.parent.name == f"date={datetime.now(UTC):%Y-%m-%d}"
+    assert "-w1-" in path.name
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no event store"):
+        connect_store(tmp_path / "nowhere")

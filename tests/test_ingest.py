@@ -1,0 +1,126 @@
+"""Produce -> faust worker -> event store, on the real broker and real DuckDB."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from kafka import KafkaConsumer
+
+from schemas import parse_event
+from streams.dead_letter import read_dead_letter_headers
+from streams.feed import CORRUPTIONS, FeedGenerator
+from streams.producer import EventProducer
+from streams.settings import StreamSettings
+from streams.store_views import connect_store
+from tests.conftest import wait_for
+from tests.test_schemas import VALID
+
+
+def stored_count(settings: StreamSettings, view: str = "ingested") -> int:
+    return connect_store(settings.store_dir).execute(f"SELECT count(*) FROM {view}").fetchone()[0]
+
+
+def read_topic(settings: StreamSettings, topic: str, expected: int) -> list:
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
+    records: list = []
+    try:
+        wait_for(
+            lambda: records.extend(consumer) or len(records) >= expected,
+            60,
+            f"{expected} records on {topic}",
+            interval_s=0,
+        )
+    finally:
+        consumer.close()
+    return records
+
+
+def test_every_event_type_round_trips(settings: StreamSettings, workers: Callable) -> None:
+    sent = {
+        kind: parse_event(json.dumps({**doc, "event_id": f"e-{kind}"}))
+        for kind, doc in VALID.items()
+    }
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        producer.send_all(sent.values())
+    assert producer.report.sent == 4
+    workers()
+    wait_for(lambda: stored_count(settings) == 4, 60, "4 events in the store")
+
+    con = connect_store(settings.store_dir)
+    impression = con.execute(
+        "SELECT event_id, user_id, session_id, request_id, model_version, experiment, variant, "
+        "page, ts FROM impressions"
+    ).fetchone()
+    expected = sent["impression"]
+    assert impression == (
+        "e-impression",
+        expected.user_id,
+        expected.session_id,
+        expected.request_id,
+        expected.model_version,
+        expected.experiment,
+        expected.variant,
+        [{"item_id": s.item_id, "position": s.position} for s in expected.items],
+        expected.ts,
+    )
+    assert con.execute("SELECT event_id, item_id, position FROM clicks").fetchone() == (
+        "e-click",
+        "i2",
+        2,
+    )
+    purchase = con.execute("SELECT quantity, unit_price, gmv, currency FROM purchases").fetchone()
+    assert [str(v) for v in purchase] == ["3", "19.9900", "59.9700", "EUR"]
+    assert con.execute("SELECT event_id, rating FROM ratings").fetchone() == ("e-rating", 4)
+    assert con.execute("SELECT count(*) FROM rejected_events").fetchone() == (0,)
+
+
+def test_malformed_events_are_dead_lettered_with_reason(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    generator = FeedGenerator()
+    good = list(generator.events(300))
+    bad = {kind: generator.corrupt(good[i], kind) for i, kind in enumerate(sorted(CORRUPTIONS))}
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for i, event in enumerate(good):
+            producer.send(event)
+            if i < len(bad):
+                kind = sorted(bad)[i]
+                producer.send_raw(event.user_id.encode(), bad[kind])
+    workers()
+    total = len(good) + len(bad)
+    wait_for(lambda: stored_count(settings) == total, 60, f"{total} records in the store")
+
+    con = connect_store(settings.store_dir)
+    assert stored_count(settings, "events") == len(good)
+    assert stored_count(settings, "rejected_events") == len(bad)
+    stored_ids = {r[0] for r in con.execute("SELECT event_id FROM events").fetchall()}
+    assert stored_ids == {e.event_id for e in good}
+    rejected = dict(con.execute("SELECT raw, reason FROM rejected_events").fetchall())
+    assert set(rejected) == set(bad.values())
+    first_field = {
+        "not_json": "event",
+        "unknown_field": "surprise",
+        "wrong_type": "user_id",
+        "negative_price": "unit_price",
+        "negative_quantity": "quantity",
+        "rating_out_of_range": "rating",
+        "future_timestamp": "ts",
+        "missing_field": "session_id",
+    }
+    for kind, raw in bad.items():
+        assert rejected[raw].startswith(f"{first_field[kind]}: "), (kind, rejected[raw])
+
+    dead = read_topic(settings, settings.dead_letter_topic, len(bad))
+    assert len(dead) == len(bad)
+    for record in dead:
+        headers = read_dead_letter_headers(record.headers)
+        assert rejected[record.value] == headers["pagellm-reject-reason"]
+        topic, partition, offset = headers["pagellm-source"].rsplit("/", 2)
+        assert topic == settings.events_topic and int(offset) >= 0 and int(partition) < 4

@@ -1,0 +1,100 @@
+"""Effectively-once ingestion: a kill -9 loses nothing, a replay doubles nothing, two workers share."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
+
+from streams.producer import EventProducer
+from streams.settings import StreamSettings
+from streams.store_views import connect_store
+from tests.conftest import wait_for
+from tests.feed_bytes import rating_records
+
+
+def produce_ratings(settings: StreamSettings, users: int, per_user: int) -> int:
+    with EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer:
+        for key, value in rating_records(users, per_user):
+            producer.send_raw(key, value)
+    assert producer.report.failed == 0
+    return producer.report.sent
+
+
+def stored(settings: StreamSettings) -> tuple[int, int]:
+    """(rows, distinct event ids) of accepted events in the store."""
+    con = connect_store(settings.store_dir)
+    return con.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
+
+
+def committed_offsets(settings: StreamSettings) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        offsets = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
+    finally:
+        admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == settings.events_topic)
+
+
+def test_kill_9_mid_stream_then_restart_stores_each_event_once(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    settings = settings.model_copy(update={"batch_max_events": 1000})
+    produced = produce_ratings(settings, users=1000, per_user=100)
+    assert produced == 100_000
+
+    first = workers("w0", use=settings)
+    wait_for(lambda: stored(settings)[0] >= 20_000, 120, "a fifth of the events stored")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    at_kill = stored(settings)[0]
+    assert at_kill < produced, "the worker finished before it could be killed mid-stream"
+
+    workers("w0", use=settings)
+    wait_for(lambda: stored(settings)[0] >= produced, 180, "every event stored after restart")
+    # Once every offset is committed no replay can still arrive; then the store must be exact.
+    wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
+    rows, distinct = stored(settings)
+    assert (rows, distinct) == (produced, produced)
+
+
+def test_two_workers_share_four_partitions_and_store_each_event_once(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    workers("wa")
+    workers("wb")
+
+    def both_assigned() -> bool:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        try:
+            group = admin.describe_groups([settings.consumer_group])[settings.consumer_group]
+        except KafkaError:  # the group coordinator is still loading: not yet
+            return False
+        finally:
+            admin.close()
+        return group["group_state"] == "Stable" and len(group["members"]) == 2
+
+    wait_for(both_assigned, 60, "both workers in the consumer group")
+    produced = produce_ratings(settings, users=400, per_user=50)
+    wait_for(lambda: stored(settings)[0] >= produced, 120, "every event stored")
+    wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
+    assert stored(settings) == (produced, produced)
+
+    con = connect_store(settings.store_dir)
+    by_writer = dict(
+        con.execute(
+            "SELECT regexp_extract(filename, '-(w[ab])-', 1) AS writer, count(*) "
+            f"FROM read_parquet('{settings.store_dir}/ingested/*/*.parquet', filename = true) "
+            "WHERE reject_reason IS NULL GROUP BY 1"
+        ).fetchall()
+    )
+    assert set(by_writer) == {"wa", "wb"}, by_writer
+    assert sum(by_writer.values()) == produced
+    partitions_by_writer = con.execute(
+        "SELECT regexp_extract(filename, '-(w[ab])-', 1), count(DISTINCT kafka_partition) "
+        f"FROM read_parquet('{settings.store_dir}/ingested/*/*.parquet', filename = true) "
+        "WHERE reject_reason IS NULL GROUP BY 1"
+    ).fetchall()
+    assert all(n >= 1 for _, n in partitions_by_writer)

@@ -1,0 +1,128 @@
+"""The wire schemas: what is accepted, and that every rejection names its field and reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from schemas import CatalogueItem, InvalidEvent, event_to_json, parse_event
+from streams.feed import CORRUPTIONS, FeedGenerator
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+BASE = {
+    "event_id": "e-1",
+    "user_id": "u-1",
+    "session_id": "s-1",
+    "ts": "2026-06-01T11:59:00+00:00",
+}
+VALID = {
+    "impression": {
+        **BASE,
+        "type": "impression",
+        "request_id": "r-1",
+        "model_version": "v1",
+        "experiment": "exp",
+        "variant": "treatment",
+        "items": [{"item_id": "i1", "position": 1}, {"item_id": "i2", "position": 2}],
+    },
+    "click": {**BASE, "type": "click", "request_id": "r-1", "item_id": "i2", "position": 2},
+    "purchase": {
+        **BASE,
+        "type": "purchase",
+        "item_id": "i2",
+        "quantity": 3,
+        "unit_price": 19.99,
+        "currency": "EUR",
+    },
+    "rating": {**BASE, "type": "rating", "item_id": "i2", "rating": 4},
+}
+
+
+def parse(doc: dict[str, object] | bytes) -> object:
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return parse_event(raw, now=NOW)
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_every_event_type_round_trips(kind: str) -> None:
+    event = parse(VALID[kind])
+    assert event.type == kind
+    assert event.schema_version == 1
+    assert parse_event(event_to_json(event), now=NOW) == event
+
+
+def test_purchase_gmv_is_exact_decimal() -> None:
+    purchase = parse(VALID["purchase"])
+    assert purchase.gmv == Decimal("59.97")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"surprise": 1}, "surprise", "Extra inputs are not permitted"),
+        ({"user_id": 7}, "user_id", "valid string"),
+        ({"quantity": "3"}, "quantity", "valid integer"),
+        ({"unit_price": -0.01}, "unit_price", "greater than or equal to 0"),
+        ({"quantity": 0}, "quantity", "greater than or equal to 1"),
+        ({"currency": "euro"}, "currency", "should match pattern"),
+        ({"ts": "2026-06-01T13:00:00+00:00"}, "ts", "in the future"),
+        ({"ts": "2026-06-01T11:59:00"}, "ts", "timezone"),
+        ({"ts": "yesterday"}, "ts", "ISO-8601"),
+        ({"schema_version": 2}, "schema_version", "Input should be 1"),
+    ],
+)
+def test_purchase_violations_name_field_and_reason(
+    change: dict[str, object], field: str, reason: str
+) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        parse({**VALID["purchase"], **change})
+    assert err.value.reason.startswith(f"{field}: ")
+    assert reason in err.value.reason
+
+
+@pytest.mark.parametrize("rating", [0, 6, 4.5, True])
+def test_rating_outside_one_to_five_is_rejected(rating: object) -> None:
+    with pytest.raises(InvalidEvent, match=r"^rating: "):
+        parse({**VALID["rating"], "rating": rating})
+
+
+def test_clock_skew_is_a_setting() -> None:
+    ahead = {**VALID["click"], "ts": (NOW + timedelta(minutes=3)).isoformat()}
+    assert parse(ahead).type == "click"
+    with pytest.raises(InvalidEvent, match="allowed clock skew 60 s"):
+        parse_event(json.dumps(ahead), now=NOW, max_clock_skew=timedelta(minutes=1))
+
+
+def test_not_json_and_unknown_type_are_rejected() -> None:
+    with pytest.raises(InvalidEvent, match=r"^event: Invalid JSON"):
+        parse(b"\x00not json")
+    with pytest.raises(InvalidEvent, match="does not match any of the expected tags"):
+        parse({**VALID["click"], "type": "hover"})
+
+
+def test_impression_page_must_be_consistent() -> None:
+    clash = {**VALID["impression"], "items": [{"item_id": "a", "position": 1}] * 2}
+    with pytest.raises(InvalidEvent, match="share a position"):
+        parse(clash)
+    with pytest.raises(InvalidEvent, match="give both or neither"):
+        parse({**VALID["impression"], "variant": None})
+    with pytest.raises(InvalidEvent, match=r"^items: "):
+        parse({**VALID["impression"], "items": []})
+
+
+def test_every_generated_corruption_is_rejected() -> None:
+    generator = FeedGenerator()
+    event = next(generator.events(1))
+    for kind in CORRUPTIONS:
+        with pytest.raises(InvalidEvent):
+            parse_event(generator.corrupt(event, kind))
+
+
+def test_catalogue_item_is_strict() -> None:
+    item = CatalogueItem(item_id="i1", category="toys", title="Ball", price=Decimal("2.50"))
+    assert item.brand is None
+    with pytest.raises(ValueError, match="price"):
+        CatalogueItem(item_id="i1", category="toys", price=Decimal("-1"))
