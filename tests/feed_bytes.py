@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 
 def rating_records(users: int, per_user: int) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) of ``users * per_user`` ratings; event ids are ``<user>-<seq>``, seq in order."""
+    """(key, value) of ``users * per_user`` ratings with event ids ``<user>-<seq>`` in order."""
     for seq in range(per_user):
         for u in range(users):
             user = f"u{u}"

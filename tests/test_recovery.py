@@ -1,4 +1,4 @@
-"""Effectively-once ingestion: a kill -9 loses nothing, a replay doubles nothing, two workers share."""
+"""Effectively-once ingestion: kill -9 loses nothing, replays double nothing, workers share."""
 
 from __future__ import annotations
 
