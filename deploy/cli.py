@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -15,19 +15,19 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from deploy.local_kafka import LocalKafka
 from streams.cli import print_query
 from streams.feed import CORRUPTIONS, FeedConfig, FeedGenerator
 from streams.producer import EventProducer
+from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 from streams.store_views import connect_store
 from streams.topics import ensure_topics
 from streams.worker_process import spawn_worker, stop_worker
 
 log = logging.getLogger(__name__)
-console = Console()
+console = Console(soft_wrap=True)
 
 ANALYST_QUERIES = {
     "Events by type": "SELECT type, count(*) AS events FROM events GROUP BY 1 ORDER BY 2 DESC",
@@ -76,7 +76,10 @@ def run_demo(events: int, workers: int, invalid_every: int, root: Path, timeout_
         expected_before = _stored(settings.store_dir)
         generator = FeedGenerator(FeedConfig(seed=int(time.time())))
         kinds = sorted(CORRUPTIONS)
-        with _progress() as progress, EventProducer(bootstrap, settings.events_topic) as producer:
+        with (
+            progress_bar(console) as progress,
+            EventProducer(bootstrap, settings.events_topic) as producer,
+        ):
             task = progress.add_task("producing events", total=events)
             for n, event in enumerate(generator.events(events), start=1):
                 if invalid_every and n % invalid_every == 0:
@@ -119,7 +122,7 @@ def _stored(store_dir: Path) -> int:
 def _wait_until_stored(store_dir: Path, target: int, timeout_s: float, procs: list) -> bool:
     """Poll the analysts' view until it holds ``target`` records (the live count is shown)."""
     deadline = time.monotonic() + timeout_s
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("visible in DuckDB", total=target)
         while time.monotonic() < deadline:
             stored = _stored(store_dir)
@@ -131,13 +134,3 @@ def _wait_until_stored(store_dir: Path, target: int, timeout_s: float, procs: li
                 return False
             time.sleep(0.25)
     return False
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )

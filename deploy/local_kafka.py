@@ -77,7 +77,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _accepts_connections(port: int) -> bool:
+def accepts_connections(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -180,7 +180,7 @@ class LocalKafka:
     def start(self, port: int | None = None, timeout_s: float = 90.0) -> BrokerState:
         """Start the broker (or return the one already running here) and wait until it serves."""
         running = self.state()
-        if running is not None and _accepts_connections(running.port):
+        if running is not None and accepts_connections(running.port):
             log.info("Kafka already running at %s (pid %d)", running.bootstrap, running.pid)
             return running
         libs = ensure_jars()
@@ -244,7 +244,7 @@ class LocalKafka:
                 raise KafkaStartError(
                     f"the broker exited with {proc.returncode}; its log:\n{self._log_tail()}"
                 )
-            if _accepts_connections(state.port):
+            if accepts_connections(state.port):
                 try:
                     admin = KafkaAdminClient(
                         bootstrap_servers=state.bootstrap, request_timeout_ms=5000

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from schemas import InvalidEvent, event_to_json, parse_event
+from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def settings_from(args: argparse.Namespace) -> StreamSettings:
@@ -59,11 +59,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     worker.add_argument("--id", dest="writer_id", help="worker id used in file names")
     worker.set_defaults(run=run_worker)
 
-    store = commands.add_parser("store", help="the event store: init, or query it with SQL")
-    _add_common(store, store=True)
-    store.add_argument("action", choices=["init", "sql"])
-    store.add_argument("query", nargs="?", help="SQL over the views (for `sql`)")
-    store.set_defaults(run=run_store)
+    store = commands.add_parser("store", help="the event store: init it, or query it with SQL")
+    store_actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = store_actions.add_parser("init", help="create the layout and the DuckDB catalog")
+    _add_common(init, store=True)
+    init.set_defaults(run=run_store_init)
+    sql = store_actions.add_parser("sql", help="run SQL over the analyst views")
+    _add_common(sql, store=True)
+    sql.add_argument("query", help='e.g. "SELECT type, count(*) FROM events GROUP BY 1"')
+    sql.set_defaults(run=run_store_sql)
 
     feed = commands.add_parser("feed", help="write a generated feed of events as JSONL")
     feed.add_argument("--events", type=int, default=10_000)
@@ -112,7 +116,7 @@ def run_produce(args: argparse.Namespace) -> int:
     total = None if args.file == "-" else sum(1 for _ in _lines(args.file))
     with (
         EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer,
-        _progress() as progress,
+        progress_bar(console) as progress,
     ):
         task = progress.add_task("producing", total=total)
         for number, line in _lines(args.file):
@@ -135,24 +139,22 @@ def run_produce(args: argparse.Namespace) -> int:
     return 1 if report.failed or invalid else 0
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def run_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from streams.event_store import SourceMismatch
     from streams.ingest_worker import build_app
 
     settings = settings_from(args)
-    app = build_app(settings, writer_id=args.writer_id)
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # before the app exists: it takes the loop policy in force
+    try:
+        app = build_app(settings, writer_id=args.writer_id)
+    except (SourceMismatch, LookupError) as exc:
+        console.print(f"[red]worker not started:[/red] {exc}")
+        return 2
     log.info(
         "ingest worker: %s -> %s (group %s)",
         settings.events_topic,
@@ -164,24 +166,27 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_store(args: argparse.Namespace) -> int:
+def run_store_init(args: argparse.Namespace) -> int:
     from streams.event_store import EventStore
-    from streams.store_views import connect_store, write_catalog
+    from streams.store_views import write_catalog
 
-    settings = settings_from(args)
-    if args.action == "init":
-        store = EventStore(settings.store_dir)
-        store.init()
-        catalog = write_catalog(store)
-        console.print(f"event store ready at {store.root}; catalog: {catalog}")
-        return 0
-    if not args.query:
-        console.print(
-            "[red]store sql needs a query[/red], e.g. "
-            '"SELECT type, count(*) FROM events GROUP BY 1"'
-        )
+    store = EventStore(settings_from(args).store_dir)
+    store.init()
+    console.print(f"event store ready at {store.root}; catalog: {write_catalog(store)}")
+    return 0
+
+
+def run_store_sql(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from streams.store_views import connect_store
+
+    try:
+        con = connect_store(settings_from(args).store_dir)
+        print_query(con, args.query)
+    except (FileNotFoundError, duckdb.Error) as exc:
+        console.print(f"[red]query failed:[/red] {exc}")
         return 2
-    print_query(connect_store(settings.store_dir), args.query)
     return 0
 
 

@@ -15,6 +15,7 @@ is dropped before it is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -31,6 +32,7 @@ from streams.ledger import LedgerBatch, empty_ledger_table
 log = logging.getLogger(__name__)
 
 LEDGER_DIR = "ingested"
+SOURCES_FILE = "sources.json"
 _SEED_NAME = "00000000000000000000-seed.parquet"
 _SEED_DATE = "1970-01-01"
 
@@ -41,6 +43,10 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class SourceMismatch(RuntimeError):
+    """The store holds events of another incarnation of the topic; offsets would collide."""
 
 
 class EventStore:
@@ -61,6 +67,29 @@ class EventStore:
         if not seed.exists():
             seed_dir.mkdir(parents=True, exist_ok=True)
             self._write_atomically(empty_ledger_table(), seed)
+
+    def bind_source(self, topic: str, topic_id: str) -> None:
+        """Record which incarnation of ``topic`` feeds this store; refuse any other.
+
+        Offsets restart at 0 when a topic is recreated or a new cluster is used, so events of
+        a new incarnation would look like replays of the old one and be dropped.
+        """
+        path = self.root / SOURCES_FILE
+        sources: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        known = sources.get(topic)
+        if known == topic_id:
+            return
+        if known is not None:
+            raise SourceMismatch(
+                f"the event store at {self.root} holds events of topic {topic!r} with id "
+                f"{known}, but that topic now has id {topic_id} (recreated, or another "
+                "cluster). Its offsets restart, so replays could not be told from new events: "
+                "point PAGELLM_STORE_DIR at a new store for the new topic."
+            )
+        sources[topic] = topic_id
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sources, indent=1, sort_keys=True))
+        os.rename(tmp, path)
 
     def write_batch(self, batch: LedgerBatch, writer_id: str) -> Path:
         """Make a batch durable as one file; returns its path once it is visible to readers."""

@@ -29,6 +29,7 @@ from streams.event_store import EventStore
 from streams.ledger import LedgerBatch, SourceRecord
 from streams.settings import StreamSettings
 from streams.store_views import write_catalog
+from streams.topics import topic_id
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,9 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     """The faust app of one ingest worker; run it with ``faust.Worker(app).execute_...``."""
     store = EventStore(settings.store_dir)
     store.init()
+    store.bind_source(
+        settings.events_topic, topic_id(settings.kafka_bootstrap, settings.events_topic)
+    )
     write_catalog(store)
     ingestor = Ingestor(store, settings, writer_id or default_writer_id())
     datadir = store.root / ".faust" / ingestor.writer_id
@@ -148,6 +152,7 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         stream_buffer_maxsize=max(4096, settings.batch_max_events),
+        consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         datadir=str(datadir),
     )
     source_topic = app.topic(settings.events_topic, value_serializer="raw", key_serializer="raw")

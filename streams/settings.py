@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,6 +31,12 @@ class StreamSettings(BaseSettings):
     )
     session_timeout_s: float = Field(
         10.0, ge=6, description="a worker silent this long is dropped and its partitions move"
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the worker's asyncio event loop (uvloop is faster)"
+    )
+    fetch_max_bytes_per_partition: int = Field(
+        8 * 1024 * 1024, ge=1024, description="largest fetch from one partition per request"
     )
     max_clock_skew_s: float = Field(
         300.0, ge=0, description="events stamped further in the future than this are rejected"

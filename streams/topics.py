@@ -34,6 +34,21 @@ def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 
     return True
 
 
+def topic_id(bootstrap: str, name: str) -> str:
+    """The broker's id of topic ``name`` (new whenever the topic is created anew)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pagellm-admin")
+    try:
+        (description,) = admin.describe_topics([name])
+    finally:
+        admin.close()
+    if description["error_code"] != 0:
+        raise LookupError(
+            f"topic {name!r} is not available on {bootstrap} (Kafka error "
+            f"{description['error_code']}); create it with `pagellm topics`"
+        )
+    return str(description["topic_id"])
+
+
 def ensure_topics(settings: StreamSettings) -> None:
     """Create the events topic and its dead-letter topic if they are missing."""
     create_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)

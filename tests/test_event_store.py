@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from schemas import parse_event
-from streams.event_store import EventStore
+from streams.event_store import EventStore, SourceMismatch
 from streams.ledger import LedgerBatch, SourceRecord
 from streams.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
 from tests.test_schemas import NOW, VALID
@@ -114,3 +114,11 @@ def test_batch_file_lands_in_a_date_partition(store: EventStore) -> None:
 def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no event store"):
         connect_store(tmp_path / "nowhere")
+
+
+def test_store_refuses_another_incarnation_of_its_topic(store: EventStore) -> None:
+    store.bind_source("events", "id-1")
+    store.bind_source("events", "id-1")  # the same topic again: fine
+    store.bind_source("other", "id-9")  # another topic: recorded beside it
+    with pytest.raises(SourceMismatch, match=r"topic 'events' with id id-1.*now has id id-2"):
+        store.bind_source("events", "id-2")

@@ -36,6 +36,7 @@ VALID = {
         "quantity": 3,
         "unit_price": 19.99,
         "currency": "EUR",
+        "request_id": "r-1",
     },
     "rating": {**BASE, "type": "rating", "item_id": "i2", "rating": 4},
 }

@@ -1,0 +1,114 @@
+"""The console script as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from kafka import KafkaConsumer
+
+from streams.settings import StreamSettings
+from tests.conftest import wait_for
+from tests.test_schemas import VALID
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pagellm(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "pagellm", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_produce_reports_bad_lines_and_sends_the_good(
+    settings: StreamSettings, tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    lines = [
+        json.dumps(VALID["click"]),
+        json.dumps({**VALID["rating"], "rating": 9}),
+        "",
+        json.dumps(VALID["rating"]),
+    ]
+    feed.write_text("\n".join(lines) + "\n")
+    result = pagellm(
+        "produce",
+        str(feed),
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.events_topic,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "line 2" in err and "rating: Input should be less than or equal to 5" in err
+    assert "sent 2" in err
+
+    consumer = KafkaConsumer(
+        settings.events_topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
+    got: list = []
+    wait_for(lambda: got.extend(consumer) or len(got) >= 2, 30, "2 records", interval_s=0)
+    consumer.close()
+    assert sorted(json.loads(r.value)["type"] for r in got) == ["click", "rating"]
+    assert {r.key for r in got} == {b"u-1"}
+
+
+def test_feed_writes_valid_jsonl_and_store_sql_reads(tmp_path: Path) -> None:
+    result = pagellm("feed", "--events", "25")
+    assert result.returncode == 0
+    assert len(result.stdout.splitlines()) == 25
+
+    store = tmp_path / "store"
+    assert pagellm("store", "init", "--store", str(store)).returncode == 0
+    assert (store / "catalog.duckdb").exists()
+    query = pagellm("store", "sql", "--store", str(store), "SELECT count(*) AS n FROM events")
+    assert query.returncode == 0, query.stderr.decode()
+    assert "0" in query.stdout.decode()
+    missing = pagellm("store", "sql", "--store", str(tmp_path / "none"), "SELECT 1")
+    assert missing.returncode != 0
+    assert "no event store" in missing.stderr.decode()
+
+
+def test_worker_refuses_a_store_fed_by_another_topic_incarnation(
+    settings: StreamSettings,
+) -> None:
+    (settings.store_dir / "sources.json").write_text(
+        json.dumps({settings.events_topic: "an-older-topic-id"})
+    )
+    result = pagellm(
+        "worker",
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.events_topic,
+        "--store",
+        str(settings.store_dir),
+    )
+    assert result.returncode == 2
+    err = " ".join(result.stderr.decode().split())
+    assert "worker not started" in err and "an-older-topic-id" in err
+
+
+def test_worker_refuses_a_missing_topic(settings: StreamSettings) -> None:
+    result = pagellm(
+        "worker",
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic",
+        "no-such-topic",
+        "--store",
+        str(settings.store_dir),
+    )
+    assert result.returncode == 2
+    assert "no-such-topic" in result.stderr.decode()
