@@ -161,7 +161,18 @@ def run_worker(args: argparse.Namespace) -> int:
         settings.store_dir,
         settings.consumer_group,
     )
-    worker = faust.Worker(app, loglevel="WARNING", redirect_stdouts=False, quiet=True)
+    quiet = {"level": "WARNING"}  # connection chatter of the client libraries
+    worker = faust.Worker(
+        app,
+        loglevel="INFO",
+        redirect_stdouts=False,
+        quiet=True,
+        logging_config={
+            "merge": True,
+            "disable_existing_loggers": False,
+            "loggers": {name: quiet for name in ("faust", "mode", "aiokafka", "kafka")},
+        },
+    )
     worker.execute_from_commandline()
     return 0
 

@@ -87,7 +87,7 @@ class EventStore:
                 "point PAGELLM_STORE_DIR at a new store for the new topic."
             )
         sources[topic] = topic_id
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps(sources, indent=1, sort_keys=True))
         os.rename(tmp, path)
 
@@ -102,7 +102,8 @@ class EventStore:
         return path
 
     def _write_atomically(self, table: pa.Table, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
+        # Unique per writer: two workers may write the same path (the seed) at once.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as sink:
             pq.write_table(table, sink, compression="zstd", compression_level=1)
             sink.flush()
@@ -131,7 +132,7 @@ class EventStore:
         """Delete temporary files a crashed writer left behind; they were never visible."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for tmp in self.ledger_dir.glob("*/.*.parquet.tmp"):
+        for tmp in self.ledger_dir.glob("*/.*.tmp"):
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink(missing_ok=True)
                 removed += 1

@@ -89,6 +89,6 @@ def write_catalog(store: EventStore) -> Path | None:
         with duckdb.connect(str(path)) as con:
             create_views(con, store)
     except duckdb.IOException as exc:
-        log.warning("catalog %s not rewritten (held by another process): %s", path, exc)
+        log.info("catalog %s left as it is (open in another process): %s", path, exc)
         return None
     return path

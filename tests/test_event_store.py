@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -122,3 +123,12 @@ def test_store_refuses_another_incarnation_of_its_topic(store: EventStore) -> No
     store.bind_source("other", "id-9")  # another topic: recorded beside it
     with pytest.raises(SourceMismatch, match=r"topic 'events' with id id-1.*now has id id-2"):
         store.bind_source("events", "id-2")
+
+
+def test_concurrent_initialisation_of_a_fresh_store(tmp_path: Path) -> None:
+    stores = [EventStore(tmp_path / "store") for _ in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda s: s.init(), stores))  # re-raises any writer's error
+    assert connect_store(tmp_path / "store").execute(
+        "SELECT count(*) FROM ingested"
+    ).fetchone() == (0,)
