@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # A store write that keeps failing must not be acknowledged; after this many attempts the
 # process exits without committing, and a restart replays the batch.
 _WRITE_ATTEMPTS = 5
+_EXIT_UNPERSISTED = 70
 
 
 @dataclass
@@ -104,8 +105,7 @@ class Ingestor:
                 except OSError as exc:
                     log.error("store write failed (attempt %d): %s", attempt, exc)
                     if attempt == _WRITE_ATTEMPTS:
-                        log.critical("giving up without acknowledging; exiting for a replay")
-                        os._exit(70)
+                        raise
                     time.sleep(0.2 * 2**attempt)
         for r in records:
             key = (r.topic, r.partition)
@@ -162,12 +162,9 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     async def _forget(_app: faust.App, revoked: set[TP], **_kw: object) -> None:
         ingestor.forget_partitions(revoked)
 
-    @app.agent(source_topic, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.batch_max_events, settings.batch_max_wait_s
-        ):
-            records = [_source_of(e) for e in events]
+    async def persist(records: list[tuple[SourceRecord, bytes]]) -> None:
+        """Dead-letter the rejects, then write the batch; any failure exits unacknowledged."""
+        try:
             batch, rejects = ingestor.build_batch(records)
             sends = [
                 await app.producer.send(
@@ -183,6 +180,23 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
             if sends:
                 await asyncio.gather(*sends)
             await asyncio.to_thread(ingestor.commit_batch, batch, [s for s, _ in records])
+        except Exception:
+            # take_events acknowledges a batch however its loop body ends, so the only way
+            # not to commit what is not durable is to leave at once: the batch is replayed.
+            log.critical("batch not persisted; exiting unacknowledged", exc_info=True)
+            os._exit(_EXIT_UNPERSISTED)
+
+    @app.agent(source_topic, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(
+            settings.batch_max_events, settings.batch_max_wait_s
+        ):
+            task = asyncio.ensure_future(persist([_source_of(e) for e in events]))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await task  # a stopping worker finishes the batch it started before the ack
+                raise
             # Returning to take_events acknowledges these events; faust then commits them.
 
     @app.timer(interval=10.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -35,7 +36,10 @@ def committed_offsets(settings: StreamSettings) -> int:
         offsets = admin.list_group_offsets(settings.consumer_group)[settings.consumer_group]
     finally:
         admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == settings.events_topic)
+    # A partition with no commit reports offset -1.
+    return sum(
+        max(meta.offset, 0) for tp, meta in offsets.items() if tp.topic == settings.events_topic
+    )
 
 
 def test_kill_9_mid_stream_then_restart_stores_each_event_once(
@@ -58,6 +62,31 @@ def test_kill_9_mid_stream_then_restart_stores_each_event_once(
     wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
     rows, distinct = stored(settings)
     assert (rows, distinct) == (produced, produced)
+
+
+def test_failed_store_write_exits_unacknowledged_and_a_restart_loses_nothing(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    # A plain file where today's partition directory belongs makes every batch write fail.
+    today = datetime.now(UTC).date()
+    blockers = [
+        settings.store_dir / "ingested" / f"date={day:%Y-%m-%d}"
+        for day in (today, today + timedelta(days=1))
+    ]
+    for blocker in blockers:
+        blocker.write_text("not a directory")
+    produced = produce_ratings(settings, users=50, per_user=20)
+
+    failing = workers("w0")
+    assert failing.wait(timeout=90) == 70
+    assert committed_offsets(settings) == 0
+    assert stored(settings) == (0, 0)
+
+    for blocker in blockers:
+        blocker.unlink()
+    workers("w0")
+    wait_for(lambda: committed_offsets(settings) == produced, 120, "all offsets committed")
+    assert stored(settings) == (produced, produced)
 
 
 def test_two_workers_share_four_partitions_and_store_each_event_once(
