@@ -1,0 +1,101 @@
+"""Prompts and golden lists (PageLLM section 4.2, Stage 1), as pure functions of one user.
+
+The prompt holds the user's most recent L positives, oldest first. The golden list ranks the
+remaining positives by rating, then by the item's fine-grained popularity s_i (its mean rating
+over all users), then by item id, and caps the share of any one category at lambda: an item of
+a category that already fills its share is passed over for the next item of another category.
+All candidates are positives (r > 3), so a pass-over trades at most a small score gap for
+coverage. When the candidates cannot fill the list within the cap (too few categories), the
+best passed-over items fill the rest and the list says ``cap_relaxed``: a shorter list would
+drop relevant items to satisfy diversity, which the paper's balancing does not ask for.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from schemas.training_data import EffectiveRating, GoldenList, UserPrompt
+from streams.feedback_ratings import is_positive
+
+DEFAULT_PROMPT_LENGTH = 20
+DEFAULT_LIST_LENGTH = 10
+DEFAULT_CATEGORY_CAP = 0.4
+
+
+def chronological_positives(ratings: Mapping[str, EffectiveRating]) -> list[EffectiveRating]:
+    """The user's positives ordered by (time, item id)."""
+    return sorted(
+        (r for r in ratings.values() if is_positive(r.rating)), key=lambda r: (r.ts, r.item_id)
+    )
+
+
+def prompt_items(positives: Sequence[EffectiveRating], length: int) -> tuple[str, ...]:
+    """The last ``length`` of the chronologically ordered positives, oldest first."""
+    return tuple(r.item_id for r in positives[-length:]) if length > 0 else ()
+
+
+def rank_candidates(
+    candidates: Sequence[EffectiveRating], popularity: Mapping[str, float]
+) -> list[str]:
+    """Order by rating desc, then popularity s_i desc, then item id asc."""
+    ranked = sorted(
+        candidates, key=lambda r: (-r.rating, -popularity.get(r.item_id, 0.0), r.item_id)
+    )
+    return [r.item_id for r in ranked]
+
+
+def category_slots(size: int, cap: float) -> int:
+    """Slots one category may fill in a list of ``size``: max(1, floor(cap * size))."""
+    return max(1, int(cap * size + 1e-9))
+
+
+def apply_category_cap(
+    ranked: Sequence[str], category: Mapping[str, str], size: int, cap: float
+) -> tuple[tuple[str, ...], bool]:
+    """Take items in rank order within the category cap; fill from the passed-over if short.
+
+    Returns the list and whether the cap had to be relaxed to fill it.
+    """
+    length = min(size, len(ranked))
+    slots = category_slots(length, cap)
+    taken: list[str] = []
+    passed_over: list[str] = []
+    used: Counter[str] = Counter()
+    for item in ranked:
+        if len(taken) == length:
+            break
+        cat = category.get(item, "")
+        if used[cat] < slots:
+            taken.append(item)
+            used[cat] += 1
+        else:
+            passed_over.append(item)
+    relaxed = len(taken) < length
+    if relaxed:
+        taken.extend(passed_over[: length - len(taken)])
+    return tuple(taken), relaxed
+
+
+def build_prompt_and_golden_list(
+    user_id: str,
+    ratings: Mapping[str, EffectiveRating],
+    popularity: Mapping[str, float],
+    category: Mapping[str, str],
+    *,
+    prompt_length: int = DEFAULT_PROMPT_LENGTH,
+    list_length: int = DEFAULT_LIST_LENGTH,
+    category_cap: float = DEFAULT_CATEGORY_CAP,
+) -> tuple[UserPrompt, GoldenList]:
+    """q_u and sigma_u^gt of one user from their effective ratings."""
+    positives = chronological_positives(ratings)
+    prompt = prompt_items(positives, prompt_length)
+    in_prompt = set(prompt)
+    candidates = [r for r in positives if r.item_id not in in_prompt]
+    items, relaxed = apply_category_cap(
+        rank_candidates(candidates, popularity), category, list_length, category_cap
+    )
+    return (
+        UserPrompt(user_id=user_id, items=prompt),
+        GoldenList(user_id=user_id, items=items, cap_relaxed=relaxed),
+    )

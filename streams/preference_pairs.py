@@ -1,0 +1,145 @@
+"""The four negative-list families, each paired with the golden list (PageLLM section 4.2).
+
+Each negative breaks exactly one criterion of the golden list, verifiably:
+
+* ``np`` preference: items the user rated r < 3 (basic relevance);
+* ``rk`` ranking: the golden list with a few non-overlapping adjacent swaps (same set, order
+  broken);
+* ``d`` diversity: every item outside the golden list's dominant category replaced by an unseen
+  item of that category (one category left);
+* ``rd`` redundancy: the same items, regrouped so that same-category items sit together (more
+  adjacent same-category pairs than the golden list has).
+
+A user without the material for a family (no r < 3 items, a one-item list, a single category,
+an already clustered list, too few items of the dominant category) gets no pair of that family;
+the reason is returned so that it can be counted. Nothing is padded with made-up items.
+Randomness comes from a generator seeded by (seed, user, family): deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from schemas.training_data import EffectiveRating, GoldenList, PairFamily, PreferencePair
+from streams.feedback_ratings import is_non_preferred
+
+
+def family_rng(seed: int, user_id: str, family: str) -> random.Random:
+    """A generator whose stream depends only on (seed, user, family)."""
+    digest = hashlib.sha256(f"{seed}\x1f{user_id}\x1f{family}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def adjacent_same_category(items: Sequence[str], category: Mapping[str, str]) -> int:
+    """Number of neighbouring positions k, k+1 whose items share a category."""
+    return sum(category.get(a) == category.get(b) for a, b in itertools.pairwise(items))
+
+
+def preference_negative(
+    golden: Sequence[str], ratings: Mapping[str, EffectiveRating]
+) -> tuple[str, ...] | None:
+    """Up to len(golden) items rated r < 3, lowest rating first, then most recent."""
+    disliked = sorted(
+        (r for r in ratings.values() if is_non_preferred(r.rating)),
+        key=lambda r: (r.rating, -r.ts.timestamp(), r.item_id),
+    )
+    if not disliked:
+        return None
+    return tuple(r.item_id for r in disliked[: max(1, len(golden))])
+
+
+def ranking_negative(golden: Sequence[str], rng: random.Random) -> tuple[str, ...] | None:
+    """max(1, len // 4) non-overlapping adjacent swaps at random positions."""
+    if len(golden) < 2:
+        return None
+    swaps = max(1, len(golden) // 4)
+    free = list(range(len(golden) - 1))
+    rng.shuffle(free)
+    chosen: list[int] = []
+    for k in free:
+        if len(chosen) == swaps:
+            break
+        if all(abs(k - c) > 1 for c in chosen):
+            chosen.append(k)
+    items = list(golden)
+    for k in chosen:
+        items[k], items[k + 1] = items[k + 1], items[k]
+    return tuple(items)
+
+
+def diversity_negative(
+    golden: Sequence[str],
+    category: Mapping[str, str],
+    items_by_category: Mapping[str, Sequence[str]],
+    seen: set[str],
+    rng: random.Random,
+) -> tuple[str, ...] | None:
+    """Replace the items outside the dominant category with unseen items of that category."""
+    counts = Counter(category.get(i, "") for i in golden)
+    if len(counts) < 2:
+        return None
+    dominant = min(counts, key=lambda c: (-counts[c], c))
+    outsiders = [i for i in golden if category.get(i, "") != dominant]
+    pool = sorted(set(items_by_category.get(dominant, ())) - seen - set(golden))
+    if len(pool) < len(outsiders):
+        return None
+    replacements = iter(rng.sample(pool, len(outsiders)))
+    return tuple(i if category.get(i, "") == dominant else next(replacements) for i in golden)
+
+
+def redundancy_negative(
+    golden: Sequence[str], category: Mapping[str, str], rng: random.Random
+) -> tuple[str, ...] | None:
+    """The same items grouped by category (groups in random order, items in golden order)."""
+    groups: dict[str, list[str]] = {}
+    for item in golden:
+        groups.setdefault(category.get(item, ""), []).append(item)
+    order = list(groups)
+    rng.shuffle(order)
+    clustered = tuple(item for cat in order for item in groups[cat])
+    if adjacent_same_category(clustered, category) <= adjacent_same_category(golden, category):
+        return None
+    return clustered
+
+
+def build_pairs(
+    golden: GoldenList,
+    ratings: Mapping[str, EffectiveRating],
+    category: Mapping[str, str],
+    items_by_category: Mapping[str, Sequence[str]],
+    seed: int,
+) -> tuple[list[PreferencePair], dict[PairFamily, str]]:
+    """The user's pairs of each family, and why each missing family was skipped."""
+    items, user = golden.items, golden.user_id
+    skipped: dict[PairFamily, str] = {}
+    if not items:
+        reason = "empty golden list"
+        return [], {"np": reason, "rk": reason, "d": reason, "rd": reason}
+    seen = set(ratings)
+    negatives: dict[PairFamily, tuple[tuple[str, ...] | None, str]] = {
+        "np": (preference_negative(items, ratings), "no item rated below 3"),
+        "rk": (ranking_negative(items, family_rng(seed, user, "rk")), "list shorter than 2"),
+        "d": (
+            diversity_negative(
+                items, category, items_by_category, seen, family_rng(seed, user, "d")
+            ),
+            "one category only, or too few unseen items of the dominant category",
+        ),
+        "rd": (
+            redundancy_negative(items, category, family_rng(seed, user, "rd")),
+            "already clustered by category",
+        ),
+    }
+    pairs = []
+    for family, (rejected, reason) in negatives.items():
+        if rejected is None:
+            skipped[family] = reason
+        else:
+            pairs.append(
+                PreferencePair(user_id=user, family=family, chosen=items, rejected=rejected)
+            )
+    return pairs, skipped
