@@ -1,0 +1,170 @@
+"""Training data maintained incrementally as events arrive.
+
+An event rebuilds only what it touches: its user's effective ratings, prompt, golden list and
+pairs, and the stats of the items whose rating by that user changed. The work per event is
+bounded by that user's history, never by the total.
+
+Staleness bound: a user's golden list breaks rating ties by the popularity s_i that items had
+when *that user's* last event arrived. Events of other users move s_i without touching this
+user's list, so only the order among equally rated candidates (and which of them the category
+cap keeps) can be stale, and only for users whose events predate the change. ``refresh()``
+rebuilds the lists of every user whose candidates' popularity changed since their last build;
+after it the state equals ``rebuild(...)`` from the same events (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from schemas import CatalogueItem, Click, Impression, Purchase, Rating
+from schemas.training_data import (
+    EffectiveRating,
+    GoldenList,
+    PairFamily,
+    PreferencePair,
+    UserPrompt,
+)
+from streams.feedback_ratings import RatingRule, effective_ratings
+from streams.golden_list import (
+    DEFAULT_CATEGORY_CAP,
+    DEFAULT_LIST_LENGTH,
+    DEFAULT_PROMPT_LENGTH,
+    build_prompt_and_golden_list,
+)
+from streams.preference_pairs import build_pairs
+
+Event = Impression | Click | Purchase | Rating
+
+
+@dataclass(frozen=True)
+class DeriveConfig:
+    prompt_length: int = DEFAULT_PROMPT_LENGTH
+    list_length: int = DEFAULT_LIST_LENGTH
+    category_cap: float = DEFAULT_CATEGORY_CAP
+    rule: RatingRule = field(default_factory=RatingRule)
+    seed: int = 0
+
+
+@dataclass
+class ItemStats:
+    """Running count and sum of an item's effective ratings; s_i is their mean."""
+
+    count: int = 0
+    rating_sum: int = 0
+
+    @property
+    def mean(self) -> float:
+        """s_i = rating_sum / count (0 for an item nobody rated)."""
+        return self.rating_sum / self.count if self.count else 0.0
+
+
+@dataclass
+class UserData:
+    events: list[Event] = field(default_factory=list)
+    ratings: dict[str, EffectiveRating] = field(default_factory=dict)
+    prompt: UserPrompt | None = None
+    golden: GoldenList | None = None
+    pairs: list[PreferencePair] = field(default_factory=list)
+    skipped: dict[PairFamily, str] = field(default_factory=dict)
+    # s_i of this user's candidates as used by the last build (to tell when it went stale).
+    popularity_used: dict[str, float] = field(default_factory=dict)
+
+
+class DerivedState:
+    """Users' training data and items' stats, updated per event batch."""
+
+    def __init__(self, catalogue: Mapping[str, CatalogueItem], config: DeriveConfig) -> None:
+        self.config = config
+        self.category = {item_id: item.category for item_id, item in catalogue.items()}
+        self.items_by_category: dict[str, list[str]] = {}
+        for item_id in sorted(self.category):
+            self.items_by_category.setdefault(self.category[item_id], []).append(item_id)
+        self.items: dict[str, ItemStats] = {}
+        self.users: dict[str, UserData] = {}
+
+    def apply(self, events: Iterable[Event]) -> set[str]:
+        """Fold a batch of events in (stream order); returns the users it touched."""
+        touched: dict[str, list[Event]] = {}
+        for event in events:
+            touched.setdefault(event.user_id, []).append(event)
+        for user_id, new in touched.items():
+            data = self.users.setdefault(user_id, UserData())
+            data.events.extend(new)
+            ratings = effective_ratings(data.events, self.config.rule)
+            self._update_item_stats(data.ratings, ratings)
+            data.ratings = ratings
+            self._build_lists(user_id, data)
+        return set(touched)
+
+    def _update_item_stats(
+        self, old: Mapping[str, EffectiveRating], new: Mapping[str, EffectiveRating]
+    ) -> None:
+        for item, rating in old.items():
+            if new.get(item) != rating:
+                stats = self.items[item]
+                stats.count -= 1
+                stats.rating_sum -= rating.rating
+        for item, rating in new.items():
+            if old.get(item) != rating:
+                stats = self.items.setdefault(item, ItemStats())
+                stats.count += 1
+                stats.rating_sum += rating.rating
+
+    def popularity(self, item: str) -> float:
+        stats = self.items.get(item)
+        return stats.mean if stats else 0.0
+
+    def _build_lists(self, user_id: str, data: UserData) -> None:
+        c = self.config
+        popularity = {item: self.popularity(item) for item in data.ratings}
+        data.prompt, data.golden = build_prompt_and_golden_list(
+            user_id,
+            data.ratings,
+            popularity,
+            self.category,
+            prompt_length=c.prompt_length,
+            list_length=c.list_length,
+            category_cap=c.category_cap,
+        )
+        data.pairs, data.skipped = build_pairs(
+            data.golden, data.ratings, self.category, self.items_by_category, c.seed
+        )
+        data.popularity_used = popularity
+
+    def stale_users(self) -> list[str]:
+        """Users whose lists were built with popularity that has changed since."""
+        return [
+            user_id
+            for user_id, data in self.users.items()
+            if any(self.popularity(i) != s for i, s in data.popularity_used.items())
+        ]
+
+    def refresh(self) -> int:
+        """Rebuild the lists of stale users; returns how many were rebuilt."""
+        stale = self.stale_users()
+        for user_id in stale:
+            self._build_lists(user_id, self.users[user_id])
+        return len(stale)
+
+    @classmethod
+    def rebuild(
+        cls, catalogue: Mapping[str, CatalogueItem], config: DeriveConfig, events: Iterable[Event]
+    ) -> DerivedState:
+        """The state computed from scratch: all ratings first, then every list once."""
+        state = cls(catalogue, config)
+        for event in events:
+            state.users.setdefault(event.user_id, UserData()).events.append(event)
+        for data in state.users.values():
+            data.ratings = effective_ratings(data.events, config.rule)
+            state._update_item_stats({}, data.ratings)
+        for user_id, data in state.users.items():
+            state._build_lists(user_id, data)
+        return state
+
+    def training_view(self) -> dict[str, tuple[object, ...]]:
+        """Per user: (prompt, golden list, pairs, skipped families): what the learner sees."""
+        return {
+            u: (d.prompt, d.golden, tuple(d.pairs), tuple(sorted(d.skipped.items())))
+            for u, d in self.users.items()
+        }

@@ -1,0 +1,131 @@
+"""Incremental maintenance: after a refresh, the state equals a full rebuild (hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import CatalogueItem, Click, Impression, PageSlot, Rating
+from streams.derived_state import DeriveConfig, DerivedState, ItemStats
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CATALOGUE = {f"i{n}": CatalogueItem(item_id=f"i{n}", category=f"c{n % 4}") for n in range(30)}
+CONFIG = DeriveConfig(prompt_length=3, list_length=5, seed=5)
+
+
+@st.composite
+def user_histories(draw: st.DrawFn) -> dict[str, list]:
+    """Per user, an ordered history of ratings and impression/click pairs."""
+    histories: dict[str, list] = {}
+    for u in range(draw(st.integers(1, 6))):
+        user = f"u{u}"
+        events: list = []
+        for k in range(draw(st.integers(1, 25))):
+            ts = T0 + timedelta(minutes=k)
+            common = {"user_id": user, "session_id": "s", "ts": ts}
+            if draw(st.booleans()):
+                events.append(
+                    Rating(
+                        type="rating",
+                        event_id=f"{user}-r{k}",
+                        item_id=draw(st.sampled_from(sorted(CATALOGUE))),
+                        rating=draw(st.integers(1, 5)),
+                        **common,
+                    )
+                )
+            else:
+                page = draw(
+                    st.lists(
+                        st.sampled_from(sorted(CATALOGUE)), min_size=2, max_size=5, unique=True
+                    )
+                )
+                request = f"{user}-q{k}"
+                events.append(
+                    Impression(
+                        type="impression",
+                        event_id=f"{user}-i{k}",
+                        request_id=request,
+                        items=[PageSlot(item_id=i, position=p) for p, i in enumerate(page, 1)],
+                        model_version="v1",
+                        **common,
+                    )
+                )
+                position = draw(st.integers(1, len(page)))
+                events.append(
+                    Click(
+                        type="click",
+                        event_id=f"{user}-c{k}",
+                        request_id=request,
+                        item_id=page[position - 1],
+                        position=position,
+                        **common,
+                    )
+                )
+        histories[user] = events
+    return histories
+
+
+@st.composite
+def interleavings(draw: st.DrawFn) -> tuple[list, list[list]]:
+    """All events in some cross-user order (each user's own order kept), cut into batches."""
+    histories = draw(user_histories())
+    cursors = {u: 0 for u in histories}
+    stream = []
+    while any(cursors[u] < len(h) for u, h in histories.items()):
+        user = draw(st.sampled_from(sorted(u for u in histories if cursors[u] < len(histories[u]))))
+        stream.append(histories[user][cursors[user]])
+        cursors[user] += 1
+    cuts = sorted(draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    return stream, batches
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=interleavings())
+def test_incremental_after_refresh_equals_full_rebuild(case: tuple[list, list[list]]) -> None:
+    stream, batches = case
+    incremental = DerivedState(CATALOGUE, CONFIG)
+    for batch in batches:
+        incremental.apply(batch)
+    incremental.refresh()
+    full = DerivedState.rebuild(CATALOGUE, CONFIG, stream)
+    assert incremental.training_view() == full.training_view()
+    assert {i: (s.count, s.rating_sum) for i, s in incremental.items.items() if s.count} == {
+        i: (s.count, s.rating_sum) for i, s in full.items.items() if s.count
+    }
+    assert incremental.stale_users() == []
+
+
+def test_an_event_touches_only_its_user() -> None:
+    state = DerivedState(CATALOGUE, CONFIG)
+    rate = lambda u, i, r, m: Rating(  # noqa: E731
+        type="rating",
+        event_id=f"{u}-{i}-{m}",
+        user_id=u,
+        session_id="s",
+        ts=T0 + timedelta(minutes=m),
+        item_id=i,
+        rating=r,
+    )
+    state.apply([rate("a", f"i{n}", 5, n) for n in range(8)])
+    state.apply([rate("b", f"i{n}", 4, n) for n in range(8)])
+    before = state.users["a"].golden
+    assert state.apply([rate("b", "i9", 5, 20)]) == {"b"}
+    assert state.users["a"].golden is before  # untouched, possibly stale
+    assert state.stale_users() == ["a"]  # b's ratings moved s_i of a's candidates
+    assert state.refresh() == 1 and state.stale_users() == []
+
+
+def test_item_stats_follow_changed_ratings() -> None:
+    state = DerivedState(CATALOGUE, CONFIG)
+    first = Rating(
+        type="rating", event_id="e1", user_id="a", session_id="s", ts=T0, item_id="i1", rating=2
+    )
+    again = first.model_copy(update={"event_id": "e2", "ts": T0 + timedelta(1), "rating": 5})
+    state.apply([first])
+    assert state.items["i1"] == ItemStats(count=1, rating_sum=2)
+    state.apply([again])  # the latest explicit rating replaces the first one
+    assert state.items["i1"] == ItemStats(count=1, rating_sum=5)
+    assert state.popularity("i1") == 5.0
