@@ -112,14 +112,18 @@ def build_pairs(
     category: Mapping[str, str],
     items_by_category: Mapping[str, Sequence[str]],
     seed: int,
+    held_out: frozenset[str] = frozenset(),
 ) -> tuple[list[PreferencePair], dict[PairFamily, str]]:
-    """The user's pairs of each family, and why each missing family was skipped."""
+    """The user's pairs of each family, and why each missing family was skipped.
+
+    ``held_out`` items (the user's validation and test positives) never enter a negative.
+    """
     items, user = golden.items, golden.user_id
     skipped: dict[PairFamily, str] = {}
     if not items:
         reason = "empty golden list"
         return [], {"np": reason, "rk": reason, "d": reason, "rd": reason}
-    seen = set(ratings)
+    seen = set(ratings) | held_out
     negatives: dict[PairFamily, tuple[tuple[str, ...] | None, str]] = {
         "np": (preference_negative(items, ratings), "no item rated below 3"),
         "rk": (ranking_negative(items, family_rng(seed, user, "rk")), "list shorter than 2"),

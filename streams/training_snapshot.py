@@ -1,0 +1,94 @@
+"""What the learner trains on: split per user, then built from the training part only.
+
+Prompts, golden lists, pairs and the popularity s_i that breaks golden-list ties are all
+computed from the training ratings, so no validation or test positive leaks into them; the
+diversity family never draws a held-out item as a replacement either.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas import CatalogueItem
+from schemas.training_data import (
+    EffectiveRating,
+    GoldenList,
+    PairFamily,
+    PreferencePair,
+    UserPrompt,
+)
+from streams.derived_state import DeriveConfig, ItemStats
+from streams.golden_list import build_prompt_and_golden_list
+from streams.preference_pairs import build_pairs
+from streams.split import split_user
+
+
+@dataclass
+class TrainingSnapshot:
+    catalogue: dict[str, CatalogueItem]
+    prompts: dict[str, UserPrompt] = field(default_factory=dict)
+    golden: dict[str, GoldenList] = field(default_factory=dict)
+    pairs: dict[PairFamily, list[PreferencePair]] = field(default_factory=dict)
+    validation: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    test: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    skipped: Counter[tuple[PairFamily, str]] = field(default_factory=Counter)
+    users_left_out: int = 0
+
+
+def train_popularity(train: Mapping[str, Mapping[str, EffectiveRating]]) -> dict[str, float]:
+    """s_i over the training ratings of all users."""
+    stats: dict[str, ItemStats] = {}
+    for ratings in train.values():
+        for item, r in ratings.items():
+            s = stats.setdefault(item, ItemStats())
+            s.count += 1
+            s.rating_sum += r.rating
+    return {item: s.mean for item, s in stats.items()}
+
+
+def build_training_snapshot(
+    user_ratings: Mapping[str, Mapping[str, EffectiveRating]],
+    catalogue: Mapping[str, CatalogueItem],
+    config: DeriveConfig,
+) -> TrainingSnapshot:
+    """Split every user chronologically and build the training data from the train parts."""
+    snapshot = TrainingSnapshot(catalogue=dict(catalogue))
+    category = {i: item.category for i, item in catalogue.items()}
+    by_category: dict[str, list[str]] = {}
+    for item_id in sorted(category):
+        by_category.setdefault(category[item_id], []).append(item_id)
+
+    splits = {}
+    for user, ratings in sorted(user_ratings.items()):
+        split = split_user(ratings)
+        if split is None:
+            snapshot.users_left_out += 1
+        else:
+            splits[user] = split
+    popularity = train_popularity({u: s.train for u, s in splits.items()})
+    for user, split in splits.items():
+        prompt, golden = build_prompt_and_golden_list(
+            user,
+            split.train,
+            popularity,
+            category,
+            prompt_length=config.prompt_length,
+            list_length=config.list_length,
+            category_cap=config.category_cap,
+        )
+        pairs, skipped = build_pairs(
+            golden,
+            split.train,
+            category,
+            by_category,
+            config.seed,
+            held_out=frozenset((*split.validation, *split.test)),
+        )
+        snapshot.prompts[user], snapshot.golden[user] = prompt, golden
+        snapshot.validation[user], snapshot.test[user] = split.validation, split.test
+        for pair in pairs:
+            snapshot.pairs.setdefault(pair.family, []).append(pair)
+        snapshot.skipped.update(skipped.items())
+    return snapshot
