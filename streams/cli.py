@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import sys
@@ -25,7 +26,13 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
     """Environment settings, overridden by whichever of the common flags were given."""
     overrides = {
         name: getattr(args, name)
-        for name in ("kafka_bootstrap", "store_dir", "events_topic", "partitions")
+        for name in (
+            "kafka_bootstrap",
+            "store_dir",
+            "events_topic",
+            "catalogue_topic",
+            "partitions",
+        )
         if getattr(args, name, None) is not None
     }
     return StreamSettings(**overrides)
@@ -69,6 +76,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sql.add_argument("query", help='e.g. "SELECT type, count(*) FROM events GROUP BY 1"')
     sql.set_defaults(run=run_store_sql)
 
+    imp = commands.add_parser(
+        "import", help="replay a ratings dataset through Kafka as rating events"
+    )
+    _add_common(imp)
+    imp.add_argument("path", type=Path, help="the file (or the MovieLens 100k directory)")
+    imp.add_argument("--format", choices=["generic", "movielens", "amazon"], default="generic")
+    imp.add_argument("--meta", type=Path, help="Amazon metadata JSON lines (categories)")
+    imp.add_argument("--catalogue-topic", dest="catalogue_topic", help="the catalogue topic")
+    imp.add_argument("--show-bad", type=int, default=20, help="bad rows to list (all counted)")
+    imp.set_defaults(run=run_import)
+
     feed = commands.add_parser("feed", help="write a generated feed of events as JSONL")
     feed.add_argument("--events", type=int, default=10_000)
     feed.add_argument("--users", type=int, default=1000)
@@ -108,10 +126,25 @@ def _key_of(raw: bytes) -> bytes | None:
     return str(user).encode() if user is not None else None
 
 
+def missing_topic(settings: StreamSettings, *topics: str) -> str | None:
+    """The error for the first of ``topics`` the cluster lacks (None if all exist)."""
+    from streams.topics import topic_id
+
+    for topic in topics:
+        try:
+            topic_id(settings.kafka_bootstrap, topic)
+        except LookupError as exc:
+            return str(exc)
+    return None
+
+
 def run_produce(args: argparse.Namespace) -> int:
     from streams.producer import EventProducer
 
     settings = settings_from(args)
+    if problem := missing_topic(settings, settings.events_topic):
+        console.print(f"[red]cannot produce:[/red] {problem}")
+        return 2
     invalid = 0
     total = None if args.file == "-" else sum(1 for _ in _lines(args.file))
     with (
@@ -210,6 +243,52 @@ def print_query(con: object, query: str, title: str | None = None) -> None:
     for row in cursor.fetchall():
         table.add_row(*("" if v is None else str(v) for v in row))
     Console().print(table)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from streams.dataset_import import BadRow, DatasetReader
+    from streams.producer import EventProducer
+
+    settings = settings_from(args)
+    if problem := missing_topic(settings, settings.events_topic, settings.catalogue_topic):
+        console.print(f"[red]cannot import:[/red] {problem}")
+        return 2
+    reader = DatasetReader(args.format, args.path, args.meta)
+    bad: list[BadRow] = []
+    try:
+        rows_of = reader.ratings()
+        first = next(rows_of, None)  # opens the files: a missing one or bad header fails here
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]cannot import:[/red] {exc}")
+        return 2
+    with (
+        EventProducer(settings.kafka_bootstrap, settings.events_topic) as producer,
+        progress_bar(console) as progress,
+    ):
+        task = progress.add_task(f"importing {args.path.name}", total=None)
+        rows = 0
+        for row in itertools.chain([first] if first else [], rows_of):
+            rows += 1
+            if isinstance(row, BadRow):
+                bad.append(row)
+                if len(bad) <= args.show_bad:
+                    console.print(f"[yellow]bad row[/yellow] {row}")
+            else:
+                producer.send(row.event)
+            if rows % 1000 == 0:
+                progress.update(task, completed=rows)
+        progress.update(task, completed=rows)
+    with EventProducer(settings.kafka_bootstrap, settings.catalogue_topic) as catalogue:
+        for item in reader.catalogue.values():
+            catalogue.send_raw(item.item_id.encode(), item.model_dump_json().encode())
+    if len(bad) > args.show_bad:
+        console.print(f"... and {len(bad) - args.show_bad} more bad rows")
+    console.print(
+        f"imported {producer.report.sent} ratings ({producer.report.failed} failed) into "
+        f"{settings.events_topic}, {catalogue.report.sent} catalogue items into "
+        f"{settings.catalogue_topic}; {len(bad)} bad rows skipped"
+    )
+    return 1 if producer.report.failed or catalogue.report.failed else 0
 
 
 def run_feed(args: argparse.Namespace) -> int:

@@ -20,6 +20,9 @@ class StreamSettings(BaseSettings):
     )
     events_topic: str = "pagellm.events"
     dead_letter_topic: str = "pagellm.events.dlq"
+    catalogue_topic: str = Field(
+        "pagellm.catalogue", description="catalogue items keyed by item id (compacted)"
+    )
     partitions: int = Field(4, ge=1, description="partitions of the events topic when created")
     store_dir: Path = Field(Path("var/store"), description="root of the event store's files")
     consumer_group: str = Field("pagellm-ingest", description="the ingest workers' group id")

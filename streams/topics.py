@@ -13,11 +13,14 @@ from streams.settings import StreamSettings
 log = logging.getLogger(__name__)
 
 
-def create_topic(bootstrap: str, name: str, partitions: int, replication: int = 1) -> bool:
+def create_topic(
+    bootstrap: str, name: str, partitions: int, replication: int = 1, *, compacted: bool = False
+) -> bool:
     """Create ``name`` with ``partitions``; False (and no change) if it already exists."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pagellm-admin")
+    configs = {"cleanup.policy": "compact"} if compacted else {}
     try:
-        admin.create_topics([NewTopic(name, partitions, replication)])
+        admin.create_topics([NewTopic(name, partitions, replication, topic_configs=configs)])
     except TopicAlreadyExistsError:
         existing = admin.describe_topics([name])[0]["partitions"]
         if len(existing) != partitions:
@@ -50,6 +53,9 @@ def topic_id(bootstrap: str, name: str) -> str:
 
 
 def ensure_topics(settings: StreamSettings) -> None:
-    """Create the events topic and its dead-letter topic if they are missing."""
+    """Create the events, dead-letter and catalogue topics if they are missing."""
     create_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
     create_topic(settings.kafka_bootstrap, settings.dead_letter_topic, settings.partitions)
+    create_topic(
+        settings.kafka_bootstrap, settings.catalogue_topic, settings.partitions, compacted=True
+    )

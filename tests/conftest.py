@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer
 
 from deploy.local_kafka import LocalKafka
 from streams.event_store import EventStore
@@ -33,6 +34,28 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def read_topic(settings: StreamSettings, topic: str, expected: int) -> list:
+    """At least ``expected`` records of ``topic`` from its start (fails after 60 s)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
+    records: list = []
+    try:
+        wait_for(
+            lambda: records.extend(consumer) or len(records) >= expected,
+            60,
+            f"{expected} records on {topic}",
+            interval_s=0,
+        )
+    finally:
+        consumer.close()
+    return records
 
 
 def _docker_engine_available() -> bool:
@@ -74,6 +97,7 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> StreamSettings:
         kafka_bootstrap=kafka_bootstrap,
         events_topic=f"events-{name}",
         dead_letter_topic=f"events-{name}.dlq",
+        catalogue_topic=f"catalogue-{name}",
         consumer_group=f"ingest-{name}",
         store_dir=tmp_path / "store",
         partitions=4,

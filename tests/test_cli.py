@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kafka import KafkaConsumer
-
 from streams.settings import StreamSettings
-from tests.conftest import wait_for
+from tests.conftest import read_topic
 from tests.test_schemas import VALID
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +25,11 @@ def pagellm(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
     )
 
 
+def cluster_flags(settings: StreamSettings) -> list[str]:
+    """The flags that point a command at this test's broker and events topic."""
+    return ["--bootstrap", settings.kafka_bootstrap, "--topic", settings.events_topic]
+
+
 def test_produce_reports_bad_lines_and_sends_the_good(
     settings: StreamSettings, tmp_path: Path
 ) -> None:
@@ -38,28 +41,13 @@ def test_produce_reports_bad_lines_and_sends_the_good(
         json.dumps(VALID["rating"]),
     ]
     feed.write_text("\n".join(lines) + "\n")
-    result = pagellm(
-        "produce",
-        str(feed),
-        "--bootstrap",
-        settings.kafka_bootstrap,
-        "--topic",
-        settings.events_topic,
-    )
+    result = pagellm("produce", str(feed), *cluster_flags(settings))
     err = result.stderr.decode()
     assert result.returncode == 1, err
     assert "line 2" in err and "rating: Input should be less than or equal to 5" in err
     assert "sent 2" in err
 
-    consumer = KafkaConsumer(
-        settings.events_topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=1000,
-    )
-    got: list = []
-    wait_for(lambda: got.extend(consumer) or len(got) >= 2, 30, "2 records", interval_s=0)
-    consumer.close()
+    got = read_topic(settings, settings.events_topic, 2)
     assert sorted(json.loads(r.value)["type"] for r in got) == ["click", "rating"]
     assert {r.key for r in got} == {b"u-1"}
 
@@ -111,4 +99,17 @@ def test_worker_refuses_a_missing_topic(settings: StreamSettings) -> None:
         str(settings.store_dir),
     )
     assert result.returncode == 2
+    assert "no-such-topic" in result.stderr.decode()
+
+
+def test_produce_to_a_missing_topic_fails_fast_and_says_so(
+    settings: StreamSettings, tmp_path: Path
+) -> None:
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(json.dumps(VALID["click"]) + "\n")
+    result = pagellm(
+        "produce", str(feed), "--bootstrap", settings.kafka_bootstrap, "--topic", "no-such-topic"
+    )
+    assert result.returncode == 2
+    assert "cannot produce" in result.stderr.decode()
     assert "no-such-topic" in result.stderr.decode()

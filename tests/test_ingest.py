@@ -5,41 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from kafka import KafkaConsumer
-
 from schemas import parse_event
 from streams.dead_letter import read_dead_letter_headers
 from streams.feed import CORRUPTIONS, FeedGenerator
 from streams.producer import EventProducer
 from streams.settings import StreamSettings
 from streams.store_views import connect_store
-from tests.conftest import wait_for
+from tests.conftest import read_topic, wait_for
 from tests.test_schemas import VALID
 
 
 def stored_count(settings: StreamSettings, view: str = "ingested") -> int:
     return connect_store(settings.store_dir).execute(f"SELECT count(*) FROM {view}").fetchone()[0]
-
-
-def read_topic(settings: StreamSettings, topic: str, expected: int) -> list:
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=None,
-        consumer_timeout_ms=1000,
-    )
-    records: list = []
-    try:
-        wait_for(
-            lambda: records.extend(consumer) or len(records) >= expected,
-            60,
-            f"{expected} records on {topic}",
-            interval_s=0,
-        )
-    finally:
-        consumer.close()
-    return records
 
 
 def test_every_event_type_round_trips(settings: StreamSettings, workers: Callable) -> None:
