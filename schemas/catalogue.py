@@ -5,9 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from schemas.events import Identifier
+from schemas.events import Identifier, InvalidEvent, describe_validation_error
 
 
 class CatalogueItem(BaseModel):
@@ -20,3 +20,11 @@ class CatalogueItem(BaseModel):
     title: Annotated[str, Field(max_length=1000)] = ""
     brand: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     price: Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)] | None = None
+
+
+def parse_catalogue_item(raw: bytes | str) -> CatalogueItem:
+    """Validate one JSON catalogue item; raise ``InvalidEvent`` naming the field and reason."""
+    try:
+        return CatalogueItem.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(describe_validation_error(exc)) from None

@@ -1,4 +1,5 @@
-"""The ingest worker: a faust-streaming agent that turns the events topic into the event store.
+"""The ingest worker: a faust-streaming agent that turns the events and catalogue topics into
+the event store.
 
 Per micro-batch (``stream.take_events``): drop records the store already holds (replays),
 validate the rest, send each rejected record to the dead-letter topic with its reason and raw
@@ -23,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import faust
 from faust.types import TP, EventT
 
-from schemas import InvalidEvent, parse_event
+from schemas import InvalidEvent, parse_catalogue_item, parse_event
 from streams.dead_letter import dead_letter_headers
 from streams.event_store import EventStore
 from streams.ledger import LedgerBatch, SourceRecord
@@ -87,12 +88,14 @@ class Ingestor:
                 self.counters.replays_dropped += 1
                 continue
             try:
-                event = parse_event(value, now=now, max_clock_skew=self._skew)
+                if source.topic == self.settings.catalogue_topic:
+                    batch.add_catalogue_item(parse_catalogue_item(value), source)
+                else:
+                    event = parse_event(value, now=now, max_clock_skew=self._skew)
+                    batch.add_accepted(event, source)
             except InvalidEvent as exc:
                 batch.add_rejected(value, exc.reason, source)
                 rejects.append((source, value, exc.reason))
-            else:
-                batch.add_accepted(event, source)
         return batch, rejects
 
     def commit_batch(self, batch: LedgerBatch, records: Sequence[SourceRecord]) -> None:
@@ -132,9 +135,8 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     """The faust app of one ingest worker; run it with ``faust.Worker(app).execute_...``."""
     store = EventStore(settings.store_dir)
     store.init()
-    store.bind_source(
-        settings.events_topic, topic_id(settings.kafka_bootstrap, settings.events_topic)
-    )
+    for topic in (settings.events_topic, settings.catalogue_topic):
+        store.bind_source(topic, topic_id(settings.kafka_bootstrap, topic))
     write_catalog(store)
     ingestor = Ingestor(store, settings, writer_id or default_writer_id())
     datadir = store.root / ".faust" / ingestor.writer_id
@@ -155,7 +157,12 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         datadir=str(datadir),
     )
-    source_topic = app.topic(settings.events_topic, value_serializer="raw", key_serializer="raw")
+    source_topics = app.topic(
+        settings.events_topic,
+        settings.catalogue_topic,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
     app.ingestor = ingestor  # type: ignore[attr-defined]
 
     @app.on_partitions_revoked.connect
@@ -186,7 +193,7 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
             log.critical("batch not persisted; exiting unacknowledged", exc_info=True)
             os._exit(_EXIT_UNPERSISTED)
 
-    @app.agent(source_topic, name="ingest")
+    @app.agent(source_topics, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(
             settings.batch_max_events, settings.batch_max_wait_s

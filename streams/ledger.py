@@ -1,6 +1,7 @@
 """The ledger row layout: one row per consumed Kafka record, accepted or rejected.
 
-An accepted event fills its type's columns; a rejected record keeps its reason and raw bytes.
+An accepted event fills its type's columns, an accepted catalogue record (type ``catalogue``)
+the item's; a rejected record keeps its reason and raw bytes.
 Both kinds of row carry the record's topic, partition and offset, which is what makes a replay
 recognisable (see ``event_store.EventStore.stored_watermarks``).
 """
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from schemas import Click, Impression, Purchase, Rating
+from schemas import CatalogueItem, Click, Impression, Purchase, Rating
 
 MONEY = pa.decimal128(18, 4)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -40,6 +41,10 @@ LEDGER_SCHEMA = pa.schema(
             "page",
             pa.list_(pa.struct([("item_id", pa.string()), ("position", pa.int16())])),
         ),
+        ("category", pa.string()),
+        ("brand", pa.string()),
+        ("title", pa.string()),
+        ("price", MONEY),
         ("kafka_topic", pa.string()),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
@@ -118,6 +123,14 @@ class LedgerBatch:
         self, event: Impression | Click | Purchase | Rating, source: SourceRecord
     ) -> None:
         row = _event_columns(event)
+        for name in _EVENT_COLUMNS:
+            self.columns[name].append(row.get(name))
+        self._add_source(source, reason=None, raw=None)
+        self.accepted += 1
+
+    def add_catalogue_item(self, item: CatalogueItem, source: SourceRecord) -> None:
+        """A catalogue record: a row of type ``catalogue`` (the latest per item counts)."""
+        row = {"type": "catalogue", **item.model_dump()}
         for name in _EVENT_COLUMNS:
             self.columns[name].append(row.get(name))
         self._add_source(source, reason=None, raw=None)

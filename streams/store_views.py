@@ -34,7 +34,13 @@ def view_definitions(store: EventStore) -> dict[str, str]:
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
             f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
-            "FROM ingested WHERE reject_reason IS NULL"
+            "FROM ingested WHERE reject_reason IS NULL AND type != 'catalogue'"
+        ),
+        "catalogue": (
+            "SELECT item_id, category, brand, title, price, kafka_timestamp AS updated_at "
+            "FROM ingested WHERE type = 'catalogue' AND reject_reason IS NULL "
+            # One item id is one key, hence one partition: its offsets order its updates.
+            "QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY kafka_offset DESC) = 1"
         ),
         "impressions": (
             f"SELECT {_COMMON}, request_id, model_version, experiment, variant, page, "

@@ -177,5 +177,14 @@ def test_import_replays_through_kafka_into_the_store(
         ("u1", "i1", 5),
         ("u1", "i2", 4),
     ]
+    wait_for(
+        lambda: con.execute("SELECT count(*) FROM catalogue").fetchone()[0] == 2,
+        60,
+        "2 catalogue items in the store",
+    )
+    assert sorted(con.execute("SELECT item_id, category FROM catalogue").fetchall()) == [
+        ("i1", "toys"),
+        ("i2", "books"),
+    ]
     items = read_topic(settings, settings.catalogue_topic, 2)
     assert sorted(json.loads(r.value)["category"] for r in items) == ["books", "toys"]

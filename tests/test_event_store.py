@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from schemas import parse_event
+from schemas import CatalogueItem, parse_event
 from streams.event_store import EventStore, SourceMismatch
 from streams.ledger import LedgerBatch, SourceRecord
 from streams.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
@@ -132,3 +132,18 @@ def test_concurrent_initialisation_of_a_fresh_store(tmp_path: Path) -> None:
     assert connect_store(tmp_path / "store").execute(
         "SELECT count(*) FROM ingested"
     ).fetchone() == (0,)
+
+
+def test_catalogue_view_keeps_the_latest_record_per_item(store: EventStore) -> None:
+    batch = one_of_each()
+    item = lambda i, cat: CatalogueItem(item_id=i, category=cat, title=i.upper())  # noqa: E731
+    batch.add_catalogue_item(item("a", "toys"), source(10, topic="cat"))
+    batch.add_catalogue_item(item("b", "books"), source(11, topic="cat"))
+    batch.add_catalogue_item(item("a", "games"), source(12, topic="cat"))
+    store.write_batch(batch, "w1")
+    con = connect_store(store.root)
+    assert sorted(con.execute("SELECT item_id, category, title FROM catalogue").fetchall()) == [
+        ("a", "games", "A"),
+        ("b", "books", "B"),
+    ]
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (4,)

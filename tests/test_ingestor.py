@@ -66,3 +66,17 @@ def test_invalid_records_become_rejects_with_reasons(ingestor: Ingestor) -> None
     assert (batch.accepted, batch.rejected) == (0, 2)
     assert rejects[0][2].startswith("event: Invalid JSON")
     assert "event_id: Field required" in rejects[1][2]
+
+
+def test_catalogue_records_are_validated_as_items(ingestor: Ingestor) -> None:
+    now = datetime.now(UTC)
+    topic = ingestor.settings.catalogue_topic
+    records = [
+        (SourceRecord(topic, 0, 0, b"a", now), b'{"item_id": "a", "category": "toys"}'),
+        (SourceRecord(topic, 0, 1, b"b", now), b'{"item_id": "b", "price": -1}'),
+    ]
+    batch, rejects = ingestor.build_batch(records)
+    assert (batch.accepted, batch.rejected) == (1, 1)
+    assert rejects[0][2] == (
+        "category: Field required; price: Input should be greater than or equal to 0"
+    )

@@ -197,11 +197,13 @@ def main() -> None:
                 kafka_bootstrap=bootstrap,
                 events_topic="bench.events",
                 dead_letter_topic="bench.events.dlq",
+                catalogue_topic="bench.catalogue",
                 store_dir=root / "store",
                 consumer_group="bench-ingest",
             )
             create_topic(bootstrap, settings.events_topic, 4)
             create_topic(bootstrap, settings.dead_letter_topic, 4)
+            create_topic(bootstrap, settings.catalogue_topic, 4, compacted=True)
             EventStore(settings.store_dir).init()
 
             generator = FeedGenerator(FeedConfig(users=100_000, items=20_000, seed=11))
