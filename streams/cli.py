@@ -7,7 +7,7 @@ import itertools
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -45,6 +45,19 @@ def _add_common(parser: argparse.ArgumentParser, *, store: bool = False) -> None
         parser.add_argument("--store", dest="store_dir", type=Path, help="event store directory")
 
 
+def _store_action(
+    actions: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    help_text: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """A sub-action of a store command, with the common flags and its handler."""
+    parser = actions.add_parser(name, help=help_text)
+    _add_common(parser, store=True)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     topics = commands.add_parser("topics", help="create the events and dead-letter topics")
     _add_common(topics)
@@ -68,13 +81,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
     store = commands.add_parser("store", help="the event store: init it, or query it with SQL")
     store_actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
-    init = store_actions.add_parser("init", help="create the layout and the DuckDB catalog")
-    _add_common(init, store=True)
-    init.set_defaults(run=run_store_init)
-    sql = store_actions.add_parser("sql", help="run SQL over the analyst views")
-    _add_common(sql, store=True)
+    _store_action(store_actions, "init", "create the layout and the DuckDB catalog", run_store_init)
+    sql = _store_action(store_actions, "sql", "run SQL over the analyst views", run_store_sql)
     sql.add_argument("query", help='e.g. "SELECT type, count(*) FROM events GROUP BY 1"')
-    sql.set_defaults(run=run_store_sql)
 
     imp = commands.add_parser(
         "import", help="replay a ratings dataset through Kafka as rating events"
@@ -86,6 +95,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     imp.add_argument("--catalogue-topic", dest="catalogue_topic", help="the catalogue topic")
     imp.add_argument("--show-bad", type=int, default=20, help="bad rows to list (all counted)")
     imp.set_defaults(run=run_import)
+
+    snapshot = commands.add_parser("snapshot", help="training-data snapshots for the learner")
+    snapshot_actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
+    _store_action(snapshot_actions, "create", "pin the store's current files", run_snapshot)
+    show = _store_action(snapshot_actions, "show", "derive a snapshot, summarise it", run_snapshot)
+    show.add_argument("snapshot_id")
 
     feed = commands.add_parser("feed", help="write a generated feed of events as JSONL")
     feed.add_argument("--events", type=int, default=10_000)
@@ -289,6 +304,43 @@ def run_import(args: argparse.Namespace) -> int:
         f"{settings.catalogue_topic}; {len(bad)} bad rows skipped"
     )
     return 1 if producer.report.failed or catalogue.report.failed else 0
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    from streams.event_store import EventStore
+    from streams.snapshots import SnapshotError, create_snapshot, load_snapshot
+
+    store = EventStore(settings_from(args).store_dir)
+    if args.action == "create":
+        manifest = create_snapshot(store)
+        console.print(
+            f"snapshot {manifest.snapshot_id}: {len(manifest.files)} files, "
+            f"stream position {manifest.stream_position}"
+        )
+        return 0
+    try:
+        manifest, snap = load_snapshot(store, args.snapshot_id)
+    except SnapshotError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    table = Table(title=f"snapshot {manifest.snapshot_id} ({manifest.created_at})")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    rows = [
+        ("catalogue items", len(snap.catalogue)),
+        ("users with a split", len(snap.golden)),
+        ("users left out (< 3 positives)", snap.users_left_out),
+        ("golden lists with the cap relaxed", sum(g.cap_relaxed for g in snap.golden.values())),
+        *((f"pairs {family}", len(pairs)) for family, pairs in sorted(snap.pairs.items())),
+        *(
+            (f"skipped {family}: {reason}", n)
+            for (family, reason), n in sorted(snap.skipped.items())
+        ),
+    ]
+    for what, count in rows:
+        table.add_row(what, str(count))
+    Console().print(table)
+    return 0
 
 
 def run_feed(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from schemas import CatalogueItem, Click, Impression, Purchase, Rating
 from schemas.training_data import (
     EffectiveRating,
@@ -37,12 +39,15 @@ from streams.preference_pairs import build_pairs
 Event = Impression | Click | Purchase | Rating
 
 
-@dataclass(frozen=True)
-class DeriveConfig:
-    prompt_length: int = DEFAULT_PROMPT_LENGTH
-    list_length: int = DEFAULT_LIST_LENGTH
-    category_cap: float = DEFAULT_CATEGORY_CAP
-    rule: RatingRule = field(default_factory=RatingRule)
+class DeriveConfig(BaseModel):
+    """How training data is derived (paper defaults); part of a snapshot's identity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt_length: int = Field(DEFAULT_PROMPT_LENGTH, ge=0)
+    list_length: int = Field(DEFAULT_LIST_LENGTH, ge=1)
+    category_cap: float = Field(DEFAULT_CATEGORY_CAP, gt=0, le=1)
+    rule: RatingRule = Field(default_factory=RatingRule)
     seed: int = 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import Click, Impression, Purchase, Rating
 from schemas.training_data import EffectiveRating
@@ -25,6 +25,8 @@ NEGATIVE_BELOW = 3  # r < 3 is non-preferred
 
 class RatingRule(BaseModel):
     """Effective ratings of implicit signals (defaults from the issue)."""
+
+    model_config = ConfigDict(frozen=True)
 
     purchase: int = Field(5, ge=1, le=5)
     click: int = Field(4, ge=1, le=5)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
-from schemas import CatalogueItem, Click, Impression, Purchase, Rating
+from schemas import CatalogueItem, Click, Impression, PageSlot, Purchase, Rating
 
 MONEY = pa.decimal128(18, 4)
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -104,6 +104,30 @@ def _event_columns(event: Impression | Click | Purchase | Rating) -> dict[str, o
         case Rating():
             row.update(item_id=event.item_id, rating=event.rating)
     return row
+
+
+_TYPE_FIELDS: dict[str, tuple[type[Impression | Click | Purchase | Rating], tuple[str, ...]]] = {
+    "impression": (Impression, ("request_id", "model_version", "experiment", "variant")),
+    "click": (Click, ("request_id", "item_id", "position")),
+    "purchase": (Purchase, ("request_id", "item_id", "quantity", "unit_price", "currency")),
+    "rating": (Rating, ("item_id", "rating")),
+}
+_COMMON_FIELDS = ("event_id", "type", "user_id", "session_id", "ts", "schema_version")
+
+
+def event_from_row(row: dict[str, object]) -> Impression | Click | Purchase | Rating:
+    """The event an accepted ledger row holds (the inverse of the columns it filled)."""
+    model, fields = _TYPE_FIELDS[str(row["type"])]
+    values = {name: row[name] for name in (*_COMMON_FIELDS, *fields) if row[name] is not None}
+    if model is Impression:
+        values["items"] = [PageSlot(**slot) for slot in row["page"]]  # type: ignore[union-attr]
+    return model.model_validate(values)
+
+
+def catalogue_item_from_row(row: dict[str, object]) -> CatalogueItem:
+    """The catalogue item a ``catalogue`` ledger row holds."""
+    fields = ("item_id", "category", "brand", "title", "price")
+    return CatalogueItem.model_validate({k: row[k] for k in fields if row[k] is not None})
 
 
 @dataclass

@@ -90,6 +90,14 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def store(tmp_path: Path) -> EventStore:
+    """An initialised, empty event store of this test's own."""
+    s = EventStore(tmp_path / "store")
+    s.init()
+    return s
+
+
+@pytest.fixture
 def settings(kafka_bootstrap: str, tmp_path: Path) -> StreamSettings:
     """Settings with a topic pair, consumer group and store of this test's own."""
     name = uuid.uuid4().hex[:10]

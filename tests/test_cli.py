@@ -113,3 +113,15 @@ def test_produce_to_a_missing_topic_fails_fast_and_says_so(
     assert result.returncode == 2
     assert "cannot produce" in result.stderr.decode()
     assert "no-such-topic" in result.stderr.decode()
+
+
+def test_snapshot_create_and_show(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    assert pagellm("store", "init", "--store", str(store)).returncode == 0
+    created = pagellm("snapshot", "create", "--store", str(store))
+    assert created.returncode == 0, created.stderr.decode()
+    snapshot_id = created.stderr.decode().split()[1].rstrip(":")
+    shown = pagellm("snapshot", "show", "--store", str(store), snapshot_id)
+    assert shown.returncode == 0 and "users with a split" in shown.stdout.decode()
+    unknown = pagellm("snapshot", "show", "--store", str(store), "nope")
+    assert unknown.returncode == 2 and snapshot_id in unknown.stderr.decode()

@@ -32,13 +32,6 @@ def one_of_each() -> LedgerBatch:
     return batch
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> EventStore:
-    s = EventStore(tmp_path / "store")
-    s.init()
-    return s
-
-
 def test_empty_store_views_bind_and_are_empty(store: EventStore) -> None:
     con = connect_store(store.root)
     for view in view_definitions(store):
