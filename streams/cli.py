@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -95,6 +96,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     imp.add_argument("--catalogue-topic", dest="catalogue_topic", help="the catalogue topic")
     imp.add_argument("--show-bad", type=int, default=20, help="bad rows to list (all counted)")
     imp.set_defaults(run=run_import)
+
+    derive = commands.add_parser("derive", help="keep the training data live in the store")
+    _add_common(derive, store=True)
+    derive.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    derive.add_argument(
+        "--refresh-every",
+        type=float,
+        default=60.0,
+        help="seconds between rebuilds of users whose tie-breaks went stale",
+    )
+    derive.set_defaults(run=run_derive)
 
     snapshot = commands.add_parser("snapshot", help="training-data snapshots for the learner")
     snapshot_actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -304,6 +316,21 @@ def run_import(args: argparse.Namespace) -> int:
         f"{settings.catalogue_topic}; {len(bad)} bad rows skipped"
     )
     return 1 if producer.report.failed or catalogue.report.failed else 0
+
+
+def run_derive(args: argparse.Namespace) -> int:
+    from streams.derive_worker import DeriveWorker
+    from streams.derived_state import DeriveConfig
+    from streams.event_store import EventStore
+
+    store = EventStore(settings_from(args).store_dir)
+    if not store.ledger_dir.exists():
+        console.print(f"[red]no event store at {store.root}[/red]; start an ingest worker first")
+        return 2
+    log.info("derive worker on %s, polling every %.1f s", store.root, args.interval)
+    with contextlib.suppress(KeyboardInterrupt):
+        DeriveWorker(store, DeriveConfig()).run(args.interval, args.refresh_every)
+    return 0
 
 
 def run_snapshot(args: argparse.Namespace) -> int:

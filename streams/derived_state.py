@@ -5,11 +5,12 @@ pairs, and the stats of the items whose rating by that user changed. The work pe
 bounded by that user's history, never by the total.
 
 Staleness bound: a user's golden list breaks rating ties by the popularity s_i that items had
-when *that user's* last event arrived. Events of other users move s_i without touching this
-user's list, so only the order among equally rated candidates (and which of them the category
-cap keeps) can be stale, and only for users whose events predate the change. ``refresh()``
-rebuilds the lists of every user whose candidates' popularity changed since their last build;
-after it the state equals ``rebuild(...)`` from the same events (tested).
+when *that user's* last event arrived, and caps categories as the catalogue stood then. Events
+of other users move s_i without touching this user's list, so only the order among equally
+rated candidates (and which of them the category cap keeps) can be stale, and only for users
+whose events predate the change; a catalogue update makes every earlier list stale.
+``refresh()`` rebuilds the lists of every stale user; after it the state equals
+``rebuild(...)`` from the same events (tested).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class UserData:
     skipped: dict[PairFamily, str] = field(default_factory=dict)
     # s_i of this user's candidates as used by the last build (to tell when it went stale).
     popularity_used: dict[str, float] = field(default_factory=dict)
+    catalogue_version: int = 0
 
 
 class DerivedState:
@@ -81,12 +83,27 @@ class DerivedState:
 
     def __init__(self, catalogue: Mapping[str, CatalogueItem], config: DeriveConfig) -> None:
         self.config = config
-        self.category = {item_id: item.category for item_id, item in catalogue.items()}
+        self.category: dict[str, str] = {}
         self.items_by_category: dict[str, list[str]] = {}
-        for item_id in sorted(self.category):
-            self.items_by_category.setdefault(self.category[item_id], []).append(item_id)
+        self.catalogue_version = 0
         self.items: dict[str, ItemStats] = {}
         self.users: dict[str, UserData] = {}
+        self.update_catalogue(catalogue)
+
+    def update_catalogue(self, catalogue: Mapping[str, CatalogueItem]) -> None:
+        """Take new or changed items; every list built before is stale (categories moved)."""
+        changed = {
+            i: item.category
+            for i, item in catalogue.items()
+            if self.category.get(i) != item.category
+        }
+        if not changed:
+            return
+        self.category.update(changed)
+        self.items_by_category = {}
+        for item_id in sorted(self.category):
+            self.items_by_category.setdefault(self.category[item_id], []).append(item_id)
+        self.catalogue_version += 1
 
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold a batch of events in (stream order); returns the users it touched."""
@@ -136,21 +153,23 @@ class DerivedState:
             data.golden, data.ratings, self.category, self.items_by_category, c.seed
         )
         data.popularity_used = popularity
+        data.catalogue_version = self.catalogue_version
 
     def stale_users(self) -> list[str]:
-        """Users whose lists were built with popularity that has changed since."""
+        """Users whose lists were built with popularity or categories that changed since."""
         return [
             user_id
             for user_id, data in self.users.items()
-            if any(self.popularity(i) != s for i, s in data.popularity_used.items())
+            if data.catalogue_version != self.catalogue_version
+            or any(self.popularity(i) != s for i, s in data.popularity_used.items())
         ]
 
-    def refresh(self) -> int:
-        """Rebuild the lists of stale users; returns how many were rebuilt."""
+    def refresh(self) -> list[str]:
+        """Rebuild the lists of stale users; returns them."""
         stale = self.stale_users()
         for user_id in stale:
             self._build_lists(user_id, self.users[user_id])
-        return len(stale)
+        return stale
 
     @classmethod
     def rebuild(

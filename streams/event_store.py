@@ -58,15 +58,22 @@ class EventStore:
 
     @property
     def ledger_glob(self) -> str:
-        return str(self.ledger_dir / "*" / "*.parquet")
+        return self.dataset_glob(LEDGER_DIR)
+
+    def dataset_glob(self, dataset: str) -> str:
+        """The glob of a dataset's files (``<root>/<dataset>/date=*/*.parquet``)."""
+        return str(self.root / dataset / "*" / "*.parquet")
 
     def init(self) -> None:
-        """Create the layout and a zero-row seed file, so that views bind on an empty store."""
-        seed_dir = self.ledger_dir / f"date={_SEED_DATE}"
-        seed = seed_dir / _SEED_NAME
+        """Create the ledger with a zero-row seed file, so that views bind on an empty store."""
+        self.init_dataset(LEDGER_DIR, empty_ledger_table())
+
+    def init_dataset(self, dataset: str, empty: pa.Table) -> None:
+        """Seed ``dataset`` with a zero-row file of its schema unless it has one."""
+        seed = self.root / dataset / f"date={_SEED_DATE}" / _SEED_NAME
         if not seed.exists():
-            seed_dir.mkdir(parents=True, exist_ok=True)
-            self._write_atomically(empty_ledger_table(), seed)
+            seed.parent.mkdir(parents=True, exist_ok=True)
+            self._write_atomically(empty, seed)
 
     def bind_source(self, topic: str, topic_id: str) -> None:
         """Record which incarnation of ``topic`` feeds this store; refuse any other.
@@ -94,9 +101,15 @@ class EventStore:
     def write_batch(self, batch: LedgerBatch, writer_id: str) -> Path:
         """Make a batch durable as one file; returns its path once it is visible to readers."""
         now = datetime.now(UTC)
-        table = batch.to_table(ingested_at=now)
+        return self.write_table(LEDGER_DIR, batch.to_table(ingested_at=now), writer_id, now)
+
+    def write_table(
+        self, dataset: str, table: pa.Table, writer_id: str, now: datetime | None = None
+    ) -> Path:
+        """Append ``table`` to ``dataset`` as one file, atomically visible to readers."""
+        now = now or datetime.now(UTC)
         name = f"{time.time_ns():020d}-{writer_id}-{uuid.uuid4().hex[:8]}.parquet"
-        path = self.ledger_dir / f"date={now:%Y-%m-%d}" / name
+        path = self.root / dataset / f"date={now:%Y-%m-%d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         self._write_atomically(table, path)
         return path
@@ -132,7 +145,7 @@ class EventStore:
         """Delete temporary files a crashed writer left behind; they were never visible."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for tmp in self.ledger_dir.glob("*/.*.tmp"):
+        for tmp in self.root.rglob(".*.tmp"):
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink(missing_ok=True)
                 removed += 1

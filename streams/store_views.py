@@ -9,11 +9,13 @@ started. Two ways in, neither of which locks anything a writer needs:
 
 from __future__ import annotations
 
+import glob
 import logging
 from pathlib import Path
 
 import duckdb
 
+from streams.derived_tables import SCHEMAS, derived_view_definitions
 from streams.event_store import EventStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,11 @@ def view_definitions(store: EventStore) -> dict[str, str]:
 
 
 def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
-    for name, select in view_definitions(store).items():
+    views = view_definitions(store)
+    # The derived views exist once a derive worker has seeded their datasets.
+    if all(glob.glob(store.dataset_glob(d)) for d in SCHEMAS):
+        views |= derived_view_definitions(store)
+    for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
 

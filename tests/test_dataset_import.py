@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -188,3 +191,60 @@ def test_import_replays_through_kafka_into_the_store(
     ]
     items = read_topic(settings, settings.catalogue_topic, 2)
     assert sorted(json.loads(r.value)["category"] for r in items) == ["books", "toys"]
+
+
+def test_imported_ratings_become_live_golden_lists(
+    settings: StreamSettings, workers: Callable, tmp_path: Path
+) -> None:
+    rows = ["user_id,item_id,rating,timestamp,category"]
+    # Each user rates 60 of 100 items (two thirds of them 5, the rest 2), in 4 categories.
+    rows += [
+        f"u{u},i{n + 20 * u},{5 if (u + n) % 3 else 2},{1_700_000_000 + n},c{(n + 20 * u) % 4}"
+        for u in range(3)
+        for n in range(60)
+    ]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    result = pagellm(
+        "import",
+        str(tmp_path / "r.csv"),
+        *cluster_flags(settings),
+        "--catalogue-topic",
+        settings.catalogue_topic,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    workers()
+    derive = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pagellm",
+            "derive",
+            "--store",
+            str(settings.store_dir),
+            "--interval",
+            "0.2",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def lists() -> list:
+            try:
+                con = connect_store(settings.store_dir)
+                return con.execute(
+                    "SELECT user_id, items FROM golden_lists WHERE len(items) = 10 ORDER BY user_id"
+                ).fetchall()
+            except duckdb.Error:  # the derive worker has not seeded its tables yet
+                return []
+
+        got = wait_for(lambda: len(lists()) == 3 and lists(), 90, "3 users' golden lists")
+    finally:
+        derive.terminate()
+        derive.wait(10)
+    con = connect_store(settings.store_dir)
+    for _, items in got:
+        cats = [int(i[1:]) % 4 for i in items]
+        assert max(cats.count(c) for c in set(cats)) <= 4  # lambda = 0.4 of 10 slots
+    assert con.execute("SELECT count(DISTINCT family) FROM preference_pairs").fetchone() == (4,)

@@ -115,7 +115,7 @@ def test_an_event_touches_only_its_user() -> None:
     assert state.apply([rate("b", "i9", 5, 20)]) == {"b"}
     assert state.users["a"].golden is before  # untouched, possibly stale
     assert state.stale_users() == ["a"]  # b's ratings moved s_i of a's candidates
-    assert state.refresh() == 1 and state.stale_users() == []
+    assert state.refresh() == ["a"] and state.stale_users() == []
 
 
 def test_item_stats_follow_changed_ratings() -> None:
