@@ -42,6 +42,7 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
 def _add_common(parser: argparse.ArgumentParser, *, store: bool = False) -> None:
     parser.add_argument("--bootstrap", dest="kafka_bootstrap", help="Kafka bootstrap servers")
     parser.add_argument("--topic", dest="events_topic", help="the events topic")
+    parser.add_argument("--catalogue-topic", dest="catalogue_topic", help="the catalogue topic")
     if store:
         parser.add_argument("--store", dest="store_dir", type=Path, help="event store directory")
 
@@ -60,7 +61,9 @@ def _store_action(
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    topics = commands.add_parser("topics", help="create the events and dead-letter topics")
+    topics = commands.add_parser(
+        "topics", help="create the events, dead-letter and catalogue topics"
+    )
     _add_common(topics)
     topics.add_argument("--partitions", type=int, help="partitions of each topic")
     topics.set_defaults(run=run_topics)
@@ -93,7 +96,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     imp.add_argument("path", type=Path, help="the file (or the MovieLens 100k directory)")
     imp.add_argument("--format", choices=["generic", "movielens", "amazon"], default="generic")
     imp.add_argument("--meta", type=Path, help="Amazon metadata JSON lines (categories)")
-    imp.add_argument("--catalogue-topic", dest="catalogue_topic", help="the catalogue topic")
     imp.add_argument("--show-bad", type=int, default=20, help="bad rows to list (all counted)")
     imp.set_defaults(run=run_import)
 
@@ -128,8 +130,8 @@ def run_topics(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     ensure_topics(settings)
     console.print(
-        f"topics ready: {settings.events_topic}, {settings.dead_letter_topic} "
-        f"on {settings.kafka_bootstrap}"
+        f"topics ready: {settings.events_topic}, {settings.dead_letter_topic}, "
+        f"{settings.catalogue_topic} on {settings.kafka_bootstrap}"
     )
     return 0
 

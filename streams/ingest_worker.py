@@ -27,6 +27,7 @@ from faust.types import TP, EventT
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
 from streams.dead_letter import dead_letter_headers
 from streams.event_store import EventStore
+from streams.faust_transport import use_fetch_wait
 from streams.ledger import LedgerBatch, SourceRecord
 from streams.settings import StreamSettings
 from streams.store_views import write_catalog
@@ -135,6 +136,8 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     """The faust app of one ingest worker; run it with ``faust.Worker(app).execute_...``."""
     store = EventStore(settings.store_dir)
     store.init()
+    if removed := store.remove_orphaned_temporaries():
+        log.info("removed %d temporary files that crashed writers left behind", removed)
     for topic in (settings.events_topic, settings.catalogue_topic):
         store.bind_source(topic, topic_id(settings.kafka_bootstrap, topic))
     write_catalog(store)
@@ -157,13 +160,13 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         datadir=str(datadir),
     )
+    use_fetch_wait(app, settings.fetch_max_wait_ms)
     source_topics = app.topic(
         settings.events_topic,
         settings.catalogue_topic,
         value_serializer="raw",
         key_serializer="raw",
     )
-    app.ingestor = ingestor  # type: ignore[attr-defined]
 
     @app.on_partitions_revoked.connect
     async def _forget(_app: faust.App, revoked: set[TP], **_kw: object) -> None:

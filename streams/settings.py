@@ -38,6 +38,9 @@ class StreamSettings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the worker's asyncio event loop (uvloop is faster)"
     )
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, description="longest a fetch may wait for data (bounds freshness)"
+    )
     fetch_max_bytes_per_partition: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest fetch from one partition per request"
     )

@@ -26,8 +26,15 @@ def pagellm(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
 
 
 def cluster_flags(settings: StreamSettings) -> list[str]:
-    """The flags that point a command at this test's broker and events topic."""
-    return ["--bootstrap", settings.kafka_bootstrap, "--topic", settings.events_topic]
+    """The flags that point a command at this test's broker and topics."""
+    return [
+        "--bootstrap",
+        settings.kafka_bootstrap,
+        "--topic",
+        settings.events_topic,
+        "--catalogue-topic",
+        settings.catalogue_topic,
+    ]
 
 
 def test_produce_reports_bad_lines_and_sends_the_good(

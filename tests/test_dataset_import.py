@@ -163,8 +163,6 @@ def test_import_replays_through_kafka_into_the_store(
         "import",
         str(write_csv(tmp_path / "r.csv")),
         *cluster_flags(settings),
-        "--catalogue-topic",
-        settings.catalogue_topic,
     )
     err = result.stderr.decode()
     assert result.returncode == 0, err
@@ -208,8 +206,6 @@ def test_imported_ratings_become_live_golden_lists(
         "import",
         str(tmp_path / "r.csv"),
         *cluster_flags(settings),
-        "--catalogue-topic",
-        settings.catalogue_topic,
     )
     assert result.returncode == 0, result.stderr.decode()
     workers()
