@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(JARS)
 
 bench-ingest: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_ingest
+
+bench-derive: $(JARS)
+	$(BIN)/python -m tests.benchmarks.bench_derive
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

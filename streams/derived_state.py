@@ -28,7 +28,7 @@ from schemas.training_data import (
     PreferencePair,
     UserPrompt,
 )
-from streams.feedback_ratings import RatingRule, effective_ratings
+from streams.feedback_ratings import RatingAccumulator, RatingRule, is_positive
 from streams.golden_list import (
     DEFAULT_CATEGORY_CAP,
     DEFAULT_LIST_LENGTH,
@@ -67,7 +67,7 @@ class ItemStats:
 
 @dataclass
 class UserData:
-    events: list[Event] = field(default_factory=list)
+    accumulator: RatingAccumulator
     ratings: dict[str, EffectiveRating] = field(default_factory=dict)
     prompt: UserPrompt | None = None
     golden: GoldenList | None = None
@@ -105,33 +105,42 @@ class DerivedState:
             self.items_by_category.setdefault(self.category[item_id], []).append(item_id)
         self.catalogue_version += 1
 
+    def _user(self, user_id: str) -> UserData:
+        if user_id not in self.users:
+            self.users[user_id] = UserData(RatingAccumulator(user_id, self.config.rule))
+        return self.users[user_id]
+
+    def _fold(self, data: UserData, events: Iterable[Event]) -> None:
+        """Fold a user's new events in; update only the ratings (and item stats) that moved."""
+        changed: set[str] = set()
+        for event in events:
+            changed |= data.accumulator.add(event)
+        for item in changed:
+            old, new = data.ratings.get(item), data.accumulator.rating(item)
+            if old == new:
+                continue
+            if old is not None:
+                stats = self.items[item]
+                stats.count -= 1
+                stats.rating_sum -= old.rating
+            if new is None:
+                data.ratings.pop(item, None)
+            else:
+                stats = self.items.setdefault(item, ItemStats())
+                stats.count += 1
+                stats.rating_sum += new.rating
+                data.ratings[item] = new
+
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold a batch of events in (stream order); returns the users it touched."""
         touched: dict[str, list[Event]] = {}
         for event in events:
             touched.setdefault(event.user_id, []).append(event)
         for user_id, new in touched.items():
-            data = self.users.setdefault(user_id, UserData())
-            data.events.extend(new)
-            ratings = effective_ratings(data.events, self.config.rule)
-            self._update_item_stats(data.ratings, ratings)
-            data.ratings = ratings
+            data = self._user(user_id)
+            self._fold(data, new)
             self._build_lists(user_id, data)
         return set(touched)
-
-    def _update_item_stats(
-        self, old: Mapping[str, EffectiveRating], new: Mapping[str, EffectiveRating]
-    ) -> None:
-        for item, rating in old.items():
-            if new.get(item) != rating:
-                stats = self.items[item]
-                stats.count -= 1
-                stats.rating_sum -= rating.rating
-        for item, rating in new.items():
-            if old.get(item) != rating:
-                stats = self.items.setdefault(item, ItemStats())
-                stats.count += 1
-                stats.rating_sum += rating.rating
 
     def popularity(self, item: str) -> float:
         stats = self.items.get(item)
@@ -139,7 +148,10 @@ class DerivedState:
 
     def _build_lists(self, user_id: str, data: UserData) -> None:
         c = self.config
-        popularity = {item: self.popularity(item) for item in data.ratings}
+        # Only positives can be candidates, so only their s_i can order the golden list.
+        popularity = {
+            item: self.popularity(item) for item, r in data.ratings.items() if is_positive(r.rating)
+        }
         data.prompt, data.golden = build_prompt_and_golden_list(
             user_id,
             data.ratings,
@@ -177,11 +189,11 @@ class DerivedState:
     ) -> DerivedState:
         """The state computed from scratch: all ratings first, then every list once."""
         state = cls(catalogue, config)
+        by_user: dict[str, list[Event]] = {}
         for event in events:
-            state.users.setdefault(event.user_id, UserData()).events.append(event)
-        for data in state.users.values():
-            data.ratings = effective_ratings(data.events, config.rule)
-            state._update_item_stats({}, data.ratings)
+            by_user.setdefault(event.user_id, []).append(event)
+        for user_id, user_events in by_user.items():
+            state._fold(state._user(user_id), user_events)
         for user_id, data in state.users.items():
             state._build_lists(user_id, data)
         return state

@@ -55,48 +55,80 @@ def skipped_items(impression: Impression, clicked_positions: set[int]) -> list[t
     ]
 
 
+class RatingAccumulator:
+    """One user's effective ratings, folded in event by event.
+
+    ``add`` returns the items whose rating may have changed, so that a caller updates only
+    those; the work per event is bounded by the page size, not by the user's history.
+    """
+
+    def __init__(self, user_id: str, rule: RatingRule | None = None) -> None:
+        self.user_id = user_id
+        self.rule = rule or RatingRule()
+        self._explicit: dict[str, tuple[datetime, int]] = {}
+        self._implicit: dict[str, tuple[int, datetime]] = {}
+        self._pages: dict[str, Impression] = {}
+        self._clicks: dict[str, set[int]] = {}
+
+    def _signal(self, item: str, rating: int, ts: datetime) -> None:
+        # The strongest signal wins; among equals, the first one dates it.
+        best = self._implicit.get(item)
+        if best is None or rating > best[0] or (rating == best[0] and ts < best[1]):
+            self._implicit[item] = (rating, ts)
+
+    def _skips(self, request_id: str) -> set[str]:
+        page = self._pages.get(request_id)
+        if page is None:
+            return set()  # the click's impression is unknown (yet): no skips can be inferred
+        skipped = skipped_items(page, self._clicks.get(request_id, set()))
+        for item, _ in skipped:
+            self._signal(item, self.rule.skipped, page.ts)
+        return {item for item, _ in skipped}
+
+    def add(self, event: Event) -> set[str]:
+        """Fold one event in; returns the items whose effective rating may have changed."""
+        match event:
+            case Rating():
+                latest = self._explicit.get(event.item_id)
+                if latest is None or event.ts >= latest[0]:
+                    self._explicit[event.item_id] = (event.ts, event.rating)
+                return {event.item_id}
+            case Purchase():
+                self._signal(event.item_id, self.rule.purchase, event.ts)
+                return {event.item_id}
+            case Click():
+                self._signal(event.item_id, self.rule.click, event.ts)
+                self._clicks.setdefault(event.request_id, set()).add(event.position)
+                return {event.item_id} | self._skips(event.request_id)
+            case Impression():
+                self._pages[event.request_id] = event
+                return self._skips(event.request_id)
+        return set()
+
+    def rating(self, item: str) -> EffectiveRating | None:
+        """The item's effective rating now: the latest explicit one, else the strongest signal."""
+        if item in self._explicit:
+            ts, r = self._explicit[item]
+            return EffectiveRating(
+                user_id=self.user_id, item_id=item, rating=r, ts=ts, explicit=True
+            )
+        if item in self._implicit:
+            r, ts = self._implicit[item]
+            return EffectiveRating(
+                user_id=self.user_id, item_id=item, rating=r, ts=ts, explicit=False
+            )
+        return None
+
+    def items(self) -> set[str]:
+        return set(self._explicit) | set(self._implicit)
+
+
 def effective_ratings(
     events: Iterable[Event], rule: RatingRule | None = None
 ) -> dict[str, EffectiveRating]:
     """Item id -> effective rating, from all the events of one user (in stream order)."""
-    rule = rule or RatingRule()
     events = list(events)
-    explicit: dict[str, tuple[datetime, int]] = {}
-    implicit: dict[str, tuple[int, datetime]] = {}
-
-    def signal(item: str, rating: int, ts: datetime) -> None:
-        # The strongest signal wins; among equals, the first one dates it.
-        best = implicit.get(item)
-        if best is None or rating > best[0] or (rating == best[0] and ts < best[1]):
-            implicit[item] = (rating, ts)
-
-    pages: dict[str, Impression] = {}
-    clicks: dict[str, set[int]] = {}
+    accumulator = RatingAccumulator(events[0].user_id if events else "", rule)
     for event in events:
-        match event:
-            case Rating():
-                latest = explicit.get(event.item_id)
-                if latest is None or event.ts >= latest[0]:
-                    explicit[event.item_id] = (event.ts, event.rating)
-            case Purchase():
-                signal(event.item_id, rule.purchase, event.ts)
-            case Click():
-                signal(event.item_id, rule.click, event.ts)
-                clicks.setdefault(event.request_id, set()).add(event.position)
-            case Impression():
-                pages[event.request_id] = event
-    for request_id, positions in clicks.items():
-        page = pages.get(request_id)
-        if page is None:
-            continue  # the click's impression is unknown: no skips can be inferred
-        for item, _ in skipped_items(page, positions):
-            signal(item, rule.skipped, page.ts)
-
-    user = events[0].user_id if events else ""
-    out = {
-        item: EffectiveRating(user_id=user, item_id=item, rating=r, ts=ts, explicit=False)
-        for item, (r, ts) in implicit.items()
-    }
-    for item, (ts, r) in explicit.items():
-        out[item] = EffectiveRating(user_id=user, item_id=item, rating=r, ts=ts, explicit=True)
-    return out
+        accumulator.add(event)
+    return {item: r for item in accumulator.items() if (r := accumulator.rating(item))}
