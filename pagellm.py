@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from deploy import cli as deploy_cli
+from schemas.events import describe_validation_error
 from streams import cli as streams_cli
 
 # Client libraries log every connection at INFO; keep the operator's console readable.
@@ -39,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except ValidationError as exc:  # a setting from a flag or a PAGELLM_* variable
+        print(f"pagellm: invalid setting: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import InvalidEvent, event_to_json, parse_event
+from streams.derived_state import DeriveConfig
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
@@ -58,6 +59,32 @@ def _store_action(
     _add_common(parser, store=True)
     parser.set_defaults(run=run)
     return parser
+
+
+def _add_derive_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the derivation settings; left out, the paper's defaults apply."""
+    parser.add_argument("--prompt-length", type=int, help="positives in a prompt (20)")
+    parser.add_argument("--list-length", type=int, help="items in a golden list (10)")
+    parser.add_argument("--category-cap", type=float, help="largest share of one category (0.4)")
+    parser.add_argument("--seed", type=int, help="seed of the negative families (0)")
+    parser.add_argument("--purchase-rating", type=int, help="effective rating of a purchase (5)")
+    parser.add_argument("--click-rating", type=int, help="effective rating of a click (4)")
+    parser.add_argument("--skip-rating", type=int, help="effective rating of a skip (2)")
+
+
+def derive_config_from(args: argparse.Namespace) -> DeriveConfig:
+    """DeriveConfig from the flags given (validated: a bad value names its field)."""
+    from streams.feedback_ratings import RatingRule
+
+    rule = {k: getattr(args, f"{k}_rating") for k in ("purchase", "click")}
+    rule["skipped"] = args.skip_rating
+    settings = {
+        k: getattr(args, k) for k in ("prompt_length", "list_length", "category_cap", "seed")
+    }
+    return DeriveConfig(
+        **{k: v for k, v in settings.items() if v is not None},
+        rule=RatingRule(**{k: v for k, v in rule.items() if v is not None}),
+    )
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -108,11 +135,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=60.0,
         help="seconds between rebuilds of users whose tie-breaks went stale",
     )
+    _add_derive_flags(derive)
     derive.set_defaults(run=run_derive)
 
     snapshot = commands.add_parser("snapshot", help="training-data snapshots for the learner")
     snapshot_actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _store_action(snapshot_actions, "create", "pin the store's current files", run_snapshot)
+    create = _store_action(snapshot_actions, "create", "pin the store's files", run_snapshot)
+    _add_derive_flags(create)
     show = _store_action(snapshot_actions, "show", "derive a snapshot, summarise it", run_snapshot)
     show.add_argument("snapshot_id")
 
@@ -322,7 +351,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 def run_derive(args: argparse.Namespace) -> int:
     from streams.derive_worker import DeriveWorker
-    from streams.derived_state import DeriveConfig
     from streams.event_store import EventStore
 
     store = EventStore(settings_from(args).store_dir)
@@ -331,7 +359,7 @@ def run_derive(args: argparse.Namespace) -> int:
         return 2
     log.info("derive worker on %s, polling every %.1f s", store.root, args.interval)
     with contextlib.suppress(KeyboardInterrupt):
-        DeriveWorker(store, DeriveConfig()).run(args.interval, args.refresh_every)
+        DeriveWorker(store, derive_config_from(args)).run(args.interval, args.refresh_every)
     return 0
 
 
@@ -341,7 +369,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
 
     store = EventStore(settings_from(args).store_dir)
     if args.action == "create":
-        manifest = create_snapshot(store)
+        manifest = create_snapshot(store, derive_config_from(args))
         console.print(
             f"snapshot {manifest.snapshot_id}: {len(manifest.files)} files, "
             f"stream position {manifest.stream_position}"

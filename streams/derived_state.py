@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +85,7 @@ class DerivedState:
     def __init__(self, catalogue: Mapping[str, CatalogueItem], config: DeriveConfig) -> None:
         self.config = config
         self.category: dict[str, str] = {}
+        self.price: dict[str, Decimal | None] = {}
         self.items_by_category: dict[str, list[str]] = {}
         self.catalogue_version = 0
         self.items: dict[str, ItemStats] = {}
@@ -91,7 +93,8 @@ class DerivedState:
         self.update_catalogue(catalogue)
 
     def update_catalogue(self, catalogue: Mapping[str, CatalogueItem]) -> None:
-        """Take new or changed items; every list built before is stale (categories moved)."""
+        """Take new or changed items; a category change makes every earlier list stale."""
+        self.price.update({i: item.price for i, item in catalogue.items()})
         changed = {
             i: item.category
             for i, item in catalogue.items()

@@ -52,6 +52,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         [
             ("item_id", pa.string()),
             ("category", pa.string()),
+            ("price", pa.decimal128(18, 4)),
             ("ratings", pa.int64()),
             ("mean_rating", pa.float64()),
             ("version", pa.int64()),
@@ -100,6 +101,7 @@ def derived_tables(
         {
             "item_id": i,
             "category": state.category.get(i),
+            "price": state.price.get(i),
             "ratings": state.items[i].count,
             "mean_rating": state.items[i].mean,
             "version": version,
@@ -132,7 +134,8 @@ def derived_view_definitions(store: EventStore) -> dict[str, str]:
             f"JOIN ({latest_user}) USING (user_id, version)"
         ),
         "item_stats": (
-            f"SELECT item_id, category, ratings, mean_rating, version FROM {src[ITEM_STATS]} "
+            "SELECT item_id, category, price, ratings, mean_rating, version "
+            f"FROM {src[ITEM_STATS]} "
             "QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY version DESC) = 1"
         ),
     }

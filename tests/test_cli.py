@@ -132,3 +132,17 @@ def test_snapshot_create_and_show(tmp_path: Path) -> None:
     assert shown.returncode == 0 and "users with a split" in shown.stdout.decode()
     unknown = pagellm("snapshot", "show", "--store", str(store), "nope")
     assert unknown.returncode == 2 and snapshot_id in unknown.stderr.decode()
+
+
+def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    assert pagellm("store", "init", "--store", store).returncode == 0
+    bad_flag = pagellm("snapshot", "create", "--store", store, "--category-cap", "1.5")
+    assert bad_flag.returncode == 2
+    assert "invalid setting: category_cap: Input should be less than or equal to 1" in (
+        bad_flag.stderr.decode()
+    )
+    custom = pagellm("snapshot", "create", "--store", store, "--prompt-length", "5")
+    default = pagellm("snapshot", "create", "--store", store)
+    # The settings are part of a snapshot's identity.
+    assert custom.stderr.split()[1] != default.stderr.split()[1]

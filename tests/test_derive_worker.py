@@ -44,9 +44,10 @@ def test_live_views_equal_a_full_rebuild_after_refresh(store: EventStore) -> Non
         con.execute("SELECT family, count(*) FROM preference_pairs GROUP BY 1").fetchall()
     )
     assert set(families) == {"np", "rk", "d", "rd"}
-    ratings, mean = con.execute(
-        "SELECT ratings, mean_rating FROM item_stats WHERE item_id = 'i7'"
+    ratings, mean, price = con.execute(
+        "SELECT ratings, mean_rating, price FROM item_stats WHERE item_id = 'i7'"
     ).fetchone()
+    assert price == 7
     assert ratings == worker.state.items["i7"].count
     assert mean == worker.state.items["i7"].mean
     assert con.execute("SELECT count(DISTINCT user_id) FROM golden_lists").fetchone() == (30,)

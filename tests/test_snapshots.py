@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -23,7 +24,7 @@ def write_ratings(store: EventStore, users: range, seed: int, first_offset: int)
     offset = first_offset
     for n in range(60):
         batch.add_catalogue_item(
-            CatalogueItem(item_id=f"i{n}", category=f"c{n % 5}"),
+            CatalogueItem(item_id=f"i{n}", category=f"c{n % 5}", price=Decimal(n)),
             SourceRecord("catalogue", 0, offset, None, None),
         )
         offset += 1
