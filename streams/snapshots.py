@@ -127,3 +127,11 @@ def load_snapshot(store: EventStore, snapshot_id: str) -> tuple[SnapshotManifest
         by_user.setdefault(event.user_id, []).append(event)
     ratings = {user: effective_ratings(evs, config.rule) for user, evs in by_user.items()}
     return manifest, build_training_snapshot(ratings, catalogue, config)
+
+
+def take_snapshot(
+    store: EventStore, config: DeriveConfig | None = None
+) -> tuple[SnapshotManifest, TrainingSnapshot]:
+    """The learner's one call: pin the store as it is now and derive its training data."""
+    manifest = create_snapshot(store, config)
+    return load_snapshot(store, manifest.snapshot_id)

@@ -12,7 +12,7 @@ from schemas import CatalogueItem, Rating
 from streams.derived_state import DeriveConfig
 from streams.event_store import EventStore
 from streams.ledger import LedgerBatch, SourceRecord
-from streams.snapshots import SnapshotError, create_snapshot, load_snapshot
+from streams.snapshots import SnapshotError, create_snapshot, load_snapshot, take_snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -60,6 +60,8 @@ def test_a_snapshot_is_reproducible_from_its_id(store: EventStore) -> None:
     assert later.snapshot_id != manifest.snapshot_id
     assert len(load_snapshot(store, later.snapshot_id)[1].golden) > len(first.golden)
     assert create_snapshot(store, DeriveConfig(prompt_length=5, seed=9)) == later
+    taken, data = take_snapshot(store, DeriveConfig(prompt_length=5, seed=9))
+    assert taken == later and data == load_snapshot(store, later.snapshot_id)[1]
 
 
 def test_snapshot_split_follows_the_protocol(store: EventStore) -> None:
