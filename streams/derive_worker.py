@@ -37,10 +37,7 @@ class DeriveWorker:
         init_derived(store)
 
     def _new_files(self) -> tuple[str, ...]:
-        files = {
-            str(p.relative_to(self.store.root)) for p in self.store.ledger_dir.glob("*/*.parquet")
-        }
-        return tuple(sorted(files - self.seen))
+        return tuple(f for f in self.store.ledger_files() if f not in self.seen)
 
     def poll(self) -> PollReport:
         """Fold in the files that appeared since the last poll; write what changed."""

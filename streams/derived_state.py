@@ -200,10 +200,3 @@ class DerivedState:
         for user_id, data in state.users.items():
             state._build_lists(user_id, data)
         return state
-
-    def training_view(self) -> dict[str, tuple[object, ...]]:
-        """Per user: (prompt, golden list, pairs, skipped families): what the learner sees."""
-        return {
-            u: (d.prompt, d.golden, tuple(d.pairs), tuple(sorted(d.skipped.items())))
-            for u, d in self.users.items()
-        }

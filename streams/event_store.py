@@ -60,6 +60,10 @@ class EventStore:
     def ledger_glob(self) -> str:
         return self.dataset_glob(LEDGER_DIR)
 
+    def ledger_files(self) -> list[str]:
+        """The ledger's visible files, relative to the root, in name (write-time) order."""
+        return sorted(str(p.relative_to(self.root)) for p in self.ledger_dir.glob("*/*.parquet"))
+
     def dataset_glob(self, dataset: str) -> str:
         """The glob of a dataset's files (``<root>/<dataset>/date=*/*.parquet``)."""
         return str(self.root / dataset / "*" / "*.parquet")

@@ -78,9 +78,6 @@ class FeedGenerator:
             f"i{i}": Decimal(self.rng.randint(100, 10_000)) / 100 for i in range(self.config.items)
         }
 
-    def category_of(self, item_id: str) -> str:
-        return f"c{int(item_id[1:]) % self.config.categories}"
-
     def _next_id(self, prefix: str) -> str:
         self._counter += 1
         return f"{prefix}{self.config.seed}-{self._counter}"

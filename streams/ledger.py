@@ -71,41 +71,6 @@ class SourceRecord:
     timestamp: datetime | None
 
 
-def _event_columns(event: Impression | Click | Purchase | Rating) -> dict[str, object]:
-    """The typed columns an event fills; the others stay null."""
-    row: dict[str, object] = {
-        "event_id": event.event_id,
-        "type": event.type,
-        "user_id": event.user_id,
-        "session_id": event.session_id,
-        "ts": event.ts,
-        "schema_version": event.schema_version,
-    }
-    match event:
-        case Impression():
-            row.update(
-                request_id=event.request_id,
-                model_version=event.model_version,
-                experiment=event.experiment,
-                variant=event.variant,
-                page=[{"item_id": s.item_id, "position": s.position} for s in event.items],
-            )
-        case Click():
-            row.update(request_id=event.request_id, item_id=event.item_id, position=event.position)
-        case Purchase():
-            row.update(
-                request_id=event.request_id,
-                item_id=event.item_id,
-                quantity=event.quantity,
-                unit_price=event.unit_price,
-                currency=event.currency,
-                gmv=event.gmv,
-            )
-        case Rating():
-            row.update(item_id=event.item_id, rating=event.rating)
-    return row
-
-
 _TYPE_FIELDS: dict[str, tuple[type[Impression | Click | Purchase | Rating], tuple[str, ...]]] = {
     "impression": (Impression, ("request_id", "model_version", "experiment", "variant")),
     "click": (Click, ("request_id", "item_id", "position")),
@@ -113,6 +78,17 @@ _TYPE_FIELDS: dict[str, tuple[type[Impression | Click | Purchase | Rating], tupl
     "rating": (Rating, ("item_id", "rating")),
 }
 _COMMON_FIELDS = ("event_id", "type", "user_id", "session_id", "ts", "schema_version")
+
+
+def _event_columns(event: Impression | Click | Purchase | Rating) -> dict[str, object]:
+    """The typed columns an event fills; the others stay null."""
+    _, fields = _TYPE_FIELDS[event.type]
+    row = {name: getattr(event, name) for name in (*_COMMON_FIELDS, *fields)}
+    if isinstance(event, Impression):
+        row["page"] = [{"item_id": s.item_id, "position": s.position} for s in event.items]
+    elif isinstance(event, Purchase):
+        row["gmv"] = event.gmv
+    return row
 
 
 def event_from_row(row: dict[str, object]) -> Impression | Click | Purchase | Rating:

@@ -41,10 +41,6 @@ class SnapshotManifest:
     config: dict[str, object]
 
 
-def _ledger_files(store: EventStore) -> list[str]:
-    return sorted(str(p.relative_to(store.root)) for p in store.ledger_dir.glob("*/*.parquet"))
-
-
 def _stream_position(store: EventStore, files: list[str]) -> dict[str, int]:
     """Highest offset per ``topic/partition`` the files hold: where in the stream this is."""
     with duckdb.connect() as con:
@@ -59,7 +55,7 @@ def _stream_position(store: EventStore, files: list[str]) -> dict[str, int]:
 def create_snapshot(store: EventStore, config: DeriveConfig | None = None) -> SnapshotManifest:
     """Pin the store's current files as a snapshot; returns its manifest (saved in the store)."""
     config = config or DeriveConfig()
-    files = _ledger_files(store)
+    files = store.ledger_files()
     identity = json.dumps({"files": files, "config": config.model_dump()}, sort_keys=True)
     snapshot_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = store.root / SNAPSHOT_DIR / f"{snapshot_id}.json"

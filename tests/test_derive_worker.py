@@ -19,9 +19,7 @@ def view_lists(store: EventStore) -> dict[str, tuple]:
 
 
 def rebuilt_lists(store: EventStore) -> dict[str, tuple]:
-    files = tuple(
-        sorted(str(p.relative_to(store.root)) for p in store.ledger_dir.glob("*/*.parquet"))
-    )
+    files = tuple(store.ledger_files())
     events, catalogue = read_stream(store, files)
     state = DerivedState.rebuild(catalogue, CONFIG, events)
     return {u: (d.prompt.items, d.golden.items) for u, d in state.users.items()}

@@ -14,7 +14,7 @@ import pytest
 
 from schemas import CatalogueItem, parse_event
 from streams.event_store import EventStore, SourceMismatch
-from streams.ledger import LedgerBatch, SourceRecord
+from streams.ledger import LedgerBatch, SourceRecord, event_from_row
 from streams.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
 from tests.test_schemas import NOW, VALID
 
@@ -140,3 +140,13 @@ def test_catalogue_view_keeps_the_latest_record_per_item(store: EventStore) -> N
         ("b", "books", "B"),
     ]
     assert con.execute("SELECT count(*) FROM events").fetchone() == (4,)
+
+
+def test_ledger_rows_give_back_their_events() -> None:
+    batch = one_of_each()
+    rows = [r for r in batch.to_table().to_pylist() if r["reject_reason"] is None]
+    sent = [
+        parse_event(json.dumps({**VALID[k], "event_id": f"e-{k}"}), now=NOW)
+        for k in ("impression", "click", "purchase", "rating")
+    ]
+    assert [event_from_row(r) for r in rows] == sent

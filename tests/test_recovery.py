@@ -121,9 +121,5 @@ def test_two_workers_share_four_partitions_and_store_each_event_once(
     )
     assert set(by_writer) == {"wa", "wb"}, by_writer
     assert sum(by_writer.values()) == produced
-    partitions_by_writer = con.execute(
-        "SELECT regexp_extract(filename, '-(w[ab])-', 1), count(DISTINCT kafka_partition) "
-        f"FROM read_parquet('{settings.store_dir}/ingested/*/*.parquet', filename = true) "
-        "WHERE reject_reason IS NULL GROUP BY 1"
-    ).fetchall()
-    assert all(n >= 1 for _, n in partitions_by_writer)
+    # Both joined before the events were produced, so each owns partitions from the start.
+    assert min(by_writer.values()) >= produced // 5, by_writer

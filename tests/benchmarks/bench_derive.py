@@ -84,9 +84,7 @@ def main() -> None:
             broker.stop()
 
         store = EventStore(settings.store_dir)
-        files = tuple(
-            sorted(str(p.relative_to(store.root)) for p in store.ledger_dir.glob("*/*.parquet"))
-        )
+        files = tuple(store.ledger_files())
         events, catalogue = read_stream(store, files)
     config = DeriveConfig()
 
