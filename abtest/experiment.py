@@ -1,0 +1,96 @@
+"""An experiment's configuration: who is in it, what each variant serves, what is measured.
+
+The first variant is the control every other variant is compared with. Users enter through two
+hashes (``bucketing``): the layer's hash picks the experiment within its layer (experiments of
+one layer hold disjoint layer buckets, so they exclude each other; layers hash with different
+salts, so they are orthogonal), and the experiment's salt picks the variant.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from abtest.bucketing import BUCKETS, initial_allocation, ranges_size
+from abtest.metrics import MetricName
+from schemas.events import Identifier
+
+Range = tuple[Annotated[int, Field(ge=0, le=BUCKETS)], Annotated[int, Field(ge=0, le=BUCKETS)]]
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Identifier
+    weight: float = Field(gt=0, description="share of the experiment's users, relative")
+    model_version: Identifier = Field(description="the policy version this variant serves")
+
+
+class Experiment(BaseModel):
+    """One A/B experiment; ``ExperimentRegistry.create`` fills in its layer buckets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Identifier
+    salt: str = Field("", description="hash salt of the variant assignment (default: the name)")
+    layer: Identifier = Field("default", description="experiments of one layer exclude each other")
+    traffic: float = Field(1.0, gt=0, le=1, description="share of the layer's users it takes")
+    layer_ranges: tuple[Range, ...] = Field(
+        (), description="the layer buckets it holds (assigned at creation)"
+    )
+    variants: tuple[Variant, ...] = Field(min_length=2, description="the first is the control")
+    allocation: dict[str, tuple[Range, ...]] = Field(
+        default_factory=dict, description="variant -> its buckets (default: by weight)"
+    )
+    start: AwareDatetime
+    end: AwareDatetime | None = Field(None, description="None: runs until stopped")
+    pre_period_days: float = Field(
+        14.0, ge=0, description="days before start whose data adjusts the metrics (CUPED); 0: off"
+    )
+    primary_metrics: tuple[MetricName, ...] = (MetricName.GMV_PER_USER, MetricName.CTR)
+    guardrails: tuple[MetricName, ...] = (MetricName.SESSION_FAILURE_RATE,)
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level (two-sided)")
+    min_users_per_variant: int = Field(
+        100, ge=2, description="below this many exposed users a variant's results are withheld"
+    )
+    sequential_tau: float = Field(
+        0.02, gt=0, description="prior sd of the relative lift in the always-valid p-value"
+    )
+    stopped_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variants: two variants share a name")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError("end: must be after start")
+        if not self.salt:
+            object.__setattr__(self, "salt", self.name)
+        if not self.allocation:
+            weights = {v.name: v.weight for v in self.variants}
+            object.__setattr__(self, "allocation", initial_allocation(weights))
+        elif set(self.allocation) != set(names):
+            raise ValueError("allocation: must name exactly the variants")
+        elif sum(ranges_size(r) for r in self.allocation.values()) != BUCKETS:
+            raise ValueError(f"allocation: the variants' ranges must cover all {BUCKETS} buckets")
+        return self
+
+    @property
+    def control(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def pre_start(self) -> datetime:
+        return self.start - timedelta(days=self.pre_period_days)
+
+    def window_end(self, now: datetime | None = None) -> datetime:
+        """Data counts until the earliest of its end, its stop and now."""
+        return min(t for t in (self.end, self.stopped_at, now or datetime.now(UTC)) if t)
+
+    def is_running(self, now: datetime | None = None) -> bool:
+        """Not stopped and not past its end: it holds its layer buckets (also before start)."""
+        now = now or datetime.now(UTC)
+        return self.stopped_at is None and (self.end is None or now < self.end)

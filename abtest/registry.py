@@ -1,0 +1,112 @@
+"""Experiments kept as JSON files beside the event store, one per experiment.
+
+Each file is written whole under a temporary name and renamed into place, so a reader sees the
+old configuration or the new one, never half of either. Changes that read other experiments
+(layer buckets) hold an exclusive lock on the directory, so two creations cannot take the same
+buckets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
+from abtest.experiment import Experiment
+
+
+class ExperimentError(ValueError):
+    """A request the registry refuses; the message says why."""
+
+
+def free_layer_buckets(taken: list[Ranges]) -> list[int]:
+    """Layer buckets none of ``taken`` holds, in increasing order."""
+    held = {b for ranges in taken for b in expand(ranges)}
+    return [b for b in range(BUCKETS) if b not in held]
+
+
+class ExperimentRegistry:
+    def __init__(self, store_dir: Path | str) -> None:
+        self.dir = Path(store_dir) / "experiments"
+
+    def _path(self, name: str) -> Path:
+        return self.dir / f"{name}.json"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _write(self, experiment: Experiment) -> None:
+        path = self._path(experiment.name)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        with open(tmp, "w") as sink:
+            sink.write(experiment.model_dump_json(indent=2))
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+
+    def list(self) -> list[Experiment]:
+        if not self.dir.exists():
+            return []
+        return [
+            Experiment.model_validate_json(p.read_text()) for p in sorted(self.dir.glob("*.json"))
+        ]
+
+    def get(self, name: str) -> Experiment:
+        path = self._path(name)
+        if not path.exists():
+            known = ", ".join(e.name for e in self.list()) or "none"
+            raise ExperimentError(f"no experiment named {name!r} (known: {known})")
+        return Experiment.model_validate_json(path.read_text())
+
+    def create(self, experiment: Experiment) -> Experiment:
+        """Store a new experiment, giving it the lowest free buckets of its layer."""
+        with self._locked():
+            if self._path(experiment.name).exists():
+                raise ExperimentError(f"name: an experiment named {experiment.name!r} exists")
+            rivals = [e for e in self.list() if e.layer == experiment.layer and e.is_running()]
+            free = free_layer_buckets([e.layer_ranges for e in rivals])
+            need = bucket_counts({"in": experiment.traffic, "out": 1 - experiment.traffic})["in"]
+            if need > len(free):
+                holders = ", ".join(f"{e.name} ({e.traffic:.0%})" for e in rivals)
+                raise ExperimentError(
+                    f"traffic: layer {experiment.layer!r} has {len(free) / BUCKETS:.1%} of its "
+                    f"users free ({holders} hold the rest); lower traffic or use another layer"
+                )
+            created = experiment.model_copy(update={"layer_ranges": as_ranges(free[:need])})
+            self._write(Experiment.model_validate(created.model_dump()))
+            return created
+
+    def stop(self, name: str, at: datetime | None = None) -> Experiment:
+        """End the experiment now (its layer buckets become free for later experiments)."""
+        with self._locked():
+            experiment = self.get(name)
+            if experiment.stopped_at is not None:
+                raise ExperimentError(f"experiment {name!r} was stopped at {experiment.stopped_at}")
+            stopped = experiment.model_copy(update={"stopped_at": at or datetime.now(UTC)})
+            self._write(stopped)
+            return stopped
+
+    def reweight(self, name: str, weights: Mapping[str, float]) -> Experiment:
+        """New variant weights; users move only into variants whose share grows."""
+        with self._locked():
+            experiment = self.get(name)
+            try:
+                allocation = reallocate(experiment.allocation, weights)
+            except ValueError as exc:
+                raise ExperimentError(str(exc)) from None
+            variants = tuple(
+                v.model_copy(update={"weight": weights[v.name]}) for v in experiment.variants
+            )
+            changed = Experiment.model_validate(
+                experiment.model_dump() | {"variants": variants, "allocation": allocation}
+            )
+            self._write(changed)
+            return changed

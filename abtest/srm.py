@@ -1,0 +1,25 @@
+"""Sample-ratio mismatch: are the exposed users split the way the allocation says?
+
+A mismatch means exposure or logging differs between variants (a variant that crashes, a
+redirect that loses users), which biases every metric; a report with one must not be trusted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scipy import stats
+
+SRM_ALPHA = 0.001
+
+
+def sample_ratio_chi_square(observed: Sequence[int], weights: Sequence[float]) -> float:
+    """chi^2 = sum_v (o_v - e_v)^2 / e_v, e_v = N w_v / sum w."""
+    total, weight_sum = sum(observed), sum(weights)
+    expected = [total * w / weight_sum for w in weights]
+    return sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True) if e > 0)
+
+
+def sample_ratio_p_value(observed: Sequence[int], weights: Sequence[float]) -> float:
+    """p = P(chi^2_{k-1} > chi^2)."""
+    return float(stats.chi2.sf(sample_ratio_chi_square(observed, weights), len(observed) - 1))

@@ -1,0 +1,59 @@
+"""Per-variant sufficient statistics of per-user vectors: all the statistics ever need.
+
+For users i = 1..n with columns z_i (say gmv, pre_gmv), DuckDB aggregates n, the sums
+s = sum z_i and the cross products Q = sum z_i z_i^T; means and covariances follow, so a report
+over ten million users moves a few numbers per variant into Python, not the users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def cross_name(a: str, b: str) -> str:
+    """The SQL alias of sum(a * b) (the pair in canonical order)."""
+    first, second = sorted((a, b))
+    return f"{first}__x__{second}"
+
+
+@dataclass(frozen=True)
+class Moments:
+    """n, s = sum z, Q = sum z z^T over the users of one variant, for the named columns."""
+
+    columns: tuple[str, ...]
+    n: int
+    sums: np.ndarray
+    cross: np.ndarray
+
+    @classmethod
+    def from_aggregates(cls, columns: Sequence[str], row: Mapping[str, float]) -> Moments:
+        """From a row holding n, sum_<c> and the cross products named by ``cross_name``."""
+        k = len(columns)
+        sums = np.array([float(row[f"sum_{c}"] or 0.0) for c in columns])
+        cross = np.empty((k, k))
+        for i, a in enumerate(columns):
+            for j, b in enumerate(columns):
+                cross[i, j] = float(row[cross_name(a, b)] or 0.0)
+        return cls(tuple(columns), int(row["n"]), sums, cross)
+
+    @classmethod
+    def from_values(cls, columns: Sequence[str], values: np.ndarray) -> Moments:
+        """From per-user rows (n x k): what SQL aggregates, computed in Python (tests, sims)."""
+        values = np.asarray(values, dtype=float)
+        return cls(tuple(columns), len(values), values.sum(axis=0), values.T @ values)
+
+    def select(self, columns: Sequence[str]) -> Moments:
+        index = [self.columns.index(c) for c in columns]
+        return Moments(tuple(columns), self.n, self.sums[index], self.cross[np.ix_(index, index)])
+
+    def mean(self) -> np.ndarray:
+        """m = s / n."""
+        return self.sums / self.n
+
+    def covariance(self) -> np.ndarray:
+        """C = (Q - n m m^T) / (n - 1), the unbiased sample covariance of the columns."""
+        m = self.mean()
+        return (self.cross - self.n * np.outer(m, m)) / (self.n - 1)

@@ -1,0 +1,183 @@
+"""Bucketing and assignment: uniform, stable across processes and languages, independent layers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from abtest.assignment import assign, layer_salt
+from abtest.bucketing import (
+    BUCKETS,
+    bucket,
+    bucket_counts,
+    expand,
+    initial_allocation,
+    ranges_size,
+    reallocate,
+    variant_of,
+)
+from abtest.experiment import Experiment, Variant
+from abtest.registry import ExperimentError, ExperimentRegistry
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+salts = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
+
+
+def experiment(name: str, layer: str = "default", traffic: float = 1.0, **kw: object) -> Experiment:
+    variants = kw.pop("variants", None) or (
+        Variant(name="control", weight=1, model_version="v1"),
+        Variant(name="treatment", weight=1, model_version="v2"),
+    )
+    return Experiment(name=name, layer=layer, traffic=traffic, variants=variants, start=START, **kw)
+
+
+def test_bucket_is_md5_of_salt_colon_id() -> None:
+    # A test vector for other services: `printf 'exp:u1' | md5sum` starts 59970967, and
+    # 0x59970967 = 1503070567, which is bucket 567.
+    assert bucket("exp", "u1") == 567
+
+
+@settings(max_examples=3, deadline=None)
+@given(salt=salts)
+def test_buckets_are_uniform_over_a_million_ids(salt: str) -> None:
+    counts = np.bincount([bucket(salt, f"user-{i}") for i in range(1_000_000)], minlength=BUCKETS)
+    assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_duckdb_reproduces_the_bucket_of_every_user() -> None:
+    ids = [f"user-{i}" for i in range(2000)] + ["ü-ñ", "x" * 128]
+    expected = [bucket("exp-7", u) for u in ids]
+    got = duckdb.sql(
+        "SELECT ('0x' || md5('exp-7' || ':' || u)[1:8])::UBIGINT % 10000 FROM unnest($ids) t(u)",
+        params={"ids": ids},
+    ).fetchall()
+    assert [row[0] for row in got] == expected
+
+
+def test_buckets_are_stable_across_processes() -> None:
+    ids = [f"user-{i}" for i in range(500)]
+    code = "import sys; from abtest.bucketing import bucket; " + (
+        "print(','.join(str(bucket('s', f'user-{i}')) for i in range(500)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123"},
+    ).stdout
+    assert [int(x) for x in out.strip().split(",")] == [bucket("s", u) for u in ids]
+
+
+def test_two_layers_are_independent() -> None:
+    ids = [f"user-{i}" for i in range(200_000)]
+    first = np.array([bucket(layer_salt("ranking"), u) < 3000 for u in ids])
+    second = np.array([bucket(layer_salt("pricing"), u) < 5000 for u in ids])
+    table = np.array(
+        [
+            [np.sum(first & second), np.sum(first & ~second)],
+            [np.sum(~first & second), np.sum(~first & ~second)],
+        ]
+    )
+    assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_bucket_counts_sum_to_all_buckets_by_largest_remainder() -> None:
+    assert bucket_counts({"a": 1, "b": 1, "c": 1}) == {"a": 3334, "b": 3333, "c": 3333}
+    assert bucket_counts({"a": 0.9, "b": 0.1}) == {"a": 9000, "b": 1000}
+    with pytest.raises(ValueError, match="weights"):
+        bucket_counts({"a": 0, "b": 0})
+
+
+weights = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]), st.integers(1, 100), min_size=2, max_size=4
+)
+
+
+@given(old=weights, data=st.data())
+def test_reallocation_moves_users_only_into_growing_variants(
+    old: dict, data: st.DataObject
+) -> None:
+    new = {name: data.draw(st.integers(1, 100)) for name in old}
+    before = initial_allocation(old)
+    after = reallocate(before, new)
+    targets = bucket_counts(new)
+    assert {name: ranges_size(r) for name, r in after.items()} == targets
+    old_owner = {b: name for name, r in before.items() for b in expand(r)}
+    new_owner = {b: name for name, r in after.items() for b in expand(r)}
+    assert sorted(new_owner) == list(range(BUCKETS))
+    sizes_before = {name: ranges_size(r) for name, r in before.items()}
+    for b, name in new_owner.items():
+        if old_owner[b] != name:
+            assert targets[name] > sizes_before[name], "a user moved into a variant that shrank"
+            assert targets[old_owner[b]] < sizes_before[old_owner[b]]
+
+
+def test_growing_the_treatment_keeps_everyone_already_in_it() -> None:
+    before = initial_allocation({"control": 90, "treatment": 10})
+    after = reallocate(before, {"control": 80, "treatment": 20})
+    ids = [f"u{i}" for i in range(20_000)]
+    moved = 0
+    for u in ids:
+        b = bucket("grow", u)
+        was, now = variant_of(before, b), variant_of(after, b)
+        assert not (was == "treatment" and now != "treatment")
+        moved += was != now
+    assert 0.08 < moved / len(ids) < 0.12
+
+
+def test_changing_one_experiment_moves_no_user_of_another(tmp_path) -> None:
+    registry = ExperimentRegistry(tmp_path)
+    registry.create(experiment("ranking", layer="ranking"))
+    other = registry.create(experiment("pricing", layer="pricing"))
+    ids = [f"u{i}" for i in range(5000)]
+    before = [assign(other, u) for u in ids]
+    registry.reweight("ranking", {"control": 1, "treatment": 3})
+    registry.stop("ranking")
+    registry.create(experiment("ranking-2", layer="ranking", salt="new-salt"))
+    assert [assign(registry.get("pricing"), u) for u in ids] == before
+
+
+def test_experiments_of_one_layer_exclude_each_other(tmp_path) -> None:
+    registry = ExperimentRegistry(tmp_path)
+    first = registry.create(experiment("first", traffic=0.3))
+    second = registry.create(experiment("second", traffic=0.5))
+    ids = [f"u{i}" for i in range(20_000)]
+    in_first = {u for u in ids if assign(first, u)}
+    in_second = {u for u in ids if assign(second, u)}
+    assert not in_first & in_second
+    assert len(in_first) / len(ids) == pytest.approx(0.3, abs=0.02)
+    assert len(in_second) / len(ids) == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(ExperimentError, match=r"traffic: layer 'default' has 20.0% .* free"):
+        registry.create(experiment("third", traffic=0.25))
+    registry.stop("first")
+    assert registry.create(experiment("third", traffic=0.25)).layer_ranges[0][0] == 0
+
+
+def test_registry_refuses_a_duplicate_and_names_the_unknown(tmp_path) -> None:
+    registry = ExperimentRegistry(tmp_path)
+    registry.create(experiment("exp"))
+    with pytest.raises(ExperimentError, match="name: an experiment named 'exp' exists"):
+        registry.create(experiment("exp"))
+    with pytest.raises(ExperimentError, match=r"no experiment named 'nope' \(known: exp\)"):
+        registry.get("nope")
+    assert [e.name for e in ExperimentRegistry(tmp_path).list()] == ["exp"]
+
+
+def test_configuration_errors_name_the_field() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="end"):
+        experiment("e", end=START)
+    with pytest.raises(ValidationError, match="variants"):
+        experiment("e", variants=(Variant(name="a", weight=1, model_version="v"),) * 2)
+    with pytest.raises(ValidationError, match="weight"):
+        Variant(name="a", weight=-1, model_version="v")
