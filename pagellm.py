@@ -8,6 +8,7 @@ import sys
 
 from pydantic import ValidationError
 
+from abtest import cli as abtest_cli
 from deploy import cli as deploy_cli
 from schemas.events import describe_validation_error
 from streams import cli as streams_cli
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     deploy_cli.register(commands)
     streams_cli.register(commands)
+    abtest_cli.register(commands)
     return parser
 
 

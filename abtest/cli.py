@@ -1,0 +1,240 @@
+"""``pagellm ab``: create, list, show, stop, reweight experiments; assign users; report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+from rich.table import Table
+
+from abtest.assignment import assign
+from abtest.experiment import Experiment, Variant
+from abtest.metrics import MetricName
+from abtest.registry import ExperimentError, ExperimentRegistry
+from abtest.report import build_report, write_report
+from abtest.report_table import report_table
+from abtest.synthetic_traffic import TrafficShape, as_json_lines, synthetic_traffic
+from streams.progress_bars import progress_bar
+from streams.settings import StreamSettings
+
+# Piped output (a file, a CI log) gets room for the whole report table instead of 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class ReportSettings(BaseSettings):
+    """How reports run, read from ``PAGELLM_AB_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="PAGELLM_AB_", extra="ignore")
+
+    memory_limit: str | None = Field(
+        None,
+        description="DuckDB's memory cap for a report, e.g. '4GB' (default: DuckDB's own, 80% "
+        "of RAM); beyond it DuckDB spills to disk, which costs time",
+    )
+
+
+def _store_dir(args: argparse.Namespace) -> Path:
+    return args.store_dir or StreamSettings().store_dir
+
+
+def _registry(args: argparse.Namespace) -> ExperimentRegistry:
+    return ExperimentRegistry(_store_dir(args))
+
+
+def parse_variant(spec: str) -> Variant:
+    """NAME:MODEL_VERSION[:WEIGHT] (weight 1 when left out)."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise argparse.ArgumentTypeError(
+            f"--variant {spec!r}: expected NAME:MODEL_VERSION[:WEIGHT], e.g. control:v1:50"
+        )
+    weight = parts[2] if len(parts) == 3 else "1"
+    return Variant.model_validate({"name": parts[0], "model_version": parts[1], "weight": weight})
+
+
+def _time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time ({exc})") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _metrics(value: str) -> tuple[MetricName, ...]:
+    try:
+        return tuple(MetricName(v) for v in value.split(",") if v)
+    except ValueError:
+        known = ", ".join(m.value for m in MetricName)
+        raise argparse.ArgumentTypeError(f"{value!r}: metrics are {known}") from None
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ab = commands.add_parser("ab", help="A/B experiments: configure, assign, report")
+    actions = ab.add_subparsers(dest="ab_action", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, run) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        parser = actions.add_parser(name, help=help_text)
+        parser.add_argument("--store", dest="store_dir", type=Path, help="event store directory")
+        parser.set_defaults(run=_refusing(run))
+        return parser
+
+    create = action("create", "create an experiment", run_create)
+    create.add_argument("name")
+    create.add_argument(
+        "--variant", dest="variants", action="append", type=parse_variant, required=True,
+        help="NAME:MODEL_VERSION[:WEIGHT], once per variant; the first is the control",
+    )  # fmt: skip
+    create.add_argument("--start", type=_time, help="ISO-8601 start (default: now)")
+    create.add_argument("--end", type=_time, help="ISO-8601 end (default: until stopped)")
+    create.add_argument("--layer", help="experiments of one layer exclude each other (default)")
+    create.add_argument("--traffic", type=float, help="share of the layer's users (1.0)")
+    create.add_argument("--salt", help="hash salt (default: the name)")
+    create.add_argument("--pre-period-days", type=float, help="CUPED pre-period (14; 0: off)")
+    create.add_argument("--primary", type=_metrics, help="primary metrics, comma-separated")
+    create.add_argument("--guardrails", type=_metrics, help="guardrail metrics, comma-separated")
+    create.add_argument("--alpha", type=float, help="significance level (0.05)")
+    create.add_argument("--min-users", type=int, help="exposed users a variant needs (100)")
+
+    action("list", "list experiments", run_list)
+    action("show", "print an experiment's configuration", run_show).add_argument("name")
+    action("stop", "stop an experiment now", run_stop).add_argument("name")
+    reweight = action("reweight", "change variant weights (users move only into growing ones)",
+                      run_reweight)  # fmt: skip
+    reweight.add_argument("name")
+    reweight.add_argument("weights", nargs="+", help="VARIANT=WEIGHT for every variant")
+    assign_parser = action("assign", "print the variant of each user", run_assign)
+    assign_parser.add_argument("name")
+    assign_parser.add_argument("users", nargs="+")
+    simulate = action("simulate", "write synthetic traffic of an experiment as JSONL", run_simulate)
+    simulate.add_argument("name")
+    simulate.add_argument("--users", type=int, default=10_000, help="users to draw (10000)")
+    simulate.add_argument("--gmv-lift", type=float, default=0.0, help="planted lift, e.g. 0.05")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--out", default="-", help="file, or - for stdout (default)")
+    report = action("report", "the experiment's lift and significance per metric", run_report)
+    report.add_argument("name")
+    report.add_argument("--out", type=Path, help="directory of the JSON and PNG")
+    report.add_argument("--now", type=_time, help="report as of this time (default: now)")
+
+
+def _refusing(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """The action, with a refused request printed as its reason (exit 2), not a traceback."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (ExperimentError, FileNotFoundError) as exc:
+            err.print(f"pagellm ab: {exc}", markup=False)
+            return 2
+
+    return guarded
+
+
+def run_create(args: argparse.Namespace) -> int:
+    fields = {
+        "name": args.name,
+        "variants": tuple(args.variants),
+        "start": args.start or datetime.now(UTC),
+        "end": args.end,
+        "layer": args.layer,
+        "traffic": args.traffic,
+        "salt": args.salt,
+        "pre_period_days": args.pre_period_days,
+        "primary_metrics": args.primary,
+        "guardrails": args.guardrails,
+        "alpha": args.alpha,
+        "min_users_per_variant": args.min_users,
+    }
+    experiment = Experiment.model_validate({k: v for k, v in fields.items() if v is not None})
+    created = _registry(args).create(experiment)
+    share = sum(hi - lo for lo, hi in created.layer_ranges) / 100
+    err.print(f"created {created.name}: {share:.1f}% of layer {created.layer!r}", markup=False)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    table = Table("name", "layer", "traffic", "variants", "start", "end", "status")
+    for e in _registry(args).list():
+        status = "stopped" if e.stopped_at else ("running" if e.is_running() else "ended")
+        variants = ", ".join(f"{v.name}={v.model_version} ({v.weight:g})" for v in e.variants)
+        end = e.end.isoformat() if e.end else "-"
+        table.add_row(e.name, e.layer, f"{e.traffic:.0%}", variants, e.start.isoformat(), end,
+                      status)  # fmt: skip
+    console.print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    print(_registry(args).get(args.name).model_dump_json(indent=2))
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    stopped = _registry(args).stop(args.name)
+    err.print(f"stopped {stopped.name} at {stopped.stopped_at:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+def run_reweight(args: argparse.Namespace) -> int:
+    weights = {}
+    for spec in args.weights:
+        name, _, weight = spec.partition("=")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            raise ExperimentError(f"weights: {spec!r} is not VARIANT=NUMBER") from None
+    changed = _registry(args).reweight(args.name, weights)
+    print(json.dumps({k: [list(r) for r in v] for k, v in changed.allocation.items()}))
+    return 0
+
+
+def run_assign(args: argparse.Namespace) -> int:
+    experiment = _registry(args).get(args.name)
+    for user in args.users:
+        print(f"{user}\t{assign(experiment, user) or '-'}")
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    experiment = _registry(args).get(args.name)
+    # Events must not lie in the future: the window is cut at now.
+    end = experiment.window_end() - timedelta(minutes=1)
+    if end <= experiment.start:
+        raise ExperimentError(f"experiment {args.name!r} has not started yet")
+    shape = TrafficShape(gmv_lift=args.gmv_lift)
+    traffic = synthetic_traffic(
+        experiment, args.users, shape=shape, window_end=end, seed=args.seed, chunk_users=10_000
+    )
+    sink = sys.stdout.buffer if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    written = 0
+    with sink, progress_bar(err) as bar:
+        task = bar.add_task("simulating users", total=args.users)
+        for chunk in traffic:
+            for line in as_json_lines(chunk):
+                sink.write(line + b"\n")
+                written += 1
+            bar.advance(task, 10_000)
+    err.print(f"{written:,} events of {args.name}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    store_dir = _store_dir(args)
+    with err.status(f"computing the report of {args.name} over {store_dir} ..."):
+        report = build_report(
+            store_dir, args.name, args.now, memory_limit=ReportSettings().memory_limit
+        )
+    console.print(report_table(report))
+    files = write_report(report, args.out or store_dir / "experiments" / "reports")
+    err.print(f"JSON: {files.json}" + (f"\nPNG:  {files.png}" if files.png else ""))
+    if report.srm_flagged:
+        return 3  # scripts must not miss it either
+    return 0 if report.sufficient_data else 4

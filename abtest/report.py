@@ -1,0 +1,45 @@
+"""Producing an experiment's report from the store: query, analyse, write JSON and PNG."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from abtest.analysis import Report, analyze
+from abtest.lift_plot import plot_lifts
+from abtest.metrics_sql import query_variant_data
+from abtest.registry import ExperimentRegistry
+from streams.store_views import connect_store
+
+log = logging.getLogger(__name__)
+
+
+def build_report(
+    store_dir: Path, name: str, now: datetime | None = None, memory_limit: str | None = None
+) -> Report:
+    """The report of experiment ``name`` over everything the store holds up to ``now``."""
+    experiment = ExperimentRegistry(store_dir).get(name)
+    now = now or datetime.now(UTC)
+    con = connect_store(store_dir)
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    data = query_variant_data(con, experiment, now)
+    return analyze(experiment, data, experiment.window_end(now))
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    json: Path
+    png: Path | None
+
+
+def write_report(report: Report, out_dir: Path) -> ReportFiles:
+    """``<name>.json`` always; ``<name>.png`` when there are results to plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{report.experiment}.json"
+    json_path.write_text(report.model_dump_json(indent=2))
+    png_path = plot_lifts(report, out_dir / f"{report.experiment}.png") if report.results else None
+    log.info("report written to %s", json_path)
+    return ReportFiles(json_path, png_path)

@@ -1,0 +1,80 @@
+"""The report as a person reads it: a table like the paper's Table 1, warnings first."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from abtest.analysis import MetricResult, Report
+
+
+def significance_marks(p_value: float, alpha: float) -> str:
+    """*** p < 0.001, ** p < 0.01, * p < alpha, else nothing."""
+    if p_value < 0.001:
+        return "***"
+    if p_value < 0.01:
+        return "**"
+    return "*" if p_value < alpha else ""
+
+
+def _lift_style(result: MetricResult) -> str:
+    if result.better is None:
+        return ""
+    return "green" if result.better else "red"
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def report_table(report: Report) -> Group:
+    title = (
+        f"Experiment {report.experiment}: {report.window_start:%Y-%m-%d %H:%M} to "
+        f"{report.window_end:%Y-%m-%d %H:%M} UTC"
+    )
+    users = ", ".join(
+        f"{name} {n:,} ({n / max(sum(report.users.values()), 1):.2%} of users, "
+        f"{report.expected_share[name]:.2%} allocated)"
+        for name, n in report.users.items()
+    )
+    parts: list[Panel | Table | Text] = [Text(title, style="bold"), Text(f"Exposed: {users}")]
+    for warning in report.warnings:
+        style = "bold white on red" if report.srm_flagged and "RATIO" in warning else "yellow"
+        parts.append(Panel(Text(warning, style=style), title="warning", border_style="red"))
+    if report.srm_p_value is not None and not report.srm_flagged:
+        parts.append(Text(f"Sample ratio check passed (p = {report.srm_p_value:.3g})."))
+    if not report.results:
+        return Group(*parts)
+    pct = 100 * (1 - report.alpha)
+    table = Table(show_lines=False)
+    for header in ("metric", "role", report.control, "variant", "value", "lift", f"{pct:.0f}% CI",
+                   "p", "always-valid p", "CUPED var. cut"):  # fmt: skip
+        table.add_column(header, justify="left" if header in ("metric", "role") else "right")
+    for r in report.results:
+        marks = significance_marks(r.p_value, report.alpha)
+        reduction = (
+            "-" if r.cuped_variance_reduction is None else f"{r.cuped_variance_reduction:.0%}"
+        )
+        table.add_row(
+            r.label,
+            r.role,
+            _number(r.control_value),
+            r.variant,
+            _number(r.variant_value),
+            Text(f"{r.lift:+.2%}{marks}", style=_lift_style(r)),
+            f"[{r.lift_ci[0]:+.2%}, {r.lift_ci[1]:+.2%}]",
+            f"{r.p_value:.3g}",
+            f"{r.always_valid_p:.3g}",
+            reduction,
+        )
+    parts.append(table)
+    parts.append(
+        Text(
+            f"*** p < 0.001, ** p < 0.01, * p < {report.alpha}. Lift is relative to "
+            f"{report.control}; values are CUPED-adjusted where a pre-period exists. The "
+            "always-valid p may be read at any time; the fixed p only at the planned end."
+        )
+    )
+    return Group(*parts)
