@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-ingest: $(JARS)
 
 bench-derive: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_derive
+
+bench-ab: $(INSTALLED)
+	$(BIN)/python -m tests.benchmarks.bench_ab
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -136,6 +136,12 @@ def analyze(experiment: Experiment, data: VariantData, window_end: datetime) -> 
         for variant in names[1:]:
             for metric in METRICS.values():
                 results.append(compare_metric(experiment, data, metric, variant))
+    for r in results:
+        if r.role == "guardrail" and r.better is False:
+            warnings.append(
+                f"GUARDRAIL {r.label} got significantly worse in {r.variant}: {r.lift:+.2%} "
+                f"(p = {r.p_value:.2g})"
+            )
     return Report(
         experiment=experiment.name,
         control=experiment.control.name,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from abtest.bucketing import bucket, variant_of
 from abtest.experiment import Experiment
 
@@ -24,12 +22,3 @@ def assign(experiment: Experiment, user_id: str) -> str | None:
     if not in_experiment(experiment, user_id):
         return None
     return variant_of(experiment.allocation, bucket(experiment.salt, user_id))
-
-
-def assignments(experiments: Iterable[Experiment], user_id: str) -> dict[str, str]:
-    """experiment name -> variant, over the running experiments the user is in (one per layer)."""
-    found = {}
-    for experiment in experiments:
-        if experiment.is_running() and (variant := assign(experiment, user_id)) is not None:
-            found[experiment.name] = variant
-    return found

@@ -102,6 +102,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.add_argument("--guardrails", type=_metrics, help="guardrail metrics, comma-separated")
     create.add_argument("--alpha", type=float, help="significance level (0.05)")
     create.add_argument("--min-users", type=int, help="exposed users a variant needs (100)")
+    create.add_argument(
+        "--sequential-tau", type=float, help="prior sd of the lift, always-valid p (0.02)"
+    )
 
     action("list", "list experiments", run_list)
     action("show", "print an experiment's configuration", run_show).add_argument("name")
@@ -152,6 +155,7 @@ def run_create(args: argparse.Namespace) -> int:
         "guardrails": args.guardrails,
         "alpha": args.alpha,
         "min_users_per_variant": args.min_users,
+        "sequential_tau": args.sequential_tau,
     }
     experiment = Experiment.model_validate({k: v for k, v in fields.items() if v is not None})
     created = _registry(args).create(experiment)

@@ -86,3 +86,15 @@ def test_always_valid_p_value_survives_peeking_where_the_fixed_one_does_not() ->
         peeking_valid += valid
     assert peeking_fixed / runs > 0.12  # about 0.2 expected: peeking inflates the fixed p-value
     assert peeking_valid / runs <= ALPHA
+
+
+def test_a_guardrail_that_gets_worse_is_called_out() -> None:
+    rng = np.random.default_rng(2)
+    control, treatment = draw_users(rng, (20_000,)), draw_users(rng, (20_000,))
+    # Every treatment session fails: the guardrail moves the wrong way.
+    treatment["failed_sessions"] = treatment["sessions"]
+    report = analyze(two_variant_experiment(), variant_data(control, treatment), START)
+    assert any(w.startswith("GUARDRAIL Session failure rate got significantly worse")
+               for w in report.warnings)  # fmt: skip
+    clean = analyze(two_variant_experiment(), variant_data(control, control), START)
+    assert not any("GUARDRAIL" in w for w in clean.warnings)
