@@ -1,0 +1,106 @@
+"""The policy's backbone: a GPT-2 style decoder, built small from a configuration or loaded.
+
+Default: a GPT-2 configuration sized for a CPU (``BackboneSettings``; the paper's 768 x 12 is
+one setting away) over the catalogue's word-level vocabulary. Other path: a pretrained causal
+LM from a local directory, its tokenizer extended with the user, item and category tokens and
+their new embedding rows drawn from N(0, var) with var the variance of the existing rows, as
+the paper initialises them. Nothing is ever downloaded: loading is ``local_files_only``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, Field
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+)
+
+from learner.vocabulary import (
+    BOS,
+    CATEGORY_OF,
+    EOS,
+    HISTORY,
+    PAD,
+    PAGE,
+    RATED,
+    Vocabulary,
+    domain_tokens,
+)
+
+
+class BackboneSettings(BaseModel):
+    """Size of the default decoder (the paper: 768, 12 layers, 12 heads, 1024 positions)."""
+
+    n_embd: int = Field(128, ge=8)
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_positions: int = Field(64, ge=8, description="longest prompt + page, in tokens")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+def build_policy(
+    vocabulary: Vocabulary, settings: BackboneSettings, seed: int = 0
+) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 decoder over ``vocabulary``."""
+    tok = vocabulary.tokenizer
+    config = GPT2Config(
+        vocab_size=vocabulary.size,
+        n_embd=settings.n_embd,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_positions=settings.n_positions,
+        resid_pdrop=settings.dropout,
+        embd_pdrop=settings.dropout,
+        attn_pdrop=settings.dropout,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config)
+
+
+def gaussian_rows_like(
+    existing: torch.Tensor, rows: int, generator: torch.Generator
+) -> torch.Tensor:
+    """New embedding rows ~ N(0, var(existing)), var over all entries of the existing rows."""
+    std = existing.float().var().sqrt()
+    return torch.randn(rows, existing.shape[1], generator=generator) * std
+
+
+def extend_pretrained(
+    directory: Path,
+    users: list[str],
+    items: list[str],
+    categories: list[str],
+    seed: int = 0,
+) -> tuple[PreTrainedModel, Vocabulary]:
+    """(model, vocabulary): a local pretrained causal LM with the domain tokens added."""
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True)
+    before = len(tokenizer)
+    specials = {"additional_special_tokens": [HISTORY, PAGE, CATEGORY_OF, RATED]}
+    for name, token in (("bos_token", BOS), ("eos_token", EOS), ("pad_token", PAD)):
+        if getattr(tokenizer, name) is None:
+            specials[name] = token
+    tokenizer.add_special_tokens(specials)
+    tokenizer.add_tokens(domain_tokens(users, items, categories))
+    embeddings = model.get_input_embeddings().weight
+    old = embeddings.data[:before].clone()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[before:] = gaussian_rows_like(old, len(tokenizer) - before, generator)
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    vocabulary = Vocabulary(tokenizer, tuple(sorted(set(items))), tuple(sorted(set(users))),
+                            tuple(sorted(set(categories))))  # fmt: skip
+    return model, vocabulary
