@@ -1,0 +1,166 @@
+"""Stage 2, the supervised warm-up: meta pre-training, then fine-tuning on golden lists.
+
+Meta pre-training minimises L_meta = L_next-token(meta prompts) + w * L_rating, with
+L_rating = mean (r_ui - f(u, i))^2 and f a scalar head on the last hidden state of
+"[BOS] user [RATED] item". Fine-tuning minimises L_ft = -mean log p(sigma_gt | q_u). The
+fine-tuned policy, frozen, is the reference policy of PPO.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from learner.token_sequences import RatingExample, TokenExample, collate
+
+log = logging.getLogger(__name__)
+
+
+class SupervisedSettings(BaseModel):
+    """The paper's defaults (section 5.1.4)."""
+
+    meta_epochs: int = Field(3, ge=0)
+    meta_lr: float = Field(5e-5, gt=0)
+    finetune_epochs: int = Field(10, ge=0)
+    finetune_lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+    rating_loss_weight: float = Field(1.0, ge=0, description="w of L_rating in meta training")
+    seed: int = 0
+
+
+class RatingHead(nn.Module):
+    """f(u, i): a scalar from the hidden state of the last token of '[BOS] user [RATED] item'."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(hidden_size, 1)
+
+    def forward(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(last_hidden).squeeze(-1)
+
+
+def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of the labelled tokens given their prefixes."""
+    return model(**batch).loss
+
+
+def rating_loss(
+    model: nn.Module, head: RatingHead, examples: Sequence[RatingExample]
+) -> torch.Tensor:
+    """L_rating = mean (r - f(u, i))^2 (all rating prompts have the same length)."""
+    ids = torch.tensor([e.ids for e in examples])
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1, :]
+    target = torch.tensor([e.rating for e in examples])
+    return torch.mean((target - head(hidden)) ** 2)
+
+
+@dataclass
+class TrainingCurve:
+    """Mean loss per epoch, per named term (what the PNG of the training curves draws)."""
+
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.epochs.setdefault(name, []).append(value)
+
+
+Batch = Any  # a list of examples, or a (meta, rating) pair of lists
+
+
+def _batches(items: Sequence[Any], size: int, rng: random.Random) -> list[list[Any]]:
+    order = list(items)
+    rng.shuffle(order)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def train_epochs(
+    parameters: list[nn.Parameter],
+    epochs: int,
+    lr: float,
+    epoch_batches: Callable[[random.Random], list[Batch]],
+    loss_terms: Callable[[Batch], dict[str, torch.Tensor]],
+    curve: TrainingCurve,
+    seed: int,
+) -> None:
+    """AdamW over ``epochs``: minimise the sum of each batch's named loss terms, log each term."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        totals: dict[str, float] = {}
+        batches = epoch_batches(rng)
+        for batch in batches:
+            terms = loss_terms(batch)
+            loss = torch.stack(list(terms.values())).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        for name, total in totals.items():
+            curve.add(name, total / max(len(batches), 1))
+        log.info("epoch %d/%d: %s", epoch + 1, epochs,
+                 {k: round(v[-1], 4) for k, v in curve.epochs.items()})  # fmt: skip
+
+
+def meta_pretrain(
+    model: nn.Module,
+    head: RatingHead,
+    meta: Sequence[TokenExample],
+    ratings: Sequence[RatingExample],
+    settings: SupervisedSettings,
+    curve: TrainingCurve,
+    pad_id: int,
+) -> None:
+    """Next-token loss on meta prompts plus w * rating regression, a batch of each per step."""
+    model.train()
+
+    def epoch_batches(rng: random.Random) -> list[Batch]:
+        meta_batches = _batches(meta, settings.batch_size, rng)
+        rating_batches = _batches(ratings, settings.batch_size, rng)
+        n = max(len(meta_batches), len(rating_batches))
+        return [
+            (meta_batches[i % len(meta_batches)] if meta_batches else [],
+             rating_batches[i % len(rating_batches)] if rating_batches else [])
+            for i in range(n)
+        ]  # fmt: skip
+
+    def loss_terms(batch: Batch) -> dict[str, torch.Tensor]:
+        meta_batch, rating_batch = batch
+        terms = {}
+        if meta_batch:
+            terms["meta_next_token"] = next_token_loss(model, collate(meta_batch, pad_id))
+        if rating_batch and settings.rating_loss_weight > 0:
+            mse = rating_loss(model, head, rating_batch)
+            terms["rating_mse"] = settings.rating_loss_weight * mse
+        return terms
+
+    params = list(model.parameters()) + list(head.parameters())
+    train_epochs(params, settings.meta_epochs, settings.meta_lr, epoch_batches, loss_terms,
+                 curve, settings.seed)  # fmt: skip
+
+
+def finetune_on_golden_lists(
+    model: nn.Module,
+    examples: Sequence[TokenExample],
+    settings: SupervisedSettings,
+    curve: TrainingCurve,
+    pad_id: int,
+) -> None:
+    """L_ft = -mean log p(sigma_gt | q_u), over the page tokens only."""
+    model.train()
+    train_epochs(
+        list(model.parameters()),
+        settings.finetune_epochs,
+        settings.finetune_lr,
+        lambda rng: _batches(examples, settings.batch_size, rng),
+        lambda batch: {"finetune_nll": next_token_loss(model, collate(batch, pad_id))},
+        curve,
+        settings.seed,
+    )

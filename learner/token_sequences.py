@@ -1,0 +1,96 @@
+"""The supervised stages' examples as token ids, and batches of them.
+
+Each example says from which position on its tokens are predicted: a golden-list example
+predicts only the page (L_ft = -log p(sigma_gt | q_u)), a meta prompt predicts everything
+after [BOS]. A rating example is a (user, item) pair for the rating head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from learner.page_prompts import page_tokens, prompt_tokens
+from learner.vocabulary import (
+    BOS,
+    CATEGORY_OF,
+    EOS,
+    HISTORY,
+    RATED,
+    Vocabulary,
+    category_token,
+    item_token,
+    user_token,
+)
+
+IGNORE = -100  # the label torch's cross-entropy skips
+CO_OCCURRENCE_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class TokenExample:
+    ids: tuple[int, ...]
+    loss_from: int  # positions >= loss_from are predicted from the ones before
+
+
+@dataclass(frozen=True)
+class RatingExample:
+    ids: tuple[int, ...]  # [BOS] user [RATED] item
+    rating: float
+
+
+def golden_example(vocab: Vocabulary, user: str, history: Sequence[str], golden: Sequence[str]):
+    """q_u followed by the golden page; only the page (and its [EOS]) is predicted."""
+    prompt = vocab.encode(prompt_tokens(user, history))
+    return TokenExample(tuple(prompt + vocab.encode(page_tokens(golden))), len(prompt))
+
+
+def meta_examples(
+    vocab: Vocabulary,
+    category_of: Mapping[str, str],
+    histories: Mapping[str, Sequence[str]],
+) -> list[TokenExample]:
+    """The meta prompts: item -> category, co-occurrence within a category, user sequences."""
+    examples = []
+    for item in vocab.items:
+        if item in category_of:
+            tokens = [BOS, item_token(item), CATEGORY_OF, category_token(category_of[item]), EOS]
+            examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
+    by_category: dict[str, list[str]] = {}
+    for item in vocab.items:
+        if item in category_of:
+            by_category.setdefault(category_of[item], []).append(item)
+    for category, items in sorted(by_category.items()):
+        for start in range(0, len(items), CO_OCCURRENCE_CHUNK):
+            chunk = items[start : start + CO_OCCURRENCE_CHUNK]
+            tokens = [BOS, category_token(category), CATEGORY_OF, *map(item_token, chunk), EOS]
+            examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
+    for user, history in sorted(histories.items()):
+        tokens = [BOS, user_token(user), HISTORY, *map(item_token, history), EOS]
+        examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
+    return examples
+
+
+def rating_examples(
+    vocab: Vocabulary, ratings: Iterable[tuple[str, str, float]]
+) -> list[RatingExample]:
+    return [
+        RatingExample(tuple(vocab.encode([BOS, user_token(u), RATED, item_token(i)])), float(r))
+        for u, i, r in ratings
+    ]
+
+
+def collate(examples: Sequence[TokenExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, and labels (IGNORE before loss_from and on padding)."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE)
+    for row, e in enumerate(examples):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        labels[row, e.loss_from : n] = ids[row, e.loss_from : n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
