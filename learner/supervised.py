@@ -8,19 +8,15 @@ fine-tuned policy, frozen, is the reference policy of PPO.
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
 from learner.token_sequences import RatingExample, TokenExample, collate
-
-log = logging.getLogger(__name__)
+from learner.training_loop import Batch, TrainingCurve, shuffled_batches, train_epochs
 
 
 class SupervisedSettings(BaseModel):
@@ -61,54 +57,6 @@ def rating_loss(
     return torch.mean((target - head(hidden)) ** 2)
 
 
-@dataclass
-class TrainingCurve:
-    """Mean loss per epoch, per named term (what the PNG of the training curves draws)."""
-
-    epochs: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, name: str, value: float) -> None:
-        self.epochs.setdefault(name, []).append(value)
-
-
-Batch = Any  # a list of examples, or a (meta, rating) pair of lists
-
-
-def _batches(items: Sequence[Any], size: int, rng: random.Random) -> list[list[Any]]:
-    order = list(items)
-    rng.shuffle(order)
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
-def train_epochs(
-    parameters: list[nn.Parameter],
-    epochs: int,
-    lr: float,
-    epoch_batches: Callable[[random.Random], list[Batch]],
-    loss_terms: Callable[[Batch], dict[str, torch.Tensor]],
-    curve: TrainingCurve,
-    seed: int,
-) -> None:
-    """AdamW over ``epochs``: minimise the sum of each batch's named loss terms, log each term."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr)
-    rng = random.Random(seed)
-    for epoch in range(epochs):
-        totals: dict[str, float] = {}
-        batches = epoch_batches(rng)
-        for batch in batches:
-            terms = loss_terms(batch)
-            loss = torch.stack(list(terms.values())).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach())
-        for name, total in totals.items():
-            curve.add(name, total / max(len(batches), 1))
-        log.info("epoch %d/%d: %s", epoch + 1, epochs,
-                 {k: round(v[-1], 4) for k, v in curve.epochs.items()})  # fmt: skip
-
-
 def meta_pretrain(
     model: nn.Module,
     head: RatingHead,
@@ -122,8 +70,8 @@ def meta_pretrain(
     model.train()
 
     def epoch_batches(rng: random.Random) -> list[Batch]:
-        meta_batches = _batches(meta, settings.batch_size, rng)
-        rating_batches = _batches(ratings, settings.batch_size, rng)
+        meta_batches = shuffled_batches(meta, settings.batch_size, rng)
+        rating_batches = shuffled_batches(ratings, settings.batch_size, rng)
         n = max(len(meta_batches), len(rating_batches))
         return [
             (meta_batches[i % len(meta_batches)] if meta_batches else [],
@@ -159,7 +107,7 @@ def finetune_on_golden_lists(
         list(model.parameters()),
         settings.finetune_epochs,
         settings.finetune_lr,
-        lambda rng: _batches(examples, settings.batch_size, rng),
+        lambda rng: shuffled_batches(examples, settings.batch_size, rng),
         lambda batch: {"finetune_nll": next_token_loss(model, collate(batch, pad_id))},
         curve,
         settings.seed,

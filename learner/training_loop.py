@@ -1,0 +1,68 @@
+"""The one optimisation loop every stage uses: AdamW over epochs of named loss terms."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingCurve:
+    """Mean loss per epoch, per named term (what the PNG of the training curves draws)."""
+
+    epochs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, value: float) -> None:
+        self.epochs.setdefault(name, []).append(value)
+
+
+Batch = Any  # a list of examples, or a (meta, rating) pair of lists
+
+
+def shuffled_batches(items: Sequence[Any], size: int, rng: random.Random) -> list[list[Any]]:
+    order = list(items)
+    rng.shuffle(order)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def train_epochs(
+    parameters: list[nn.Parameter],
+    epochs: int,
+    lr: float,
+    epoch_batches: Callable[[random.Random], list[Batch]],
+    loss_terms: Callable[[Batch], dict[str, torch.Tensor]],
+    curve: TrainingCurve,
+    seed: int,
+    after_epoch: Callable[[int], bool] | None = None,
+) -> None:
+    """AdamW over ``epochs``: minimise the sum of each batch's named loss terms, log each term.
+
+    ``after_epoch(epoch)`` may evaluate and return True to stop early.
+    """
+    optimizer = torch.optim.AdamW(parameters, lr=lr)
+    rng = random.Random(seed)
+    for epoch in range(epochs):
+        totals: dict[str, float] = {}
+        batches = epoch_batches(rng)
+        for batch in batches:
+            terms = loss_terms(batch)
+            loss = torch.stack(list(terms.values())).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach())
+        for name, total in totals.items():
+            curve.add(name, total / max(len(batches), 1))
+        log.info("epoch %d/%d: %s", epoch + 1, epochs,
+                 {k: round(v[-1], 4) for k, v in curve.epochs.items()})  # fmt: skip
+        if after_epoch is not None and after_epoch(epoch):
+            break
