@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from abtest import cli as abtest_cli
 from deploy import cli as deploy_cli
+from learner import cli as learner_cli
 from schemas.events import describe_validation_error
 from streams import cli as streams_cli
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy_cli.register(commands)
     streams_cli.register(commands)
     abtest_cli.register(commands)
+    learner_cli.register(commands)
     return parser
 
 

@@ -101,6 +101,10 @@ def extend_pretrained(
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    vocabulary = Vocabulary(tokenizer, tuple(sorted(set(items))), tuple(sorted(set(users))),
-                            tuple(sorted(set(categories))))  # fmt: skip
+    vocabulary = Vocabulary(
+        tokenizer,
+        tuple(sorted(set(items))),
+        tuple(sorted(set(users))),
+        tuple(sorted(set(categories))),
+    )
     return model, vocabulary

@@ -140,8 +140,9 @@ def forward_page(
     start = pages.prompt_length - 1  # the state before the first page token
     logits = out.logits[:, start:-1, :]
     item_ids = torch.tensor(vocab.item_ids)
-    logprobs = page_logprobs(logits, pages.page_ids, pages.bans, item_ids, k,
-                             vocab.tokenizer.eos_token_id)  # fmt: skip
+    logprobs = page_logprobs(
+        logits, pages.page_ids, pages.bans, item_ids, k, vocab.tokenizer.eos_token_id
+    )
     values = value_head(out.hidden_states[-1][:, start:-1, :])
     return logprobs, values
 
@@ -210,8 +211,12 @@ class PPOTrainer:
                     s.max_grad_norm,
                 )
                 self.optimizer.step()
-                terms = {"policy_loss": policy_loss, "value_loss": value_loss,
-                         "clip_fraction": clip_fraction, "approx_kl": approx_kl}  # fmt: skip
+                terms = {
+                    "policy_loss": policy_loss,
+                    "value_loss": value_loss,
+                    "clip_fraction": clip_fraction,
+                    "approx_kl": approx_kl,
+                }
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 steps += 1

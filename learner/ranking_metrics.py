@@ -40,9 +40,10 @@ def discounted_positional_accuracy(generated: Sequence[str], golden: Sequence[st
     if not golden:
         return 0.0
     hits = sum(
-        discount(p) for p, item in enumerate(golden, 1)
+        discount(p)
+        for p, item in enumerate(golden, 1)
         if p <= len(generated) and generated[p - 1] == item
-    )  # fmt: skip
+    )
     return hits / sum(discount(p) for p in range(1, len(golden) + 1))
 
 

@@ -74,10 +74,12 @@ def meta_pretrain(
         rating_batches = shuffled_batches(ratings, settings.batch_size, rng)
         n = max(len(meta_batches), len(rating_batches))
         return [
-            (meta_batches[i % len(meta_batches)] if meta_batches else [],
-             rating_batches[i % len(rating_batches)] if rating_batches else [])
+            (
+                meta_batches[i % len(meta_batches)] if meta_batches else [],
+                rating_batches[i % len(rating_batches)] if rating_batches else [],
+            )
             for i in range(n)
-        ]  # fmt: skip
+        ]
 
     def loss_terms(batch: Batch) -> dict[str, torch.Tensor]:
         meta_batch, rating_batch = batch
@@ -90,8 +92,15 @@ def meta_pretrain(
         return terms
 
     params = list(model.parameters()) + list(head.parameters())
-    train_epochs(params, settings.meta_epochs, settings.meta_lr, epoch_batches, loss_terms,
-                 curve, settings.seed)  # fmt: skip
+    train_epochs(
+        params,
+        settings.meta_epochs,
+        settings.meta_lr,
+        epoch_batches,
+        loss_terms,
+        curve,
+        settings.seed,
+    )
 
 
 def finetune_on_golden_lists(

@@ -62,7 +62,11 @@ def train_epochs(
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
         for name, total in totals.items():
             curve.add(name, total / max(len(batches), 1))
-        log.info("epoch %d/%d: %s", epoch + 1, epochs,
-                 {k: round(v[-1], 4) for k, v in curve.epochs.items()})  # fmt: skip
+        log.info(
+            "epoch %d/%d: %s",
+            epoch + 1,
+            epochs,
+            {k: round(v[-1], 4) for k, v in curve.epochs.items()},
+        )
         if after_epoch is not None and after_epoch(epoch):
             break

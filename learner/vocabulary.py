@@ -54,6 +54,7 @@ class Vocabulary:
         self.item_ids: list[int] = [ids(item_token(i)) for i in self.items]
         self.item_of_id: dict[int, str] = dict(zip(self.item_ids, self.items, strict=True))
         self.id_of_item: dict[str, int] = dict(zip(self.items, self.item_ids, strict=True))
+        self.item_index: dict[str, int] = {item: n for n, item in enumerate(self.items)}
 
     @property
     def size(self) -> int:
@@ -78,8 +79,12 @@ class Vocabulary:
     def load(cls, directory: Path) -> Vocabulary:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
         mapping = json.loads((directory / MAP_FILE).read_text())
-        return cls(tokenizer, tuple(mapping["items"]), tuple(mapping["users"]),
-                   tuple(mapping["categories"]))  # fmt: skip
+        return cls(
+            tokenizer,
+            tuple(mapping["items"]),
+            tuple(mapping["users"]),
+            tuple(mapping["categories"]),
+        )
 
 
 def domain_tokens(

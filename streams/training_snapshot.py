@@ -22,7 +22,7 @@ from schemas.training_data import (
 from streams.derived_state import DeriveConfig, ItemStats
 from streams.golden_list import build_prompt_and_golden_list
 from streams.preference_pairs import build_pairs
-from streams.split import split_user
+from streams.split import UserSplit, split_user
 
 
 @dataclass
@@ -33,6 +33,7 @@ class TrainingSnapshot:
     pairs: dict[PairFamily, list[PreferencePair]] = field(default_factory=dict)
     validation: dict[str, tuple[str, ...]] = field(default_factory=dict)
     test: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    train_ratings: dict[str, dict[str, int]] = field(default_factory=dict)  # user -> item -> r
     skipped: Counter[tuple[PairFamily, str]] = field(default_factory=Counter)
     users_left_out: int = 0
 
@@ -52,8 +53,10 @@ def build_training_snapshot(
     user_ratings: Mapping[str, Mapping[str, EffectiveRating]],
     catalogue: Mapping[str, CatalogueItem],
     config: DeriveConfig,
+    given_splits: Mapping[str, UserSplit] | None = None,
 ) -> TrainingSnapshot:
-    """Split every user chronologically and build the training data from the train parts."""
+    """Split every user chronologically, or as ``given_splits`` says (users it does not name
+    are left out), and build the training data from the train parts."""
     snapshot = TrainingSnapshot(catalogue=dict(catalogue))
     category = {i: item.category for i, item in catalogue.items()}
     by_category: dict[str, list[str]] = {}
@@ -62,7 +65,7 @@ def build_training_snapshot(
 
     splits = {}
     for user, ratings in sorted(user_ratings.items()):
-        split = split_user(ratings)
+        split = given_splits.get(user) if given_splits is not None else split_user(ratings)
         if split is None:
             snapshot.users_left_out += 1
         else:
@@ -88,6 +91,7 @@ def build_training_snapshot(
         )
         snapshot.prompts[user], snapshot.golden[user] = prompt, golden
         snapshot.validation[user], snapshot.test[user] = split.validation, split.test
+        snapshot.train_ratings[user] = {i: r.rating for i, r in split.train.items()}
         for pair in pairs:
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())

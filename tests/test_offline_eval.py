@@ -1,0 +1,95 @@
+"""``pagellm eval`` end to end on a generated interactions file, with a tiny configuration."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from learner.interactions_file import InteractionsError, read_interactions
+from learner.pipeline import LearnerSettings
+from tests.test_ab_cli import PNG_MAGIC
+from tests.test_cli import pagellm
+
+TINY = {
+    "backbone": {"n_embd": 32, "n_layer": 1, "n_head": 2, "n_positions": 48},
+    "supervised": {"meta_epochs": 1, "finetune_epochs": 2, "meta_lr": 1e-3,
+                   "finetune_lr": 1e-3, "batch_size": 16},
+    "reward": {"epochs": 2, "lr": 1e-3, "batch_size": 16},
+    "ppo": {"iterations": 2, "batch_size": 16, "minibatch_size": 8, "epochs": 1,
+            "page_length": 5, "lr": 1e-4},
+}  # fmt: skip
+
+
+def write_interactions(path: Path, users: int = 60, items: int = 80, split: bool = False) -> None:
+    """Users who like two of four categories; timestamps in order of rating."""
+    rng = random.Random(7)
+    with open(path, "w", newline="") as sink:
+        writer = csv.writer(sink)
+        writer.writerow(["user_id", "item_id", "rating", "timestamp", "category"]
+                        + (["split"] if split else []))  # fmt: skip
+        for u in range(users):
+            liked = {u % 4, (u + 1) % 4}
+            chosen = rng.sample(range(items), 25)
+            for t, i in enumerate(chosen):
+                rating = rng.choice([4, 5]) if i % 4 in liked else rng.choice([1, 2, 3])
+                row = [f"u{u}", f"i{i}", rating, 1_700_000_000 + 3600 * t, f"c{i % 4}"]
+                part = ["train", "val", "test"][(t >= 18) + (t >= 22)]
+                writer.writerow(row + ([part] if split else []))
+
+
+def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
+    data, out = tmp_path / "ratings.csv", tmp_path / "eval"
+    write_interactions(data)
+    settings = tmp_path / "settings.json"
+    settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
+    result = pagellm("eval", "--data", str(data), "--out", str(out), "--settings", str(settings),
+                     "--prompt-length", "5")  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    interactions = read_interactions(data)
+    for ablation in ("sft", "page", "item", "both"):
+        metrics = json.loads((out / f"metrics_{ablation}.json").read_text())
+        assert metrics["users"] == 60
+        for name in ("recall@20", "recall@40", "ndcg@100", "was", "pwkt", "ild"):
+            assert 0.0 <= metrics[name] <= 1.0 or name == "pwkt"
+        with open(out / f"recommendations_{ablation}.csv") as source:
+            rows = list(csv.DictReader(source))
+        assert len(rows) == 60
+        for row in rows:
+            ranked = row["items"].split()
+            assert len(ranked) == len(set(ranked)) <= 100
+            assert all(i.startswith("i") for i in ranked)
+    # The protocol's candidates exclude the user's train and validation items.
+    with open(out / "recommendations_both.csv") as source:
+        rows = {r["user_id"]: r["items"].split() for r in csv.DictReader(source)}
+    rated = {u: set(r) for u, r in interactions.ratings.items()}
+    assert all(len(set(rows[u]) & rated[u]) <= 3 for u in rows)  # at most the test items
+    accuracy = json.loads((out / "reward_accuracy.json").read_text())
+    assert set(accuracy) <= {"np", "rk", "d", "rd"} and accuracy
+    assert (out / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_given_split_column_is_used_as_given(tmp_path: Path) -> None:
+    data = tmp_path / "split.csv"
+    write_interactions(data, users=5, split=True)
+    interactions = read_interactions(data)
+    assert interactions.given_splits is not None
+    split = interactions.given_splits["u0"]
+    # rows 18-21 of each user are 'val', 22-24 'test'; only their positives are held out
+    assert len(split.train) == 18
+    assert set(split.test) <= {i for i, r in interactions.ratings["u0"].items() if r.rating > 3}
+
+
+def test_bad_rows_are_refused_naming_the_line_and_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1700000000\nu1,i2,9,1700000001\n")
+    with pytest.raises(InteractionsError, match=r"bad.csv:3: rating: Input should be less"):
+        read_interactions(bad)
+    result = pagellm("eval", "--data", str(bad), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and b"bad.csv:3: rating" in result.stderr
+    (tmp_path / "cols.csv").write_text("user,item\n")
+    with pytest.raises(InteractionsError, match="missing column"):
+        read_interactions(tmp_path / "cols.csv")
