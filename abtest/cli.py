@@ -1,4 +1,7 @@
-"""``pagellm ab``: create, list, show, stop, reweight experiments; assign users; report."""
+"""``pagellm ab``: create, list, show, stop, reweight experiments; assign users; report.
+
+The report's statistics and plotting (scipy, matplotlib) load only for the commands using them.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +21,6 @@ from abtest.assignment import assign
 from abtest.experiment import Experiment, Variant
 from abtest.metrics import MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
-from abtest.report import build_report, write_report
-from abtest.report_table import report_table
-from abtest.synthetic_traffic import TrafficShape, as_json_lines, synthetic_traffic
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
@@ -208,6 +208,8 @@ def run_assign(args: argparse.Namespace) -> int:
 
 
 def run_simulate(args: argparse.Namespace) -> int:
+    from abtest.synthetic_traffic import TrafficShape, as_json_lines, synthetic_traffic
+
     experiment = _registry(args).get(args.name)
     # Events must not lie in the future: the window is cut at now.
     end = experiment.window_end() - timedelta(minutes=1)
@@ -231,6 +233,9 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from abtest.report import build_report, write_report
+    from abtest.report_table import report_table
+
     store_dir = _store_dir(args)
     with err.status(f"computing the report of {args.name} over {store_dir} ..."):
         report = build_report(

@@ -1,4 +1,8 @@
-"""``pagellm eval``: the whole method on an interactions file, under the paper's protocol."""
+"""``pagellm eval``: the whole method on an interactions file, under the paper's protocol.
+
+torch and transformers load only when the command runs: every other ``pagellm`` command starts
+without paying for them.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,9 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
-from learner.interactions_file import InteractionsError, read_interactions
-from learner.offline_eval import (
-    page_quality,
-    plot_training_curves,
-    recommend,
-    relevance_metrics,
-    write_metrics,
-    write_recommendations,
-)
-from learner.pipeline import ABLATIONS, LearnerSettings, train_all
-from streams.derived_state import DeriveConfig
-from streams.progress_bars import progress_bar
-from streams.training_snapshot import build_training_snapshot
+from learner.ablations import ABLATIONS
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -52,6 +43,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from learner.interactions_file import InteractionsError, read_interactions
+    from learner.offline_eval import (
+        page_quality,
+        plot_training_curves,
+        recommend,
+        relevance_metrics,
+        write_metrics,
+        write_recommendations,
+    )
+    from learner.pipeline import LearnerSettings, train_all
+    from streams.derived_state import DeriveConfig
+    from streams.progress_bars import progress_bar
+    from streams.training_snapshot import build_training_snapshot
+
     torch.set_num_threads(1)
     ablations = [a for a in args.ablations.split(",") if a]
     unknown = [a for a in ablations if a not in ABLATIONS]

@@ -12,17 +12,16 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from learner.ablations import ABLATIONS, HEADS_OF, Ablation, RewardHeads
 from learner.backbone import BackboneSettings, build_policy, extend_pretrained
 from learner.ppo import PPOSettings, PPOTrainer
 from learner.reward_heads import (
     LabelledPair,
-    RewardHeads,
     RewardModel,
     RewardSettings,
     combined_reward,
@@ -42,15 +41,6 @@ from learner.vocabulary import Vocabulary, build_vocabulary
 from streams.training_snapshot import TrainingSnapshot
 
 log = logging.getLogger(__name__)
-
-Ablation = Literal["sft", "page", "item", "both"]
-ABLATIONS: tuple[Ablation, ...] = ("sft", "page", "item", "both")
-HEADS_OF: dict[Ablation, RewardHeads] = {
-    "sft": "none",
-    "page": "page",
-    "item": "item",
-    "both": "both",
-}
 
 
 class LearnerSettings(BaseModel):

@@ -13,19 +13,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 from torch import nn
 
+from learner.ablations import RewardHeads
 from learner.constrained_decoding import left_pad
 from learner.page_prompts import page_tokens, prompt_tokens
 from learner.training_loop import TrainingCurve, shuffled_batches, train_epochs
 from learner.vocabulary import Vocabulary
-
-RewardHeads = Literal["both", "page", "item", "none"]
 
 
 @dataclass(frozen=True)
