@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-derive: $(JARS)
 
 bench-ab: $(INSTALLED)
 	$(BIN)/python -m tests.benchmarks.bench_ab
+
+bench-quality: $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m tests.benchmarks.bench_quality
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
