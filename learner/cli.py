@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -83,12 +84,20 @@ def run_eval(args: argparse.Namespace) -> int:
         f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
     )
     with progress_bar(console) as bar:
-        stages = bar.add_task("training", total=3 + sum(a != "sft" for a in ablations))
+
+        def stage_bar(name: str) -> Callable[[int], None]:
+            task = bar.add_task(name, total=None)
+
+            def step(total: int) -> None:
+                bar.update(task, total=total, advance=1)
+
+            return step
+
         models = train_all(
             snapshot,
             settings,
             ablations,
-            on_stage=lambda name: bar.update(stages, advance=1, description=name),
+            on_stage=stage_bar,
         )
     args.out.mkdir(parents=True, exist_ok=True)
     users = sorted(snapshot.test)

@@ -102,9 +102,13 @@ def train_all(
     snapshot: TrainingSnapshot,
     settings: LearnerSettings,
     ablations: Sequence[Ablation] = ABLATIONS,
-    on_stage: Callable[[str], None] = lambda stage: None,
+    on_stage: Callable[[str], Callable[[int], None] | None] = lambda stage: None,
 ) -> TrainedModels:
-    """Every stage on ``snapshot``; the PPO stages only for the ablations asked."""
+    """Every stage on ``snapshot``; the PPO stages only for the ablations asked.
+
+    ``on_stage(name)`` announces a stage and may return a callback that is called after each of
+    its steps with the stage's expected number of steps (for a progress bar).
+    """
     torch.manual_seed(settings.seed)
     users, items, categories = snapshot_vocabulary_inputs(snapshot)
     if settings.pretrained_dir is not None:
@@ -120,9 +124,8 @@ def train_all(
     histories = {u: list(p.items) for u, p in snapshot.prompts.items()}
     category_of = {i: c.category for i, c in snapshot.catalogue.items()}
 
-    on_stage("meta pre-training")
     ratings = [(u, i, r) for u, rs in snapshot.train_ratings.items() for i, r in rs.items()]
-    curves["meta"] = TrainingCurve()
+    curves["meta"] = TrainingCurve(on_step=on_stage("meta pre-training"))
     meta_pretrain(
         policy,
         RatingHead(width),
@@ -133,24 +136,22 @@ def train_all(
         pad,
     )
 
-    on_stage("golden-list fine-tuning")
     golden = [
         golden_example(vocab, u, histories[u], g.items)
         for u, g in sorted(snapshot.golden.items())
         if g.items
     ]
-    curves["finetune"] = TrainingCurve()
+    curves["finetune"] = TrainingCurve(on_step=on_stage("golden-list fine-tuning"))
     finetune_on_golden_lists(policy, golden, settings.supervised, curves["finetune"], pad)
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
 
-    on_stage("reward model")
     pairs = labelled_pairs(snapshot)
     rng = random.Random(settings.seed)
     validation_users = set(rng.sample(users, int(len(users) * settings.validation_user_share)))
     train_pairs = [p for p in pairs if p.user not in validation_users]
     validation_pairs = [p for p in pairs if p.user in validation_users]
     reward_model = RewardModel(copy.deepcopy(reference.base_model).requires_grad_(True), width)
-    curves["reward"] = TrainingCurve()
+    curves["reward"] = TrainingCurve(on_step=on_stage("reward model"))
     train_reward_model(
         reward_model, vocab, train_pairs, validation_pairs, settings.reward, curves["reward"]
     )
@@ -162,7 +163,6 @@ def train_all(
         if ablation == "sft":
             policies["sft"] = reference
             continue
-        on_stage(f"PPO ({ablation})")
         trainer = PPOTrainer(
             copy.deepcopy(reference).requires_grad_(True),
             vocab,
@@ -170,12 +170,14 @@ def train_all(
             settings.ppo,
             width,
         )
-        curve = curves[f"ppo_{ablation}"] = TrainingCurve()
+        curve = curves[f"ppo_{ablation}"] = TrainingCurve(on_step=on_stage(f"PPO ({ablation})"))
 
         def record(stats: dict[str, float], curve: TrainingCurve = curve) -> None:
             for name, value in stats.items():
                 if name != "iteration":
                     curve.add(name, value)
+            if curve.on_step is not None:
+                curve.on_step(settings.ppo.iterations)
 
         trainer.train(requests, record)
         policies[ablation] = trainer.policy.eval()

@@ -19,6 +19,8 @@ class TrainingCurve:
     """Mean loss per epoch, per named term (what the PNG of the training curves draws)."""
 
     epochs: dict[str, list[float]] = field(default_factory=dict)
+    # Called after every optimiser step with the stage's expected number of steps (progress bars).
+    on_step: Callable[[int], None] | None = None
 
     def add(self, name: str, value: float) -> None:
         self.epochs.setdefault(name, []).append(value)
@@ -60,6 +62,8 @@ def train_epochs(
             optimizer.step()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
+            if curve.on_step is not None:
+                curve.on_step(epochs * len(batches))
         for name, total in totals.items():
             curve.add(name, total / max(len(batches), 1))
         log.info(
