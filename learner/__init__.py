@@ -1,1 +1,1 @@
-"""The learner: PageLLM's supervised stages, reward model and PPO on Ray (see its issue)."""
+"""The learner: PageLLM's supervised stages, reward model, PPO and offline evaluation."""

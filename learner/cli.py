@@ -46,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from learner.artifacts import save_models
     from learner.interactions_file import InteractionsError, read_interactions
     from learner.offline_eval import (
         page_quality,
@@ -126,6 +127,7 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{ablation}: "
             + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         )
+    save_models(models, args.out / "run")
     write_metrics(args.out / "reward_accuracy.json", models.reward_accuracy)
     plot_training_curves(models.curves, args.out / "training_curves.png")
     console.print(f"written to {args.out}")

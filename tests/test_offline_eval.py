@@ -70,6 +70,7 @@ def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
     accuracy = json.loads((out / "reward_accuracy.json").read_text())
     assert set(accuracy) <= {"np", "rk", "d", "rd"} and accuracy
     assert (out / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "run" / "policy_both" / "config.json").exists()
 
 
 def test_a_given_split_column_is_used_as_given(tmp_path: Path) -> None:
