@@ -36,6 +36,7 @@ class ReportSettings(BaseSettings):
 
     memory_limit: str | None = Field(
         None,
+        pattern=r"^\d+(\.\d+)?\s*(K|M|G|T)i?B$",
         description="DuckDB's memory cap for a report, e.g. '4GB' (default: DuckDB's own, 80% "
         "of RAM); beyond it DuckDB spills to disk, which costs time",
     )
