@@ -13,14 +13,17 @@ from abtest.sufficient_stats import cross_name
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def two_variant_experiment(**settings: object) -> Experiment:
+def two_variant_experiment(
+    name: str = "sim", start: datetime = START, **settings: object
+) -> Experiment:
+    """A 50/50 experiment: control serves v1, treatment v2."""
     return Experiment(
-        name="sim",
+        name=name,
         variants=(
             Variant(name="control", weight=1, model_version="v1"),
             Variant(name="treatment", weight=1, model_version="v2"),
         ),
-        start=START,
+        start=start,
         **settings,
     )
 

@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from abtest.experiment import Experiment, Variant
+from abtest.experiment import Experiment
 from abtest.metrics import METRICS, MetricName
 from abtest.metrics_sql import query_variant_data
 from schemas import Click, Impression, PageSlot, Purchase
 from streams.event_store import EventStore
 from streams.ledger import LedgerBatch, SourceRecord
 from streams.store_views import connect_store
+from tests.ab_simulation import two_variant_experiment
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -85,16 +86,7 @@ def toy_store(tmp_path) -> EventStore:
 
 
 def toy_experiment() -> Experiment:
-    return Experiment(
-        name="exp",
-        variants=(
-            Variant(name="control", weight=1, model_version="v1"),
-            Variant(name="treatment", weight=1, model_version="v2"),
-        ),
-        start=T0,
-        end=T0 + 7 * D,
-        pre_period_days=14,
-    )
+    return two_variant_experiment("exp", T0, end=T0 + 7 * D, pre_period_days=14)
 
 
 def test_variant_totals_match_the_hand_count(toy_store: EventStore) -> None:

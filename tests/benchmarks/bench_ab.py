@@ -27,11 +27,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from abtest.experiment import Experiment, Variant
+from abtest.experiment import Experiment
 from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
 from streams.event_store import LEDGER_DIR, EventStore
 from streams.progress_bars import progress_bar
+from tests.ab_simulation import two_variant_experiment
 
 USERS = int(os.environ.get("BENCH_AB_USERS", 10_000_000))
 GMV_LIFT = 0.005
@@ -75,17 +76,7 @@ def main() -> None:
     shutil.rmtree(STORE, ignore_errors=True)
     store = EventStore(STORE)
     store.init()
-    experiment = ExperimentRegistry(STORE).create(
-        Experiment(
-            name="bench",
-            variants=(
-                Variant(name="control", weight=1, model_version="v1"),
-                Variant(name="treatment", weight=1, model_version="v2"),
-            ),
-            start=START,
-            end=END,
-        )
-    )
+    experiment = ExperimentRegistry(STORE).create(two_variant_experiment("bench", START, end=END))
     started = time.perf_counter()
     events = generate(store, experiment)
     console.print(f"{events:,} events for {USERS:,} users in {time.perf_counter() - started:.0f} s")
