@@ -1,62 +1,119 @@
-"""Saving and loading everything a training run produces, in formats others can open.
+"""A training run's directory: every stage writes its output here, in formats others can open.
 
-Layout of a run directory: ``vocabulary/`` (tokenizer + item map), ``reference/`` and
-``policy_<ablation>/`` (transformers ``save_pretrained``), ``reward/body/`` plus
-``reward/heads.pt`` (the two heads' weights), ``curves.json`` and ``reward_accuracy.json``.
+Layout (each stage's directory appears whole, by rename, only when the stage has finished, so a
+stopped run resumes from the stages it has)::
+
+    fingerprint.json      the settings and data digest the run is trained with
+    vocabulary/           tokenizer and item map
+    initial/              the policy before training (built, or a pretrained LM extended)
+    meta/                 after meta pre-training                      + curve.json
+    reference/            after golden-list fine-tuning (the sft policy) + curve.json
+    reward/               body/ (transformers), heads.pt, accuracy.json   + curve.json
+    policy_<ablation>/    after PPO with that ablation's reward         + curve.json
+
+Models are saved with transformers' ``save_pretrained``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
-from learner.ablations import ABLATIONS
-from learner.pipeline import TrainedModels, hidden_size
+from learner.ablations import Ablation
+from learner.backbone import hidden_size
 from learner.reward_heads import RewardModel
 from learner.training_loop import TrainingCurve
 from learner.vocabulary import Vocabulary
 
-
-def save_models(models: TrainedModels, directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    models.vocab.save(directory / "vocabulary")
-    models.reference.save_pretrained(str(directory / "reference"))
-    for ablation, policy in models.policies.items():
-        policy.save_pretrained(str(directory / f"policy_{ablation}"))
-    models.reward_model.body.save_pretrained(str(directory / "reward" / "body"))
-    heads = {
-        "page_head": models.reward_model.page_head.state_dict(),
-        "item_head": models.reward_model.item_head.state_dict(),
-    }
-    torch.save(heads, directory / "reward" / "heads.pt")
-    curves = {stage: curve.epochs for stage, curve in models.curves.items()}
-    (directory / "curves.json").write_text(json.dumps(curves))
-    (directory / "reward_accuracy.json").write_text(json.dumps(models.reward_accuracy))
-    return directory
+CURVE = "curve.json"
+ACCURACY = "accuracy.json"
 
 
-def load_models(directory: Path) -> TrainedModels:
-    """The run saved in ``directory``, every model in eval mode."""
-    if not (directory / "vocabulary").exists():
-        raise FileNotFoundError(f"{directory} holds no saved run (no vocabulary/)")
-    vocab = Vocabulary.load(directory / "vocabulary")
-    reference = AutoModelForCausalLM.from_pretrained(str(directory / "reference")).eval()
-    policies = {
-        ablation: AutoModelForCausalLM.from_pretrained(str(path)).eval()
-        for ablation in ABLATIONS
-        if (path := directory / f"policy_{ablation}").exists()
-    }
-    body = AutoModel.from_pretrained(str(directory / "reward" / "body"))
-    reward_model = RewardModel(body, hidden_size(body))
-    heads = torch.load(directory / "reward" / "heads.pt", weights_only=True)
-    reward_model.page_head.load_state_dict(heads["page_head"])
-    reward_model.item_head.load_state_dict(heads["item_head"])
-    curves = {
-        stage: TrainingCurve(epochs)
-        for stage, epochs in json.loads((directory / "curves.json").read_text()).items()
-    }
-    accuracy = json.loads((directory / "reward_accuracy.json").read_text())
-    return TrainedModels(vocab, reference, reward_model.eval(), policies, curves, accuracy)
+def policy_directory(ablation: Ablation) -> str:
+    """Where an ablation's policy is: sft is the reference itself."""
+    return "reference" if ablation == "sft" else f"policy_{ablation}"
+
+
+@dataclass
+class TrainedModels:
+    vocab: Vocabulary
+    reference: nn.Module
+    reward_model: RewardModel
+    policies: dict[Ablation, nn.Module]
+    curves: dict[str, TrainingCurve] = field(default_factory=dict)
+    reward_accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def save_policy(model: nn.Module, directory: Path) -> None:
+    model.save_pretrained(str(directory))  # type: ignore[attr-defined]
+
+
+def load_policy(directory: Path) -> nn.Module:
+    return AutoModelForCausalLM.from_pretrained(str(directory)).eval()
+
+
+def save_reward_model(model: RewardModel, directory: Path) -> None:
+    model.body.save_pretrained(str(directory / "body"))  # type: ignore[attr-defined]
+    heads = {"page_head": model.page_head.state_dict(), "item_head": model.item_head.state_dict()}
+    torch.save(heads, directory / "heads.pt")
+
+
+def load_reward_model(directory: Path) -> RewardModel:
+    body = AutoModel.from_pretrained(str(directory / "body"))
+    model = RewardModel(body, hidden_size(body))
+    heads = torch.load(directory / "heads.pt", weights_only=True)
+    model.page_head.load_state_dict(heads["page_head"])
+    model.item_head.load_state_dict(heads["item_head"])
+    return model.eval()
+
+
+def save_curve(curve: TrainingCurve, directory: Path) -> None:
+    (directory / CURVE).write_text(json.dumps(curve.epochs))
+
+
+def load_curve(directory: Path) -> TrainingCurve:
+    return TrainingCurve(json.loads((directory / CURVE).read_text()))
+
+
+def staging_directory(run_dir: Path, name: str) -> Path:
+    """An empty directory for a stage to write ``name`` into before it is finished."""
+    staging = run_dir / f".{name}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def finish_stage(run_dir: Path, name: str) -> Path:
+    """Move the staged output into the run in one rename: a half-written stage never looks
+    finished."""
+    final = run_dir / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(run_dir / f".{name}.partial", final)
+    return final
+
+
+def load_models(run_dir: Path, ablations: list[Ablation]) -> TrainedModels:
+    """The finished run in ``run_dir``, every model in eval mode."""
+    needed = ("vocabulary", "meta", "reference", "reward", *map(policy_directory, ablations))
+    missing = [name for name in dict.fromkeys(needed) if not (run_dir / name).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} holds no finished run (missing: {', '.join(missing)})")
+    stages = {"meta": "meta", "finetune": "reference", "reward": "reward"}
+    stages |= {f"ppo_{a}": policy_directory(a) for a in ablations if a != "sft"}
+    return TrainedModels(
+        vocab=Vocabulary.load(run_dir / "vocabulary"),
+        reference=load_policy(run_dir / "reference"),
+        reward_model=load_reward_model(run_dir / "reward"),
+        policies={a: load_policy(run_dir / policy_directory(a)) for a in ablations},
+        curves={stage: load_curve(run_dir / name) for stage, name in stages.items()},
+        reward_accuracy=json.loads((run_dir / "reward" / ACCURACY).read_text()),
+    )

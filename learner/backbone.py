@@ -108,3 +108,9 @@ def extend_pretrained(
         tuple(sorted(set(categories))),
     )
     return model, vocabulary
+
+
+def hidden_size(model: torch.nn.Module) -> int:
+    """The width of the model's hidden states (GPT-2 calls it n_embd)."""
+    config = model.config  # type: ignore[attr-defined]
+    return int(getattr(config, "n_embd", None) or config.hidden_size)

@@ -7,6 +7,7 @@ without paying for them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -40,13 +41,28 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     run.add_argument("--settings", type=Path, help="LearnerSettings as JSON (paper defaults)")
     run.add_argument("--prompt-length", type=int, help="positives in a prompt (20)")
+    run.add_argument(
+        "--workers", type=int, help="data-parallel Ray Train workers per stage (settings: 1)"
+    )
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="train each stage in this process instead of as a Ray Train job",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="discard OUT/run; by default the stages it holds from a stopped run are kept",
+    )
     run.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
+    import shutil
 
-    from learner.artifacts import save_models
+    import torch
+    from pydantic import ValidationError
+
     from learner.interactions_file import InteractionsError, read_interactions
     from learner.offline_eval import (
         page_quality,
@@ -56,7 +72,11 @@ def run_eval(args: argparse.Namespace) -> int:
         write_metrics,
         write_recommendations,
     )
-    from learner.pipeline import LearnerSettings, train_all
+    from learner.pipeline import StageRunner, train_all
+    from learner.ray_jobs import NotEnoughResources, RayStageRunner, StageFailed
+    from learner.settings import LearnerSettings
+    from learner.stages import RunMismatch, run_in_process
+    from schemas.events import describe_validation_error
     from streams.derived_state import DeriveConfig
     from streams.progress_bars import progress_bar
     from streams.training_snapshot import build_training_snapshot
@@ -67,11 +87,21 @@ def run_eval(args: argparse.Namespace) -> int:
     if unknown:
         console.print(f"pagellm eval: ablations: unknown {unknown}; choose from {ABLATIONS}")
         return 2
-    settings = (
-        LearnerSettings.model_validate_json(args.settings.read_text())
-        if args.settings
-        else LearnerSettings()
-    )
+    try:
+        settings = (
+            LearnerSettings.model_validate_json(args.settings.read_text())
+            if args.settings
+            else LearnerSettings()
+        )
+    except (ValidationError, OSError) as exc:
+        reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else exc
+        console.print(f"pagellm eval: --settings {args.settings}: {reason}", markup=False)
+        return 2
+    if args.workers is not None:
+        if args.workers < 1:
+            console.print(f"pagellm eval: --workers: must be at least 1, not {args.workers}")
+            return 2
+        settings.ray.workers = args.workers
     try:
         data = read_interactions(args.data)
     except (InteractionsError, OSError) as exc:
@@ -84,7 +114,14 @@ def run_eval(args: argparse.Namespace) -> int:
         f"{sum(1 for g in snapshot.golden.values() if g.items)} golden lists, "
         f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
     )
-    with progress_bar(console) as bar:
+    run_dir = args.out / "run"
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    with contextlib.ExitStack() as stack:
+        runner: StageRunner = run_in_process
+        if not args.in_process:
+            runner = stack.enter_context(RayStageRunner(settings.ray))
+        bar = stack.enter_context(progress_bar(console))
 
         def stage_bar(name: str) -> Callable[[int], None]:
             task = bar.add_task(name, total=None)
@@ -94,13 +131,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
             return step
 
-        models = train_all(
-            snapshot,
-            settings,
-            ablations,
-            on_stage=stage_bar,
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
+        try:
+            models = train_all(snapshot, settings, run_dir, ablations, runner, stage_bar)
+        except (RunMismatch, NotEnoughResources) as exc:
+            console.print(f"pagellm eval: {exc}", markup=False)
+            return 2
+        except StageFailed as exc:
+            console.print(f"pagellm eval: {exc}", markup=False)
+            return 1
     users = sorted(snapshot.test)
     for ablation in ablations:
         policy = models.policies[ablation]
@@ -127,7 +165,6 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{ablation}: "
             + json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
         )
-    save_models(models, args.out / "run")
     write_metrics(args.out / "reward_accuracy.json", models.reward_accuracy)
     plot_training_curves(models.curves, args.out / "training_curves.png")
     console.print(f"written to {args.out}")

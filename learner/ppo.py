@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from learner.constrained_decoding import GeneratedPages, generate_pages, page_logprobs, position_ids
+from learner.data_parallel import IN_PROCESS, Shard
 from learner.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class PPOSettings(BaseModel):
     """The paper's defaults (section 5.1.4): clip 0.2, lr 1e-5, batch 64, KL 0.1, 5 epochs."""
 
     iterations: int = Field(20, ge=1, description="rollout batches")
-    batch_size: int = Field(64, ge=1, description="pages generated per iteration")
+    batch_size: int = Field(64, ge=1, description="pages generated per iteration, all workers")
     minibatch_size: int = Field(16, ge=1)
     epochs: int = Field(5, ge=1, description="passes over each rollout batch")
     lr: float = Field(1e-5, gt=0)
@@ -148,7 +149,11 @@ def forward_page(
 
 
 class PPOTrainer:
-    """The policy, its frozen reference, a value head, and the loop that ties them."""
+    """The policy, its frozen reference, a value head, and the loop that ties them.
+
+    Under data parallelism each worker rolls out its share of the batch from its own requests
+    and random stream, and the gradients of every minibatch are averaged over the workers.
+    """
 
     def __init__(
         self,
@@ -157,14 +162,16 @@ class PPOTrainer:
         reward: PageReward,
         settings: PPOSettings,
         hidden_size: int,
+        shard: Shard = IN_PROCESS,
     ) -> None:
         self.policy, self.vocab, self.reward, self.settings = policy, vocab, reward, settings
+        self.shard = shard
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size)
-        params = list(policy.parameters()) + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(params, lr=settings.lr)
+        self.parameters = list(policy.parameters()) + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.lr)
         self.moments = RunningMoments()
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.seed + shard.rank)
 
     @torch.no_grad()
     def rollout(self, requests: Sequence[Request]) -> Rollout:
@@ -206,10 +213,8 @@ class PPOTrainer:
                 loss = policy_loss + s.value_coef * value_loss
                 self.optimizer.zero_grad()
                 loss.backward()
-                nn.utils.clip_grad_norm_(
-                    list(self.policy.parameters()) + list(self.value_head.parameters()),
-                    s.max_grad_norm,
-                )
+                self.shard.average_gradients(self.parameters)
+                nn.utils.clip_grad_norm_(self.parameters, s.max_grad_norm)
                 self.optimizer.step()
                 terms = {
                     "policy_loss": policy_loss,
@@ -220,23 +225,25 @@ class PPOTrainer:
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 steps += 1
-        return {name: total / steps for name, total in sums.items()}
+        return self.shard.mean({name: total / steps for name, total in sums.items()})
 
     def train(
         self, requests: Sequence[Request], on_iteration: Callable[[dict[str, float]], None]
     ) -> None:
         """``iterations`` rounds of rollout and update over batches drawn from ``requests``."""
-        rng = random.Random(self.settings.seed)
+        rng = random.Random(self.settings.seed + self.shard.rank)
+        per_worker = min(self.shard.share_of(self.settings.batch_size), len(requests))
         for iteration in range(self.settings.iterations):
-            batch = rng.sample(list(requests), min(self.settings.batch_size, len(requests)))
-            rollout = self.rollout(batch)
+            rollout = self.rollout(rng.sample(list(requests), per_worker))
             stats = self.update(rollout)
             kl = rollout.old_logprobs - rollout.ref_logprobs
-            stats |= {
-                "iteration": float(iteration),
-                "mean_reward": float(rollout.page_reward.mean()),
-                "kl_to_reference": float(kl.sum(1).mean()),  # per page, in nats
-            }
+            stats |= self.shard.mean(
+                {
+                    "mean_reward": float(rollout.page_reward.mean()),
+                    "kl_to_reference": float(kl.sum(1).mean()),  # per page, in nats
+                }
+            )
+            stats["iteration"] = float(iteration)
             log.info("ppo %d: %s", iteration, {k: round(v, 4) for k, v in stats.items()})
             on_iteration(stats)
 

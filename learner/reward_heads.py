@@ -21,6 +21,7 @@ from torch import nn
 
 from learner.ablations import RewardHeads
 from learner.constrained_decoding import left_pad
+from learner.data_parallel import IN_PROCESS, Shard
 from learner.page_prompts import page_tokens, prompt_tokens
 from learner.training_loop import TrainingCurve, shuffled_batches, train_epochs
 from learner.vocabulary import Vocabulary
@@ -167,6 +168,7 @@ def train_reward_model(
     validation: Sequence[LabelledPair],
     settings: RewardSettings,
     curve: TrainingCurve,
+    shard: Shard = IN_PROCESS,
 ) -> None:
     """Both Bradley-Terry losses; stops when the validation log-likelihood stops improving and
     keeps the best epoch's weights."""
@@ -196,5 +198,6 @@ def train_reward_model(
         curve,
         settings.seed,
         after_epoch,
+        shard,
     )
     model.load_state_dict(best["state"])

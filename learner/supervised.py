@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from learner.data_parallel import IN_PROCESS, Shard
 from learner.token_sequences import RatingExample, TokenExample, collate
 from learner.training_loop import Batch, TrainingCurve, shuffled_batches, train_epochs
 
@@ -65,6 +66,7 @@ def meta_pretrain(
     settings: SupervisedSettings,
     curve: TrainingCurve,
     pad_id: int,
+    shard: Shard = IN_PROCESS,
 ) -> None:
     """Next-token loss on meta prompts plus w * rating regression, a batch of each per step."""
     model.train()
@@ -100,6 +102,7 @@ def meta_pretrain(
         loss_terms,
         curve,
         settings.seed,
+        shard=shard,
     )
 
 
@@ -109,6 +112,7 @@ def finetune_on_golden_lists(
     settings: SupervisedSettings,
     curve: TrainingCurve,
     pad_id: int,
+    shard: Shard = IN_PROCESS,
 ) -> None:
     """L_ft = -mean log p(sigma_gt | q_u), over the page tokens only."""
     model.train()
@@ -120,4 +124,5 @@ def finetune_on_golden_lists(
         lambda batch: {"finetune_nll": next_token_loss(model, collate(batch, pad_id))},
         curve,
         settings.seed,
+        shard=shard,
     )

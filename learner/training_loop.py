@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from learner.data_parallel import IN_PROCESS, Shard
+
 log = logging.getLogger(__name__)
 
 
@@ -44,28 +46,33 @@ def train_epochs(
     curve: TrainingCurve,
     seed: int,
     after_epoch: Callable[[int], bool] | None = None,
+    shard: Shard = IN_PROCESS,
 ) -> None:
     """AdamW over ``epochs``: minimise the sum of each batch's named loss terms, log each term.
 
-    ``after_epoch(epoch)`` may evaluate and return True to stop early.
+    ``after_epoch(epoch)`` may evaluate and return True to stop early. Under data parallelism
+    every worker draws the same batch order (same seed), takes its share, and the gradients
+    are averaged before each step, so all workers hold the same weights throughout.
     """
     optimizer = torch.optim.AdamW(parameters, lr=lr)
     rng = random.Random(seed)
     for epoch in range(epochs):
         totals: dict[str, float] = {}
-        batches = epoch_batches(rng)
+        batches = shard.take(epoch_batches(rng))
         for batch in batches:
             terms = loss_terms(batch)
             loss = torch.stack(list(terms.values())).sum()
             optimizer.zero_grad()
             loss.backward()
+            shard.average_gradients(parameters)
             optimizer.step()
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach())
             if curve.on_step is not None:
                 curve.on_step(epochs * len(batches))
-        for name, total in totals.items():
-            curve.add(name, total / max(len(batches), 1))
+        means = shard.mean({name: total / max(len(batches), 1) for name, total in totals.items()})
+        for name, value in means.items():
+            curve.add(name, value)
         log.info(
             "epoch %d/%d: %s",
             epoch + 1,

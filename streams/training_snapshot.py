@@ -7,6 +7,8 @@ diversity family never draws a held-out item as a replacement either.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -96,3 +98,21 @@ def build_training_snapshot(
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())
     return snapshot
+
+
+def snapshot_digest(snapshot: TrainingSnapshot) -> str:
+    """sha256 of everything training reads from the snapshot (equal digests, equal data)."""
+    content = {
+        "catalogue": {i: c.model_dump(mode="json") for i, c in snapshot.catalogue.items()},
+        "prompts": {u: p.items for u, p in snapshot.prompts.items()},
+        "golden": {u: g.items for u, g in snapshot.golden.items()},
+        "pairs": {
+            family: [p.model_dump(mode="json") for p in pairs]
+            for family, pairs in snapshot.pairs.items()
+        },
+        "validation": snapshot.validation,
+        "test": snapshot.test,
+        "train_ratings": snapshot.train_ratings,
+    }
+    encoded = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()

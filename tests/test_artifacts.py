@@ -7,41 +7,56 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.artifacts import load_models, save_models
-from learner.interactions_file import read_interactions
+from learner.artifacts import (
+    load_curve,
+    load_models,
+    load_policy,
+    load_reward_model,
+    save_curve,
+    save_policy,
+    save_reward_model,
+)
+from learner.backbone import BackboneSettings, build_policy, hidden_size
 from learner.offline_eval import first_slot_scores
-from learner.pipeline import LearnerSettings, train_all
-from learner.reward_heads import page_batch
-from streams.derived_state import DeriveConfig
-from streams.training_snapshot import build_training_snapshot
-from tests.test_offline_eval import TINY, write_interactions
+from learner.reward_heads import RewardModel, page_batch
+from learner.training_loop import TrainingCurve
+from learner.vocabulary import Vocabulary, build_vocabulary
 
 torch.set_num_threads(1)
+SMALL = BackboneSettings(n_embd=32, n_layer=1, n_head=2, n_positions=32)
 
 
-def test_a_trained_run_round_trips(tmp_path: Path) -> None:
-    write_interactions(tmp_path / "ratings.csv", users=30)
-    data = read_interactions(tmp_path / "ratings.csv")
-    snapshot = build_training_snapshot(
-        data.ratings, data.catalogue, DeriveConfig(prompt_length=5), data.given_splits
-    )
-    models = train_all(snapshot, LearnerSettings.model_validate(TINY), ["sft", "both"])
-    loaded = load_models(save_models(models, tmp_path / "run"))
+def test_policy_reward_model_vocabulary_and_curve_round_trip(tmp_path: Path) -> None:
+    vocab = build_vocabulary([f"u{n}" for n in range(4)], [f"i{n}" for n in range(12)], ["c0"])
+    policy = build_policy(vocab, SMALL, seed=3)
+    reward = RewardModel(build_policy(vocab, SMALL, seed=4).base_model, hidden_size(policy))
+    curve = TrainingCurve({"finetune_nll": [3.2, 2.1]})
+    for name in ("vocabulary", "policy", "reward"):
+        (tmp_path / name).mkdir()
+    vocab.save(tmp_path / "vocabulary")
+    save_policy(policy, tmp_path / "policy")
+    save_reward_model(reward, tmp_path / "reward")
+    save_curve(curve, tmp_path / "policy")
 
-    requests = [(u, snapshot.prompts[u].items) for u in sorted(snapshot.prompts)[:8]]
-    for ablation in ("sft", "both"):
-        before = first_slot_scores(models.policies[ablation], models.vocab, requests)
-        after = first_slot_scores(loaded.policies[ablation], loaded.vocab, requests)
-        assert torch.allclose(before, after, atol=1e-5)
-    pages = [list(snapshot.golden[u].items) or ["i1"] for u, _ in requests]
-    models.reward_model.eval()
+    loaded_vocab = Vocabulary.load(tmp_path / "vocabulary")
+    assert loaded_vocab.item_ids == vocab.item_ids and loaded_vocab.items == vocab.items
+    requests = [("u0", ["i1", "i2"]), ("u3", ["i5"])]
+    policy.eval()
+    before = first_slot_scores(policy, vocab, requests)
+    after = first_slot_scores(load_policy(tmp_path / "policy"), loaded_vocab, requests)
+    assert torch.allclose(before, after, atol=1e-5)
+    pages = [["i3", "i4"], ["i7", "i8"]]
+    loaded = load_reward_model(tmp_path / "reward")
+    reward.eval()
     with torch.no_grad():
-        expected = models.reward_model(page_batch(models.vocab, requests, pages))
-        got = loaded.reward_model(page_batch(loaded.vocab, requests, pages))
+        expected = reward(page_batch(vocab, requests, pages))
+        got = loaded(page_batch(loaded_vocab, requests, pages))
     for a, b in zip(expected, got, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
-    assert loaded.vocab.item_ids == models.vocab.item_ids
-    assert loaded.curves["finetune"].epochs == models.curves["finetune"].epochs
-    assert loaded.reward_accuracy == models.reward_accuracy
-    with pytest.raises(FileNotFoundError, match="holds no saved run"):
-        load_models(tmp_path)
+    assert load_curve(tmp_path / "policy").epochs == curve.epochs
+
+
+def test_a_run_without_its_stages_is_refused_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "vocabulary").mkdir()
+    with pytest.raises(FileNotFoundError, match="missing: meta, reference, reward, policy_both"):
+        load_models(tmp_path, ["sft", "both"])

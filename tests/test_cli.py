@@ -14,13 +14,15 @@ from tests.test_schemas import VALID
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pagellm(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def pagellm(
+    *args: str, stdin: bytes | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "pagellm", *args],
         input=stdin,
         capture_output=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=timeout_s,
         check=False,
     )
 

@@ -47,7 +47,7 @@ def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
     result = pagellm("eval", "--data", str(data), "--out", str(out), "--settings", str(settings),
-                     "--prompt-length", "5")  # fmt: skip
+                     "--prompt-length", "5", "--in-process")  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     interactions = read_interactions(data)
     for ablation in ("sft", "page", "item", "both"):

@@ -9,7 +9,8 @@ the user's train and validation items):
 * EASE (Steck 2019): B = I - P diag(1/diag P), P = (X^T X + lambda I)^-1, X the binary training
   positives; lambda chosen on the validation items from a grid;
 * ALS from the ``implicit`` library (when it is installed), factors chosen on validation;
-* the four ablations of the method with the default ``LearnerSettings`` (``pagellm eval``'s).
+* the four ablations of the method with the default ``LearnerSettings`` (``pagellm eval``'s),
+  each stage a Ray Train job as ``pagellm eval`` runs it.
 
 The last line printed is the JSON summary.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,9 @@ from rich.console import Console
 
 from learner.ablations import ABLATIONS
 from learner.offline_eval import recommend, relevance_metrics
-from learner.pipeline import LearnerSettings, train_all
+from learner.pipeline import train_all
+from learner.ray_jobs import RayStageRunner
+from learner.settings import LearnerSettings
 from schemas.training_data import EffectiveRating
 from streams.dataset_import import DatasetReader, ImportedRating
 from streams.derived_state import DeriveConfig
@@ -161,7 +165,9 @@ def main() -> None:
     def stage(name: str) -> None:
         console.print(f"[{time.perf_counter() - started:.0f} s] {name}")
 
-    models = train_all(snapshot, LearnerSettings(), ABLATIONS, on_stage=stage)
+    settings = LearnerSettings()
+    with tempfile.TemporaryDirectory() as run_dir, RayStageRunner(settings.ray) as runner:
+        models = train_all(snapshot, settings, Path(run_dir), ABLATIONS, runner, stage)
     for ablation in ABLATIONS:
         recs = recommend(models.policies[ablation], models.vocab, snapshot, users)
         results[ablation] = relevance_metrics(recs, snapshot.test)

@@ -1,0 +1,39 @@
+"""Every setting of a training run, with the paper's defaults, and where its stages run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from learner.backbone import BackboneSettings
+from learner.ppo import PPOSettings
+from learner.reward_heads import RewardSettings
+from learner.supervised import SupervisedSettings
+
+
+class RaySettings(BaseModel):
+    """Where the training stages run when they run as Ray Train jobs."""
+
+    workers: int = Field(1, ge=1, description="data-parallel workers per stage, a CPU each")
+    use_gpu: bool | None = Field(None, description="a GPU per worker; None: when one is present")
+    address: str | None = Field(
+        None, description="a Ray cluster to join; None: RAY_ADDRESS, else a local Ray for the run"
+    )
+
+
+class LearnerSettings(BaseModel):
+    """Every stage's settings (paper defaults), the backbone, and where the stages run."""
+
+    backbone: BackboneSettings = Field(default_factory=BackboneSettings)
+    supervised: SupervisedSettings = Field(default_factory=SupervisedSettings)
+    reward: RewardSettings = Field(default_factory=RewardSettings)
+    ppo: PPOSettings = Field(default_factory=PPOSettings)
+    pretrained_dir: Path | None = Field(None, description="a local causal LM instead of a new one")
+    validation_user_share: float = Field(0.1, ge=0, lt=1, description="users whose pairs validate")
+    seed: int = 0
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    def training_fingerprint(self) -> dict[str, object]:
+        """What a resumed run must share with the stages it keeps: all but where stages run."""
+        return self.model_dump(mode="json", exclude={"ray"})

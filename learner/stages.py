@@ -1,0 +1,281 @@
+"""The training stages, each a function from the run directory to one new output in it.
+
+meta -> finetune (the reference) -> reward -> ppo_<ablation> for each ablation with a reward.
+A stage reads what earlier stages wrote, trains its share under data parallelism, and the first
+worker writes the output into the directory it is given. The same function runs in process
+(tests, ``--in-process``) and inside every Ray Train worker (``learner.ray_jobs``).
+
+Seeds: every stage starts from ``seed`` (so new heads are the same on every worker), then
+reseeds with ``seed + rank`` for its own randomness (dropout, sampling). A run with fixed
+settings is repeatable, and one worker reproduces the in-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from learner.ablations import ABLATIONS, HEADS_OF, Ablation, RewardHeads
+from learner.artifacts import (
+    ACCURACY,
+    finish_stage,
+    load_policy,
+    load_reward_model,
+    policy_directory,
+    save_curve,
+    save_policy,
+    save_reward_model,
+    staging_directory,
+)
+from learner.backbone import build_policy, extend_pretrained, hidden_size
+from learner.data_parallel import IN_PROCESS, Shard
+from learner.ppo import PageReward, PPOTrainer
+from learner.reward_heads import (
+    LabelledPair,
+    RewardModel,
+    combined_reward,
+    page_batch,
+    pair_accuracies,
+    train_reward_model,
+)
+from learner.settings import LearnerSettings
+from learner.supervised import RatingHead, finetune_on_golden_lists, meta_pretrain
+from learner.token_sequences import golden_example, meta_examples, rating_examples
+from learner.training_loop import TrainingCurve
+from learner.vocabulary import Vocabulary, build_vocabulary
+from streams.training_snapshot import TrainingSnapshot, snapshot_digest
+
+log = logging.getLogger(__name__)
+
+STAGE_TITLES = {
+    "meta": "meta pre-training",
+    "finetune": "golden-list fine-tuning",
+    "reward": "reward model",
+} | {f"ppo_{a}": f"PPO ({a})" for a in ABLATIONS if a != "sft"}
+
+
+class RunMismatch(ValueError):
+    """The run directory holds stages trained with other settings or data."""
+
+
+def stages_for(ablations: Sequence[Ablation]) -> list[str]:
+    """The stages a run needs for ``ablations``, in order."""
+    return ["meta", "finetune", "reward", *(f"ppo_{a}" for a in ablations if a != "sft")]
+
+
+def output_of(stage: str) -> str:
+    """The run directory's entry a stage writes."""
+    if stage.startswith("ppo_"):
+        return policy_directory(stage.removeprefix("ppo_"))  # type: ignore[arg-type]
+    return {"meta": "meta", "finetune": "reference", "reward": "reward"}[stage]
+
+
+@dataclass
+class StageContext:
+    run_dir: Path
+    snapshot: TrainingSnapshot
+    settings: LearnerSettings
+    shard: Shard
+    on_step: Callable[[int], None] | None = None
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return Vocabulary.load(self.run_dir / "vocabulary")
+
+    @property
+    def histories(self) -> dict[str, list[str]]:
+        return {u: list(p.items) for u, p in self.snapshot.prompts.items()}
+
+    def reseed_for_this_worker(self) -> None:
+        torch.manual_seed(self.settings.seed + self.shard.rank)
+
+
+def _flat(value: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, inner in value.items():
+            out |= _flat(inner, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def check_fingerprint(run_dir: Path, fingerprint: dict[str, object]) -> None:
+    """Record what the run is trained with, or refuse a run directory trained otherwise."""
+    path = run_dir / "fingerprint.json"
+    if not path.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+        return
+    before, now = _flat(json.loads(path.read_text())), _flat(fingerprint)
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {before.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+        raise RunMismatch(
+            f"{run_dir} holds a run trained with other settings or data ({details}); "
+            "use another output directory, or start afresh"
+        )
+
+
+def prepare_run(run_dir: Path, snapshot: TrainingSnapshot, settings: LearnerSettings) -> None:
+    """The fingerprint, the vocabulary and the untrained policy (once per run directory)."""
+    check_fingerprint(
+        run_dir, {"settings": settings.training_fingerprint(), "data": snapshot_digest(snapshot)}
+    )
+    if (run_dir / "initial").is_dir():
+        return
+    torch.manual_seed(settings.seed)
+    users = sorted(snapshot.prompts)
+    items = sorted(snapshot.catalogue)
+    categories = sorted({c.category for c in snapshot.catalogue.values()})
+    if settings.pretrained_dir is not None:
+        policy, vocab = extend_pretrained(
+            settings.pretrained_dir, users, items, categories, settings.seed
+        )
+    else:
+        vocab = build_vocabulary(users, items, categories)
+        policy = build_policy(vocab, settings.backbone, settings.seed)
+    vocab.save(staging_directory(run_dir, "vocabulary"))
+    finish_stage(run_dir, "vocabulary")
+    save_policy(policy, staging_directory(run_dir, "initial"))
+    finish_stage(run_dir, "initial")
+
+
+def meta_stage(ctx: StageContext, out: Path) -> None:
+    vocab, snapshot = ctx.vocab, ctx.snapshot
+    policy = load_policy(ctx.run_dir / "initial")
+    head = RatingHead(hidden_size(policy))
+    ctx.reseed_for_this_worker()
+    category_of = {i: c.category for i, c in snapshot.catalogue.items()}
+    ratings = [(u, i, r) for u, rs in snapshot.train_ratings.items() for i, r in rs.items()]
+    curve = TrainingCurve(on_step=ctx.on_step)
+    meta_pretrain(
+        policy,
+        head,
+        meta_examples(vocab, category_of, ctx.histories),
+        rating_examples(vocab, ratings),
+        ctx.settings.supervised,
+        curve,
+        vocab.tokenizer.pad_token_id,
+        ctx.shard,
+    )
+    if ctx.shard.is_first:
+        save_policy(policy, out)
+        save_curve(curve, out)
+
+
+def finetune_stage(ctx: StageContext, out: Path) -> None:
+    vocab, histories = ctx.vocab, ctx.histories
+    policy = load_policy(ctx.run_dir / "meta")
+    ctx.reseed_for_this_worker()
+    golden = [
+        golden_example(vocab, u, histories[u], g.items)
+        for u, g in sorted(ctx.snapshot.golden.items())
+        if g.items
+    ]
+    curve = TrainingCurve(on_step=ctx.on_step)
+    finetune_on_golden_lists(
+        policy, golden, ctx.settings.supervised, curve, vocab.tokenizer.pad_token_id, ctx.shard
+    )
+    if ctx.shard.is_first:
+        save_policy(policy, out)
+        save_curve(curve, out)
+
+
+def labelled_pairs(snapshot: TrainingSnapshot) -> list[LabelledPair]:
+    return [
+        LabelledPair(p.user_id, snapshot.prompts[p.user_id].items, p.family, p.chosen, p.rejected)
+        for family_pairs in snapshot.pairs.values()
+        for p in family_pairs
+    ]
+
+
+def validation_users(snapshot: TrainingSnapshot, settings: LearnerSettings) -> set[str]:
+    """The users whose pairs validate the reward model (a seeded sample)."""
+    users = sorted(snapshot.prompts)
+    share = int(len(users) * settings.validation_user_share)
+    return set(random.Random(settings.seed).sample(users, share))
+
+
+def reward_stage(ctx: StageContext, out: Path) -> None:
+    vocab = ctx.vocab
+    body = load_policy(ctx.run_dir / "reference").base_model.train()
+    model = RewardModel(body, hidden_size(body))
+    ctx.reseed_for_this_worker()
+    held_out = validation_users(ctx.snapshot, ctx.settings)
+    pairs = labelled_pairs(ctx.snapshot)
+    train = [p for p in pairs if p.user not in held_out]
+    validation = [p for p in pairs if p.user in held_out]
+    curve = TrainingCurve(on_step=ctx.on_step)
+    train_reward_model(model, vocab, train, validation, ctx.settings.reward, curve, ctx.shard)
+    if ctx.shard.is_first:
+        accuracy = pair_accuracies(model, vocab, validation) if validation else {}
+        save_reward_model(model, out)
+        save_curve(curve, out)
+        (out / ACCURACY).write_text(json.dumps(accuracy))
+
+
+def reward_function(model: RewardModel, vocab: Vocabulary, heads: RewardHeads) -> PageReward:
+    @torch.no_grad()
+    def reward(requests, pages) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        model.eval()
+        page, item = model(page_batch(vocab, requests, pages))
+        return combined_reward(page, item, heads)
+
+    return reward
+
+
+def ppo_stage(ctx: StageContext, out: Path, ablation: Ablation) -> None:
+    vocab, settings = ctx.vocab, ctx.settings
+    policy = load_policy(ctx.run_dir / "reference").requires_grad_(True)
+    reward = reward_function(load_reward_model(ctx.run_dir / "reward"), vocab, HEADS_OF[ablation])
+    trainer = PPOTrainer(policy, vocab, reward, settings.ppo, hidden_size(policy), ctx.shard)
+    ctx.reseed_for_this_worker()
+    curve = TrainingCurve(on_step=ctx.on_step)
+
+    def record(stats: dict[str, float]) -> None:
+        for name, value in stats.items():
+            if name != "iteration":
+                curve.add(name, value)
+        if curve.on_step is not None:
+            curve.on_step(settings.ppo.iterations)
+
+    histories = ctx.histories
+    trainer.train([(u, histories[u]) for u in sorted(histories)], record)
+    if ctx.shard.is_first:
+        save_policy(trainer.policy, out)
+        save_curve(curve, out)
+
+
+def run_stage(stage: str, ctx: StageContext, out: Path) -> None:
+    """Train ``stage``; the first worker writes its output into ``out``."""
+    if stage not in STAGE_TITLES:
+        raise ValueError(f"stage: unknown {stage!r}; the stages are {list(STAGE_TITLES)}")
+    torch.manual_seed(ctx.settings.seed)
+    if stage == "meta":
+        meta_stage(ctx, out)
+    elif stage == "finetune":
+        finetune_stage(ctx, out)
+    elif stage == "reward":
+        reward_stage(ctx, out)
+    else:
+        ppo_stage(ctx, out, stage.removeprefix("ppo_"))  # type: ignore[arg-type]
+
+
+def run_in_process(
+    stage: str,
+    run_dir: Path,
+    snapshot: TrainingSnapshot,
+    settings: LearnerSettings,
+    on_step: Callable[[int], None] | None,
+) -> None:
+    """One stage in this process, its output moved into the run when it has finished."""
+    name = output_of(stage)
+    run_stage(stage, StageContext(run_dir, snapshot, settings, IN_PROCESS, on_step),
+              staging_directory(run_dir, name))  # fmt: skip
+    finish_stage(run_dir, name)

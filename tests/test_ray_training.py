@@ -1,0 +1,65 @@
+"""The training stages as real Ray Train jobs on a local Ray: two data-parallel workers through
+``pagellm eval``, and one worker reproducing the in-process stage exactly.
+
+A TorchTrainer job costs seconds to start, so the Ray path is exercised here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from learner.artifacts import load_policy
+from learner.pipeline import train_all
+from learner.ray_jobs import RayStageRunner
+from learner.settings import LearnerSettings, RaySettings
+from tests.test_cli import pagellm
+from tests.test_offline_eval import TINY, write_interactions
+from tests.test_training_run import same_weights, tiny_snapshot
+
+torch.set_num_threads(1)
+
+
+def test_eval_runs_every_stage_as_a_ray_train_job_on_two_workers(tmp_path: Path) -> None:
+    data, out, settings = tmp_path / "ratings.csv", tmp_path / "eval", tmp_path / "settings.json"
+    write_interactions(data, users=40)
+    settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
+    command = ("eval", "--data", str(data), "--out", str(out), "--settings", str(settings),
+               "--prompt-length", "5", "--ablations", "sft,both", "--workers", "2")  # fmt: skip
+    result = pagellm(*command, timeout_s=600)  # four jobs of about 20 s each, when idle
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    run = out / "run"
+    for stage in ("meta", "reference", "reward", "policy_both"):
+        assert (run / stage / "curve.json").exists()
+    assert not list(run.glob(".*.partial")) and not list((run / ".ray").glob("*"))
+    curves = json.loads((run / "policy_both" / "curve.json").read_text())
+    assert len(curves["mean_reward"]) == TINY["ppo"]["iterations"]
+    finetune = json.loads((run / "reference" / "curve.json").read_text())["finetune_nll"]
+    assert len(finetune) == TINY["supervised"]["finetune_epochs"] and finetune[1] < finetune[0]
+    assert json.loads((out / "metrics_both.json").read_text())["users"] == 40
+
+    # Everything is in the run now: a second eval keeps every stage and starts no Ray job.
+    again = pagellm(*command)
+    assert again.returncode == 0, again.stderr.decode()[-3000:]
+    assert again.stderr.decode().count("kept from an earlier run") == 4
+
+    too_many = pagellm(*command, "--workers", "64", "--fresh", timeout_s=300)
+    assert too_many.returncode == 2
+    assert b"ray.workers: 64 workers need a CPU each; the Ray cluster has" in too_many.stderr
+
+
+def test_one_ray_worker_reproduces_the_in_process_stage(tmp_path: Path) -> None:
+    snapshot = tiny_snapshot(tmp_path)
+    settings = LearnerSettings.model_validate(TINY)
+    train_all(snapshot, settings, tmp_path / "in_process", ["sft"])
+    shutil.copytree(tmp_path / "in_process", tmp_path / "on_ray")
+    shutil.rmtree(tmp_path / "on_ray" / "reference")
+    with RayStageRunner(RaySettings(workers=1)) as runner:
+        runner("finetune", tmp_path / "on_ray", snapshot, settings, None)
+    assert same_weights(
+        load_policy(tmp_path / "in_process" / "reference"),
+        load_policy(tmp_path / "on_ray" / "reference"),
+    )

@@ -1,0 +1,59 @@
+"""A training run in its directory: repeatable with fixed seeds, resumed from the stages it
+has, refused when the settings or data changed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from learner.interactions_file import read_interactions
+from learner.pipeline import train_all
+from learner.settings import LearnerSettings
+from learner.stages import RunMismatch
+from streams.derived_state import DeriveConfig
+from streams.training_snapshot import TrainingSnapshot, build_training_snapshot
+from tests.test_offline_eval import TINY, write_interactions
+
+torch.set_num_threads(1)
+
+
+def tiny_snapshot(tmp_path: Path, users: int = 30) -> TrainingSnapshot:
+    write_interactions(tmp_path / "ratings.csv", users=users)
+    data = read_interactions(tmp_path / "ratings.csv")
+    return build_training_snapshot(
+        data.ratings, data.catalogue, DeriveConfig(prompt_length=5), data.given_splits
+    )
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_run_is_repeatable_resumes_and_refuses_other_settings(tmp_path: Path) -> None:
+    snapshot = tiny_snapshot(tmp_path)
+    settings = LearnerSettings.model_validate(TINY)
+    first = train_all(snapshot, settings, tmp_path / "a", ["sft", "both"])
+    second = train_all(snapshot, settings, tmp_path / "b", ["sft", "both"])
+    assert same_weights(first.reference, second.reference)
+    assert same_weights(first.policies["both"], second.policies["both"])
+    assert same_weights(first.reward_model, second.reward_model)
+    assert not same_weights(first.reference, first.policies["both"])  # PPO moved the policy
+    assert set(first.curves) == {"meta", "finetune", "reward", "ppo_both"}
+
+    # A run stopped before its PPO stage: the earlier stages are kept, PPO alone is trained.
+    shutil.rmtree(tmp_path / "a" / "policy_both")
+    titles: list[str] = []
+    resumed = train_all(snapshot, settings, tmp_path / "a", ["sft", "both"],
+                        on_stage=lambda title: titles.append(title))  # fmt: skip
+    assert titles == ["PPO (both)"]
+    assert same_weights(resumed.policies["both"], second.policies["both"])
+
+    changed = LearnerSettings.model_validate(TINY | {"ppo": TINY["ppo"] | {"lr": 1e-3}})
+    with pytest.raises(RunMismatch, match=r"settings.ppo.lr: 0.0001 then, 0.001 now"):
+        train_all(snapshot, changed, tmp_path / "a", ["sft", "both"])
+    with pytest.raises(RunMismatch, match=r"data: '[0-9a-f]{64}' then"):
+        train_all(tiny_snapshot(tmp_path, users=20), settings, tmp_path / "a", ["sft"])
