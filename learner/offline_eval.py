@@ -55,15 +55,19 @@ def recommend(
     n: int = RECOMMENDATIONS,
     batch_size: int = 64,
     on_batch: Callable[[int], None] = lambda done: None,
+    for_validation: bool = False,
 ) -> dict[str, list[str]]:
-    """user -> the n best items by the policy's first-slot score, train and validation excluded."""
+    """user -> the n best items by the policy's first-slot score, the user's train items and
+    (unless the lists are ``for_validation``) validation items excluded."""
     policy.eval()
     out = {}
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
         scores = first_slot_scores(policy, vocab, [(u, snapshot.prompts[u].items) for u in chunk])
         for row, user in enumerate(chunk):
-            seen = set(snapshot.train_ratings.get(user, {})) | set(snapshot.validation[user])
+            seen = set(snapshot.train_ratings.get(user, {}))
+            if not for_validation:
+                seen |= set(snapshot.validation[user])
             banned = [vocab.item_index[i] for i in seen if i in vocab.item_index]
             scores[row, banned] = float("-inf")
             top = torch.topk(scores[row], min(n, len(vocab.items) - len(banned))).indices
@@ -150,3 +154,10 @@ def plot_training_curves(curves: dict[str, TrainingCurve], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
+
+
+def validation_ndcg(policy: nn.Module, vocab: Vocabulary, snapshot: TrainingSnapshot) -> float:
+    """NDCG@100 of the first-slot ranking on the validation items (train items excluded)."""
+    users = sorted(u for u, items in snapshot.validation.items() if items)
+    recs = recommend(policy, vocab, snapshot, users, for_validation=True)
+    return relevance_metrics(recs, {u: snapshot.validation[u] for u in users})["ndcg@100"]

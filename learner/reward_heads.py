@@ -10,7 +10,6 @@ The reward PPO maximises is R = R_c + R_f, or one head alone (the ablations).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from learner.ablations import RewardHeads
 from learner.constrained_decoding import left_pad
 from learner.data_parallel import IN_PROCESS, Shard
 from learner.page_prompts import page_tokens, prompt_tokens
-from learner.training_loop import TrainingCurve, shuffled_batches, train_epochs
+from learner.training_loop import KeepBest, TrainingCurve, shuffled_batches, train_epochs
 from learner.vocabulary import Vocabulary
 
 
@@ -173,7 +172,7 @@ def train_reward_model(
     """Both Bradley-Terry losses; stops when the validation log-likelihood stops improving and
     keeps the best epoch's weights."""
     model.train()
-    best = {"loss": float("inf"), "state": copy.deepcopy(model.state_dict()), "epoch": 0}
+    best = KeepBest(model, settings.patience, higher_is_better=False)
 
     def after_epoch(epoch: int) -> bool:
         if not validation:
@@ -185,9 +184,7 @@ def train_reward_model(
         curve.add("validation_bradley_terry", loss)
         for family, acc in pair_accuracies(model, vocab, validation).items():
             curve.add(f"validation_accuracy_{family}", acc["both"])
-        if loss < best["loss"]:
-            best.update(loss=loss, state=copy.deepcopy(model.state_dict()), epoch=epoch)
-        return epoch - best["epoch"] >= settings.patience
+        return best.stop_after(epoch, loss)
 
     train_epochs(
         list(model.parameters()),
@@ -200,4 +197,4 @@ def train_reward_model(
         after_epoch,
         shard,
     )
-    model.load_state_dict(best["state"])
+    best.restore()

@@ -35,6 +35,7 @@ from learner.artifacts import (
 )
 from learner.backbone import build_policy, extend_pretrained, hidden_size
 from learner.data_parallel import IN_PROCESS, Shard
+from learner.offline_eval import validation_ndcg
 from learner.ppo import PageReward, PPOTrainer
 from learner.reward_heads import (
     LabelledPair,
@@ -157,7 +158,13 @@ def meta_stage(ctx: StageContext, out: Path) -> None:
     meta_pretrain(
         policy,
         head,
-        meta_examples(vocab, category_of, ctx.histories),
+        meta_examples(
+            vocab,
+            category_of,
+            snapshot.train_sequences,
+            max((len(p.items) for p in snapshot.prompts.values()), default=0),
+            ctx.settings.ppo.page_length,
+        ),
         rating_examples(vocab, ratings),
         ctx.settings.supervised,
         curve,
@@ -180,7 +187,13 @@ def finetune_stage(ctx: StageContext, out: Path) -> None:
     ]
     curve = TrainingCurve(on_step=ctx.on_step)
     finetune_on_golden_lists(
-        policy, golden, ctx.settings.supervised, curve, vocab.tokenizer.pad_token_id, ctx.shard
+        policy,
+        golden,
+        ctx.settings.supervised,
+        curve,
+        vocab.tokenizer.pad_token_id,
+        ctx.shard,
+        lambda model: validation_ndcg(model, vocab, ctx.snapshot),
     )
     if ctx.shard.is_first:
         save_policy(policy, out)

@@ -9,7 +9,7 @@ fine-tuned policy, frozen, is the reference policy of PPO.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, Field
@@ -17,7 +17,13 @@ from torch import nn
 
 from learner.data_parallel import IN_PROCESS, Shard
 from learner.token_sequences import RatingExample, TokenExample, collate
-from learner.training_loop import Batch, TrainingCurve, shuffled_batches, train_epochs
+from learner.training_loop import (
+    Batch,
+    KeepBest,
+    TrainingCurve,
+    shuffled_batches,
+    train_epochs,
+)
 
 
 class SupervisedSettings(BaseModel):
@@ -25,8 +31,14 @@ class SupervisedSettings(BaseModel):
 
     meta_epochs: int = Field(3, ge=0)
     meta_lr: float = Field(5e-5, gt=0)
-    finetune_epochs: int = Field(10, ge=0)
+    finetune_epochs: int = Field(10, ge=0, description="at most; see finetune_patience")
     finetune_lr: float = Field(2e-5, gt=0)
+    finetune_patience: int | None = Field(
+        2,
+        ge=1,
+        description="epochs without a better validation NDCG@100 before fine-tuning stops (the "
+        "best epoch's weights are kept); None: every epoch, the last kept",
+    )
     batch_size: int = Field(32, ge=1)
     rating_loss_weight: float = Field(1.0, ge=0, description="w of L_rating in meta training")
     seed: int = 0
@@ -113,9 +125,26 @@ def finetune_on_golden_lists(
     curve: TrainingCurve,
     pad_id: int,
     shard: Shard = IN_PROCESS,
+    validation_score: Callable[[nn.Module], float] | None = None,
 ) -> None:
-    """L_ft = -mean log p(sigma_gt | q_u), over the page tokens only."""
+    """L_ft = -mean log p(sigma_gt | q_u), over the page tokens only.
+
+    With ``validation_score`` (higher is better) and ``finetune_patience``, each epoch is scored
+    and the best epoch's weights are kept.
+    """
     model.train()
+    best = None
+    if validation_score is not None and settings.finetune_patience is not None:
+        best = KeepBest(model, settings.finetune_patience, higher_is_better=True)
+
+    def after_epoch(epoch: int) -> bool:
+        if best is None:
+            return False
+        score = validation_score(model)  # type: ignore[misc]
+        model.train()
+        curve.add("validation_ndcg@100", score)
+        return best.stop_after(epoch, score)
+
     train_epochs(
         list(model.parameters()),
         settings.finetune_epochs,
@@ -124,5 +153,8 @@ def finetune_on_golden_lists(
         lambda batch: {"finetune_nll": next_token_loss(model, collate(batch, pad_id))},
         curve,
         settings.seed,
-        shard=shard,
+        after_epoch,
+        shard,
     )
+    if best is not None:
+        best.restore()

@@ -1,8 +1,10 @@
 """The supervised stages' examples as token ids, and batches of them.
 
 Each example says from which position on its tokens are predicted: a golden-list example
-predicts only the page (L_ft = -log p(sigma_gt | q_u)), a meta prompt predicts everything
-after [BOS]. A rating example is a (user, item) pair for the rating head.
+predicts only the page (L_ft = -log p(sigma_gt | q_u)), an item or category meta prompt
+predicts everything after [BOS], and an interaction-sequence window predicts the next page of
+the user's positives from the ones before. A rating example is a (user, item) pair for the
+rating head.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from learner.vocabulary import (
     BOS,
     CATEGORY_OF,
     EOS,
-    HISTORY,
     RATED,
     Vocabulary,
     category_token,
@@ -47,12 +48,32 @@ def golden_example(vocab: Vocabulary, user: str, history: Sequence[str], golden:
     return TokenExample(tuple(prompt + vocab.encode(page_tokens(golden))), len(prompt))
 
 
+def sequence_windows(
+    vocab: Vocabulary, user: str, sequence: Sequence[str], history_length: int, page_length: int
+) -> list[TokenExample]:
+    """The interaction sequence as pages: each block of ``page_length`` positives after the
+    first, predicted from the ``history_length`` positives before it (as q_u and a page)."""
+    ends = range(len(sequence) - page_length, 0, -page_length)
+    return [
+        golden_example(
+            vocab,
+            user,
+            sequence[max(0, end - history_length) : end],
+            sequence[end : end + page_length],
+        )
+        for end in ends
+    ]
+
+
 def meta_examples(
     vocab: Vocabulary,
     category_of: Mapping[str, str],
-    histories: Mapping[str, Sequence[str]],
+    sequences: Mapping[str, Sequence[str]],
+    history_length: int,
+    page_length: int,
 ) -> list[TokenExample]:
-    """The meta prompts: item -> category, co-occurrence within a category, user sequences."""
+    """The meta prompts: item -> category, co-occurrence within a category, and each user's
+    interaction sequence as next-page windows (``sequence_windows``)."""
     examples = []
     for item in vocab.items:
         if item in category_of:
@@ -67,9 +88,8 @@ def meta_examples(
             chunk = items[start : start + CO_OCCURRENCE_CHUNK]
             tokens = [BOS, category_token(category), CATEGORY_OF, *map(item_token, chunk), EOS]
             examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
-    for user, history in sorted(histories.items()):
-        tokens = [BOS, user_token(user), HISTORY, *map(item_token, history), EOS]
-        examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
+    for user, sequence in sorted(sequences.items()):
+        examples += sequence_windows(vocab, user, sequence, history_length, page_length)
     return examples
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -81,3 +82,22 @@ def train_epochs(
         )
         if after_epoch is not None and after_epoch(epoch):
             break
+
+
+class KeepBest:
+    """Early stopping on a validation score: remembers the best epoch's weights, says when
+    ``patience`` epochs have passed without a better score, and puts the best weights back."""
+
+    def __init__(self, model: nn.Module, patience: int, higher_is_better: bool) -> None:
+        self.model, self.patience, self.sign = model, patience, 1.0 if higher_is_better else -1.0
+        self.best_score, self.best_epoch = float("-inf"), -1
+        self.state = copy.deepcopy(model.state_dict())
+
+    def stop_after(self, epoch: int, score: float) -> bool:
+        if self.sign * score > self.best_score:
+            self.best_score, self.best_epoch = self.sign * score, epoch
+            self.state = copy.deepcopy(self.model.state_dict())
+        return epoch - self.best_epoch >= self.patience
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.state)

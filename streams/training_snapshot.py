@@ -22,7 +22,7 @@ from schemas.training_data import (
     UserPrompt,
 )
 from streams.derived_state import DeriveConfig, ItemStats
-from streams.golden_list import build_prompt_and_golden_list
+from streams.golden_list import build_prompt_and_golden_list, chronological_positives
 from streams.preference_pairs import build_pairs
 from streams.split import UserSplit, split_user
 
@@ -36,6 +36,8 @@ class TrainingSnapshot:
     validation: dict[str, tuple[str, ...]] = field(default_factory=dict)
     test: dict[str, tuple[str, ...]] = field(default_factory=dict)
     train_ratings: dict[str, dict[str, int]] = field(default_factory=dict)  # user -> item -> r
+    # user -> the training positives by (time, item id): the interaction sequence
+    train_sequences: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skipped: Counter[tuple[PairFamily, str]] = field(default_factory=Counter)
     users_left_out: int = 0
 
@@ -94,6 +96,9 @@ def build_training_snapshot(
         snapshot.prompts[user], snapshot.golden[user] = prompt, golden
         snapshot.validation[user], snapshot.test[user] = split.validation, split.test
         snapshot.train_ratings[user] = {i: r.rating for i, r in split.train.items()}
+        snapshot.train_sequences[user] = tuple(
+            r.item_id for r in chronological_positives(split.train)
+        )
         for pair in pairs:
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())
@@ -113,6 +118,7 @@ def snapshot_digest(snapshot: TrainingSnapshot) -> str:
         "validation": snapshot.validation,
         "test": snapshot.test,
         "train_ratings": snapshot.train_ratings,
+        "train_sequences": snapshot.train_sequences,
     }
     encoded = json.dumps(content, sort_keys=True, default=str).encode()
     return hashlib.sha256(encoded).hexdigest()

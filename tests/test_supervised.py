@@ -13,7 +13,12 @@ from learner.supervised import (
     finetune_on_golden_lists,
     meta_pretrain,
 )
-from learner.token_sequences import golden_example, meta_examples, rating_examples
+from learner.token_sequences import (
+    golden_example,
+    meta_examples,
+    rating_examples,
+    sequence_windows,
+)
 from learner.vocabulary import build_vocabulary
 
 torch.set_num_threads(1)
@@ -40,7 +45,7 @@ def test_meta_pretraining_lowers_next_token_and_rating_losses() -> None:
                for a, u in enumerate(USERS) for b, i in enumerate(ITEMS[:10])]  # fmt: skip
     curve = TrainingCurve()
     meta_pretrain(
-        model, head, meta_examples(vocab, CATEGORY, history), rating_examples(vocab, ratings),
+        model, head, meta_examples(vocab, CATEGORY, history, 2, 2), rating_examples(vocab, ratings),
         SupervisedSettings(meta_epochs=25, **FAST), curve, vocab.tokenizer.pad_token_id,
     )  # fmt: skip
     for term in ("meta_next_token", "rating_mse"):
@@ -61,3 +66,35 @@ def test_finetuning_learns_the_golden_lists() -> None:
     pages = generate_pages(model, vocab, [(u, history[u]) for u in USERS], k=5, greedy=True).pages
     exact = sum(page == golden[u] for u, page in zip(USERS, pages, strict=True))
     assert exact >= len(USERS) // 2, f"only {exact} of {len(USERS)} golden lists reproduced"
+
+
+def test_an_interaction_sequence_becomes_next_page_windows() -> None:
+    vocab = build_vocabulary(["u0"], list("abcdefg"), ["c0"])
+    windows = sequence_windows(vocab, "u0", list("abcdefg"), history_length=3, page_length=2)
+    # ends at 5, 3, 1: (c d e -> f g), (a b c -> d e), (a -> b c)
+    expected = [("cde", "fg"), ("abc", "de"), ("a", "bc")]
+    assert [(w.ids, w.loss_from) for w in windows] == [
+        (e.ids, e.loss_from)
+        for e in (golden_example(vocab, "u0", list(h), list(p)) for h, p in expected)
+    ]
+
+
+def test_finetuning_keeps_the_best_validation_epoch_and_stops_after_patience() -> None:
+    vocab, history, golden = toy_world()
+    model = build_policy(vocab, BackboneSettings(n_embd=48, n_layer=2, n_head=2), seed=0)
+    examples = [golden_example(vocab, u, history[u], golden[u]) for u in USERS]
+    scores, states = iter([0.1, 0.3, 0.2, 0.25, 0.9]), []
+
+    def validation_score(scored: torch.nn.Module) -> float:
+        states.append({k: v.clone() for k, v in scored.state_dict().items()})
+        return next(scores)
+
+    curve = TrainingCurve()
+    settings = SupervisedSettings(finetune_epochs=10, finetune_patience=2, **FAST)
+    finetune_on_golden_lists(model, examples, settings, curve, vocab.tokenizer.pad_token_id,
+                             validation_score=validation_score)  # fmt: skip
+    # best at epoch 2 (0.3); epochs 3 and 4 do no better, so it stops there and restores it
+    assert curve.epochs["validation_ndcg@100"] == [0.1, 0.3, 0.2, 0.25]
+    assert len(curve.epochs["finetune_nll"]) == 4
+    assert all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, states[3][k]) for k, v in model.state_dict().items())
