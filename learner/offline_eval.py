@@ -129,6 +129,7 @@ def write_metrics(path: Path, metrics: dict[str, object]) -> None:
 CURVE_PANELS = (
     ("supervised loss", "finetune", "finetune_nll"),
     ("meta pre-training", "meta", "meta_next_token"),
+    ("fine-tuning validation NDCG@100", "finetune", "validation_ndcg@100"),
     ("reward head validation", "reward", "validation_accuracy_"),
     ("PPO mean reward", "ppo_", "mean_reward"),
     ("PPO KL to reference", "ppo_", "kl_to_reference"),
@@ -136,7 +137,8 @@ CURVE_PANELS = (
 
 
 def plot_training_curves(curves: dict[str, TrainingCurve], path: Path) -> Path:
-    """One panel per quantity: SFT loss, reward accuracy, PPO mean reward and KL, by epoch."""
+    """One panel per quantity: SFT losses and validation NDCG, reward accuracy, PPO mean reward
+    and KL, by epoch or iteration."""
     fig = Figure(figsize=(4 * len(CURVE_PANELS), 3.2))
     axes = fig.subplots(1, len(CURVE_PANELS))
     for ax, (title, stage_prefix, term_prefix) in zip(axes, CURVE_PANELS, strict=True):

@@ -12,14 +12,15 @@ the user's train and validation items):
 * the four ablations of the method with the default ``LearnerSettings`` (``pagellm eval``'s),
   each stage a Ray Train job as ``pagellm eval`` runs it.
 
-The last line printed is the JSON summary.
+The trained run and ``training_curves.png`` stay in ``var/bench-quality/``. The last line printed
+is the JSON summary.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from rich.console import Console
 
 from learner.ablations import ABLATIONS
-from learner.offline_eval import recommend, relevance_metrics
+from learner.offline_eval import plot_training_curves, recommend, relevance_metrics
 from learner.pipeline import train_all
 from learner.ray_jobs import RayStageRunner
 from learner.settings import LearnerSettings
@@ -41,6 +42,7 @@ from streams.training_snapshot import TrainingSnapshot, build_training_snapshot
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 EASE_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0)
 ALS_GRID = (32.0, 64.0, 128.0)
+OUT = Path("var/bench-quality")  # the trained run and its training curves, kept for reading
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -166,8 +168,11 @@ def main() -> None:
         console.print(f"[{time.perf_counter() - started:.0f} s] {name}")
 
     settings = LearnerSettings()
-    with tempfile.TemporaryDirectory() as run_dir, RayStageRunner(settings.ray) as runner:
-        models = train_all(snapshot, settings, Path(run_dir), ABLATIONS, runner, stage)
+    if OUT.exists():
+        shutil.rmtree(OUT)  # a fresh run every time: the timing covers every stage
+    with RayStageRunner(settings.ray) as runner:
+        models = train_all(snapshot, settings, OUT / "run", ABLATIONS, runner, stage)
+    plot_training_curves(models.curves, OUT / "training_curves.png")
     for ablation in ABLATIONS:
         recs = recommend(models.policies[ablation], models.vocab, snapshot, users)
         results[ablation] = relevance_metrics(recs, snapshot.test)
