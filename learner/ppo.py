@@ -192,7 +192,9 @@ class PPOTrainer:
     def update(self, rollout: Rollout) -> dict[str, float]:
         """``epochs`` passes of minibatch PPO over one rollout; the mean of each logged term."""
         s, k = self.settings, self.settings.page_length
-        self.policy.train()
+        # Dropout stays off (a pretrained backbone carries some): pi_old was computed without
+        # it, so with it the ratio would differ from 1 before any step and clip at random.
+        self.policy.eval()
         n = rollout.old_logprobs.shape[0]
         adv = rollout.advantages
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)

@@ -96,3 +96,16 @@ def test_a_larger_kl_coefficient_keeps_the_policy_closer_to_the_reference() -> N
         PPOTrainer(policy, vocab, share_of_target, settings, 32).train(requests, history.append)
         final_kl[kl_coef] = sum(h["kl_to_reference"] for h in history[-3:]) / 3
     assert final_kl[1.0] < 0.5 * final_kl[0.0], final_kl
+
+
+def test_the_first_update_step_starts_at_ratio_one_even_with_dropout() -> None:
+    vocab = build_vocabulary(USERS, ITEMS, ["c"])
+    backbone = BackboneSettings(n_embd=32, n_layer=1, n_head=2, dropout=0.5)
+    policy = build_policy(vocab, backbone, seed=0)
+    settings = PPOSettings(batch_size=20, minibatch_size=20, epochs=1, page_length=5)
+    trainer = PPOTrainer(policy, vocab, share_of_target, settings, hidden_size=32)
+    rng = random.Random(0)
+    rollout = trainer.rollout([(u, rng.sample(ITEMS[10:], 3)) for u in USERS])
+    stats = trainer.update(rollout)  # one minibatch: its terms are measured before the step
+    assert stats["clip_fraction"] == 0.0
+    assert abs(stats["approx_kl"]) < 1e-6
