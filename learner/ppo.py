@@ -129,9 +129,10 @@ class Rollout:
 
 
 def forward_page(
-    model: nn.Module, value_head: ValueHead, pages: GeneratedPages, vocab: Vocabulary, k: int
+    model: nn.Module, pages: GeneratedPages, vocab: Vocabulary, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi of each page token under the decoding masks, V at each of those states)."""
+    """(log pi of each page token under the decoding masks, the last hidden state at each of
+    those states, for the value head)."""
     out = model(
         input_ids=pages.input_ids,
         attention_mask=pages.attention_mask,
@@ -144,8 +145,7 @@ def forward_page(
     logprobs = page_logprobs(
         logits, pages.page_ids, pages.bans, item_ids, k, vocab.tokenizer.eos_token_id
     )
-    values = value_head(out.hidden_states[-1][:, start:-1, :])
-    return logprobs, values
+    return logprobs, out.hidden_states[-1][:, start:-1, :]
 
 
 class PPOTrainer:
@@ -178,8 +178,9 @@ class PPOTrainer:
         s, k = self.settings, self.settings.page_length
         self.policy.eval()
         pages = generate_pages(self.policy, self.vocab, requests, k, generator=self.generator)
-        old_logprobs, values = forward_page(self.policy, self.value_head, pages, self.vocab, k)
-        ref_logprobs, _ = forward_page(self.reference, self.value_head, pages, self.vocab, k)
+        old_logprobs, hidden = forward_page(self.policy, pages, self.vocab, k)
+        values = self.value_head(hidden)
+        ref_logprobs, _ = forward_page(self.reference, pages, self.vocab, k)
         page_reward = self.reward(requests, pages.pages).float()
         scaled = page_reward
         if s.normalize_reward:
@@ -207,7 +208,8 @@ class PPOTrainer:
             for start in range(0, n, s.minibatch_size):
                 idx = torch.tensor(order[start : start + s.minibatch_size])
                 mini = _select(rollout.pages, idx)
-                logprobs, values = forward_page(self.policy, self.value_head, mini, self.vocab, k)
+                logprobs, hidden = forward_page(self.policy, mini, self.vocab, k)
+                values = self.value_head(hidden)
                 policy_loss, clip_fraction, approx_kl = clipped_policy_loss(
                     logprobs, rollout.old_logprobs[idx], adv[idx], s.clip
                 )
