@@ -7,7 +7,7 @@ probability under the masked distribution (what PPO's ratio needs).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +41,11 @@ def masked_log_softmax(
     return torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
 
 
-def prompt_bans(vocab: Vocabulary, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-    """(batch, vocab) True at each prompt's items: a page may not repeat them."""
-    banned = torch.zeros(len(histories), vocab.size, dtype=torch.bool)
-    for row, history in enumerate(histories):
-        banned[row, [vocab.id_of_item[i] for i in history if i in vocab.id_of_item]] = True
+def item_bans(vocab: Vocabulary, item_sets: Sequence[Iterable[str]]) -> torch.Tensor:
+    """(batch, vocab) True at each row's items: a page may not hold them."""
+    banned = torch.zeros(len(item_sets), vocab.size, dtype=torch.bool)
+    for row, items in enumerate(item_sets):
+        banned[row, [vocab.id_of_item[i] for i in items if i in vocab.id_of_item]] = True
     return banned
 
 
@@ -80,7 +80,7 @@ class GeneratedPages:
     attention_mask: torch.Tensor
     prompt_length: int  # padded prompt width; the page starts here
     token_logprobs: torch.Tensor  # (batch, K + 1) log pi(token | prefix) under the mask
-    bans: torch.Tensor  # (batch, vocab) the prompts' items, which the pages may not repeat
+    bans: torch.Tensor  # (batch, vocab) the items the pages may not hold (the prompts' at least)
     pages: list[list[str]]  # item ids, K per user
 
     @property
@@ -114,14 +114,26 @@ def generate_pages(
     greedy: bool = False,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    also_banned: Sequence[Iterable[str]] | None = None,
 ) -> GeneratedPages:
-    """A page of K items for each (user, history) request."""
+    """A page of K items for each (user, history) request, none of the history's nor, per
+    request, of ``also_banned``."""
     tok = vocab.tokenizer
     prompts = [vocab.encode(prompt_tokens(user, history)) for user, history in requests]
     ids, mask = left_pad(prompts, tok.pad_token_id)
     prompt_length = ids.shape[1]
     item_ids = torch.tensor(vocab.item_ids, dtype=torch.long)
-    bans = prompt_bans(vocab, [history for _, history in requests])
+    extra = also_banned if also_banned is not None else [()] * len(requests)
+    bans = item_bans(
+        vocab, [[*history, *more] for (_, history), more in zip(requests, extra, strict=True)]
+    )
+    left = len(item_ids) - bans[:, item_ids].sum(dim=1)
+    if bool((left < k).any()):
+        row = int((left < k).nonzero()[0])
+        raise ValueError(
+            f"requests[{row}] (user {requests[row][0]!r}): only {int(left[row])} items are left"
+            f" after its bans, a page needs {k}"
+        )
     banned = bans.clone()
     logprobs = []
     past = None

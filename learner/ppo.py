@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +48,11 @@ class PPOSettings(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     normalize_reward: bool = True
     page_length: int = Field(10, ge=1, description="K")
+    ban_rated: bool = Field(
+        True,
+        description="rollout pages hold none of the items the user rated in training, not only"
+        " the prompt's: a recommender never shows them, so the policy should not learn to",
+    )
     seed: int = 0
 
 
@@ -163,9 +168,17 @@ class PPOTrainer:
         settings: PPOSettings,
         hidden_size: int,
         shard: Shard = IN_PROCESS,
+        rated: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.policy, self.vocab, self.reward, self.settings = policy, vocab, reward, settings
         self.shard = shard
+        # A user who rated nearly the whole catalogue keeps only the prompt's bans.
+        room = len(vocab.item_ids) - settings.page_length
+        self.rated = {
+            user: items
+            for user, items in (rated or {}).items()
+            if settings.ban_rated and len(items) <= room
+        }
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size)
         self.parameters = list(policy.parameters()) + list(self.value_head.parameters())
@@ -177,7 +190,10 @@ class PPOTrainer:
     def rollout(self, requests: Sequence[Request]) -> Rollout:
         s, k = self.settings, self.settings.page_length
         self.policy.eval()
-        pages = generate_pages(self.policy, self.vocab, requests, k, generator=self.generator)
+        rated = [self.rated.get(user, ()) for user, _ in requests]
+        pages = generate_pages(
+            self.policy, self.vocab, requests, k, generator=self.generator, also_banned=rated
+        )
         old_logprobs, hidden = forward_page(self.policy, pages, self.vocab, k)
         values = self.value_head(hidden)
         ref_logprobs, _ = forward_page(self.reference, pages, self.vocab, k)

@@ -247,7 +247,10 @@ def ppo_stage(ctx: StageContext, out: Path, ablation: Ablation) -> None:
     vocab, settings = ctx.vocab, ctx.settings
     policy = load_policy(ctx.run_dir / "reference").requires_grad_(True)
     reward = reward_function(load_reward_model(ctx.run_dir / "reward"), vocab, HEADS_OF[ablation])
-    trainer = PPOTrainer(policy, vocab, reward, settings.ppo, hidden_size(policy), ctx.shard)
+    rated = {u: set(ratings) for u, ratings in ctx.snapshot.train_ratings.items()}
+    trainer = PPOTrainer(
+        policy, vocab, reward, settings.ppo, hidden_size(policy), ctx.shard, rated=rated
+    )
     ctx.reseed_for_this_worker()
     curve = TrainingCurve(on_step=ctx.on_step)
 

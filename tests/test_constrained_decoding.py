@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from learner.backbone import BackboneSettings, build_policy
@@ -40,6 +41,23 @@ def test_a_history_that_leaves_exactly_k_items_yields_those() -> None:
     vocab, model, _ = setup()
     out = generate_pages(model, vocab, [("u1", ITEMS[:30])], k=10)
     assert sorted(out.pages[0]) == sorted(ITEMS[30:])
+
+
+def test_items_banned_beside_the_prompt_never_appear() -> None:
+    vocab, model, requests = setup()
+    also = [random.Random(n).sample(ITEMS, 5) for n in range(len(requests))]
+    for seed in range(5):
+        out = generate_pages(model, vocab, requests, k=10, also_banned=also,
+                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        for (_, history), more, page in zip(requests, also, out.pages, strict=True):
+            assert len(set(page)) == 10 and not set(page) & (set(history) | set(more))
+
+
+def test_bans_that_leave_fewer_than_k_items_are_refused_by_name() -> None:
+    vocab, model, _ = setup()
+    with pytest.raises(ValueError, match=r"requests\[1\] \(user 'u2'\): only 9 items are left"):
+        generate_pages(model, vocab, [("u1", ITEMS[:5]), ("u2", ITEMS[:20])], k=10,
+                       also_banned=[[], ITEMS[20:31]])  # fmt: skip
 
 
 def test_logprobs_match_a_full_forward_pass_under_the_mask() -> None:

@@ -109,3 +109,21 @@ def test_the_first_update_step_starts_at_ratio_one_even_with_dropout() -> None:
     stats = trainer.update(rollout)  # one minibatch: its terms are measured before the step
     assert stats["clip_fraction"] == 0.0
     assert abs(stats["approx_kl"]) < 1e-6
+
+
+def test_rollouts_page_none_of_the_items_a_user_rated_unless_too_few_would_be_left() -> None:
+    vocab = build_vocabulary(USERS, ITEMS, ["c"])
+    policy = build_policy(vocab, BackboneSettings(n_embd=32, n_layer=1, n_head=2), seed=0)
+    rated = {u: set(random.Random(u).sample(ITEMS, 20)) for u in USERS}
+    rated["u0"] = set(ITEMS[:36])  # 4 unrated items: a page of 5 keeps only the prompt's bans
+    settings = PPOSettings(batch_size=20, page_length=5)
+    requests = [(u, sorted(rated[u])[:3]) for u in USERS]
+    trainer = PPOTrainer(policy, vocab, share_of_target, settings, 32, rated=rated)
+    for _ in range(3):
+        pages = dict(zip(USERS, trainer.rollout(requests).pages.pages, strict=True))
+        assert all(not set(pages[u]) & rated[u] for u in USERS[1:])
+        assert not set(pages["u0"]) & set(requests[0][1])
+    unbanned = settings.model_copy(update={"ban_rated": False})
+    off = PPOTrainer(policy, vocab, share_of_target, unbanned, 32, rated=rated)
+    pages = off.rollout(requests).pages.pages
+    assert any(set(page) & rated[u] for u, page in zip(USERS, pages, strict=True))
