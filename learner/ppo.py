@@ -174,11 +174,8 @@ class PPOTrainer:
         self.shard = shard
         # A user who rated nearly the whole catalogue keeps only the prompt's bans.
         room = len(vocab.item_ids) - settings.page_length
-        self.rated = {
-            user: items
-            for user, items in (rated or {}).items()
-            if settings.ban_rated and len(items) <= room
-        }
+        kept = rated if rated is not None and settings.ban_rated else {}
+        self.rated = {user: items for user, items in kept.items() if len(items) <= room}
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.value_head = ValueHead(hidden_size)
         self.parameters = list(policy.parameters()) + list(self.value_head.parameters())
