@@ -8,10 +8,11 @@ stopped run resumes from the stages it has)::
     initial/              the policy before training (built, or a pretrained LM extended)
     meta/                 after meta pre-training                      + curve.json
     reference/            after golden-list fine-tuning (the sft policy) + curve.json
-    reward/               body/ (transformers), heads.pt, accuracy.json   + curve.json
+    reward/               body/ (transformers), heads.safetensors, accuracy.json + curve.json
     policy_<ablation>/    after PPO with that ablation's reward         + curve.json
 
-Models are saved with transformers' ``save_pretrained``.
+Models are saved with transformers' ``save_pretrained`` and the reward heads as safetensors:
+nothing in a run (or a registered version) is loaded through pickle.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -34,6 +35,7 @@ from learner.vocabulary import Vocabulary
 
 CURVE = "curve.json"
 ACCURACY = "accuracy.json"
+HEADS = "heads.safetensors"
 
 
 def policy_directory(ablation: Ablation) -> str:
@@ -61,16 +63,22 @@ def load_policy(directory: Path) -> nn.Module:
 
 def save_reward_model(model: RewardModel, directory: Path) -> None:
     model.body.save_pretrained(str(directory / "body"))  # type: ignore[attr-defined]
-    heads = {"page_head": model.page_head.state_dict(), "item_head": model.item_head.state_dict()}
-    torch.save(heads, directory / "heads.pt")
+    heads = {
+        f"{name}.{key}": tensor.contiguous()
+        for name in ("page_head", "item_head")
+        for key, tensor in getattr(model, name).state_dict().items()
+    }
+    save_file(heads, str(directory / HEADS))
 
 
 def load_reward_model(directory: Path) -> RewardModel:
     body = AutoModel.from_pretrained(str(directory / "body"))
     model = RewardModel(body, hidden_size(body))
-    heads = torch.load(directory / "heads.pt", weights_only=True)
-    model.page_head.load_state_dict(heads["page_head"])
-    model.item_head.load_state_dict(heads["item_head"])
+    heads = load_file(str(directory / HEADS))
+    for name in ("page_head", "item_head"):
+        head = getattr(model, name)
+        head.load_state_dict({k.removeprefix(f"{name}."): v for k, v in heads.items()
+                              if k.startswith(f"{name}.")})  # fmt: skip
     return model.eval()
 
 
@@ -103,12 +111,14 @@ def finish_stage(run_dir: Path, name: str) -> Path:
 
 def load_models(run_dir: Path, ablations: list[Ablation]) -> TrainedModels:
     """The finished run in ``run_dir``, every model in eval mode."""
-    needed = ("vocabulary", "meta", "reference", "reward", *map(policy_directory, ablations))
+    needed = ("vocabulary", "reference", "reward", *map(policy_directory, ablations))
     missing = [name for name in dict.fromkeys(needed) if not (run_dir / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"{run_dir} holds no finished run (missing: {', '.join(missing)})")
     stages = {"meta": "meta", "finetune": "reference", "reward": "reward"}
     stages |= {f"ppo_{a}": policy_directory(a) for a in ablations if a != "sft"}
+    # A warm-started run has no meta stage and a reference without a curve of its own.
+    stages = {stage: name for stage, name in stages.items() if (run_dir / name / CURVE).exists()}
     return TrainedModels(
         vocab=Vocabulary.load(run_dir / "vocabulary"),
         reference=load_policy(run_dir / "reference"),

@@ -74,6 +74,17 @@ def gaussian_rows_like(
     return torch.randn(rows, existing.shape[1], generator=generator) * std
 
 
+def add_embedding_rows(model: PreTrainedModel, first_new: int, size: int, seed: int) -> None:
+    """Resize the token embeddings to ``size`` rows: rows from ``first_new`` on are drawn from
+    N(0, var) of the rows before it, which stay untouched (so do the tied output rows)."""
+    old = model.get_input_embeddings().weight.data[:first_new].clone()
+    model.resize_token_embeddings(size, mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[first_new:] = gaussian_rows_like(old, size - first_new, generator)
+
+
 def extend_pretrained(
     directory: Path,
     users: list[str],
@@ -91,13 +102,7 @@ def extend_pretrained(
             specials[name] = token
     tokenizer.add_special_tokens(specials)
     tokenizer.add_tokens(domain_tokens(users, items, categories))
-    embeddings = model.get_input_embeddings().weight
-    old = embeddings.data[:before].clone()
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        weight = model.get_input_embeddings().weight
-        weight[before:] = gaussian_rows_like(old, len(tokenizer) - before, generator)
+    add_embedding_rows(model, before, len(tokenizer), seed)
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -40,14 +40,17 @@ def train_all(
     ablations: Sequence[Ablation] = ABLATIONS,
     runner: StageRunner = run_in_process,
     on_stage: Callable[[str], Callable[[int], None] | None] = lambda title: None,
+    warm_from: Path | None = None,
 ) -> TrainedModels:
     """Every stage ``ablations`` need, trained into ``run_dir`` (or kept from it).
 
     ``on_stage(title)`` announces a stage and may return a callback that is called after each of
-    its steps with the stage's expected number of steps (for a progress bar).
+    its steps with the stage's expected number of steps (for a progress bar). ``warm_from`` (a
+    registered version's model directory) continues from that version: its reference, with the
+    snapshot's new tokens added, replaces meta pre-training and fine-tuning.
     """
-    prepare_run(run_dir, snapshot, settings)
-    for stage in stages_for(ablations):
+    prepare_run(run_dir, snapshot, settings, warm_from)
+    for stage in stages_for(ablations, warm=warm_from is not None):
         if (run_dir / output_of(stage)).is_dir():
             log.info("%s: kept from an earlier run in %s", STAGE_TITLES[stage], run_dir)
             continue

@@ -67,6 +67,7 @@ class ProgressFile:
 
 def stage_worker(config: dict[str, Any]) -> None:
     """What each Ray Train worker runs: its share of one stage, then the report."""
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -77,8 +78,9 @@ def stage_worker(config: dict[str, Any]) -> None:
         torch.set_default_device(ray.train.torch.get_device())
     settings = LearnerSettings.model_validate_json(config["settings"])
     progress = ProgressFile(Path(config["progress"])) if shard.is_first else None
+    snapshot = ray.get(config["snapshot"])  # from the object store: put there once per run
     with tempfile.TemporaryDirectory() as out:
-        ctx = StageContext(Path(config["run_dir"]), config["snapshot"], settings, shard, progress)
+        ctx = StageContext(Path(config["run_dir"]), snapshot, settings, shard, progress)
         run_stage(config["stage"], ctx, Path(out))
         checkpoint = ray.train.Checkpoint.from_directory(out) if shard.is_first else None
         ray.train.report({"stage": config["stage"]}, checkpoint=checkpoint)
@@ -97,6 +99,16 @@ class RayStageRunner:
         self.settings = settings
         self.started_ray = False
         self.use_gpu = False
+        self.shared: tuple[TrainingSnapshot, Any] | None = None
+
+    def snapshot_ref(self, snapshot: TrainingSnapshot) -> Any:
+        """The snapshot in Ray's object store, put there once for every stage that trains on
+        it: jobs get a reference, not a pickled copy in each job's configuration."""
+        import ray
+
+        if self.shared is None or self.shared[0] is not snapshot:
+            self.shared = (snapshot, ray.put(snapshot))
+        return self.shared[1]
 
     def __enter__(self) -> RayStageRunner:
         return self
@@ -126,6 +138,7 @@ class RayStageRunner:
     ) -> None:
         import ray
 
+        self.shared = None
         if self.started_ray:
             ray.shutdown()
             self.started_ray = False
@@ -154,7 +167,7 @@ class RayStageRunner:
             train_loop_config={
                 "stage": stage,
                 "run_dir": str(run_dir),
-                "snapshot": snapshot,
+                "snapshot": self.snapshot_ref(snapshot),
                 "settings": settings.model_dump_json(),
                 "progress": str(progress),
                 "use_gpu": self.use_gpu,

@@ -33,7 +33,7 @@ from learner.artifacts import (
     save_reward_model,
     staging_directory,
 )
-from learner.backbone import build_policy, extend_pretrained, hidden_size
+from learner.backbone import add_embedding_rows, build_policy, extend_pretrained, hidden_size
 from learner.data_parallel import IN_PROCESS, Shard
 from learner.offline_eval import validation_ndcg
 from learner.ppo import PageReward, PPOTrainer
@@ -49,7 +49,7 @@ from learner.settings import LearnerSettings
 from learner.supervised import RatingHead, finetune_on_golden_lists, meta_pretrain
 from learner.token_sequences import golden_example, meta_examples, rating_examples
 from learner.training_loop import TrainingCurve
-from learner.vocabulary import Vocabulary, build_vocabulary
+from learner.vocabulary import Vocabulary, build_vocabulary, grow_vocabulary
 from streams.training_snapshot import TrainingSnapshot, snapshot_digest
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,11 @@ class RunMismatch(ValueError):
     """The run directory holds stages trained with other settings or data."""
 
 
-def stages_for(ablations: Sequence[Ablation]) -> list[str]:
-    """The stages a run needs for ``ablations``, in order."""
-    return ["meta", "finetune", "reward", *(f"ppo_{a}" for a in ablations if a != "sft")]
+def stages_for(ablations: Sequence[Ablation], warm: bool = False) -> list[str]:
+    """The stages a run needs for ``ablations``, in order; a warm start keeps its parent's
+    reference, so it needs neither meta pre-training nor fine-tuning."""
+    supervised = [] if warm else ["meta", "finetune"]
+    return [*supervised, "reward", *(f"ppo_{a}" for a in ablations if a != "sft")]
 
 
 def output_of(stage: str) -> str:
@@ -123,17 +125,58 @@ def check_fingerprint(run_dir: Path, fingerprint: dict[str, object]) -> None:
         )
 
 
-def prepare_run(run_dir: Path, snapshot: TrainingSnapshot, settings: LearnerSettings) -> None:
-    """The fingerprint, the vocabulary and the untrained policy (once per run directory)."""
-    check_fingerprint(
-        run_dir, {"settings": settings.training_fingerprint(), "data": snapshot_digest(snapshot)}
-    )
+def snapshot_tokens(snapshot: TrainingSnapshot) -> tuple[list[str], list[str], list[str]]:
+    """(users, items, categories) the vocabulary needs: every split user, every catalogue item
+    and every item a user rated (an event may name an item before its catalogue record)."""
+    items = set(snapshot.catalogue)
+    for ratings in snapshot.train_ratings.values():
+        items.update(ratings)
+    for held_out in (snapshot.validation, snapshot.test):
+        for user_items in held_out.values():
+            items.update(user_items)
+    categories = {c.category for c in snapshot.catalogue.values()}
+    return sorted(snapshot.prompts), sorted(items), sorted(categories)
+
+
+def prepare_warm_run(run_dir: Path, parent: Path, snapshot: TrainingSnapshot, seed: int) -> None:
+    """The parent's vocabulary grown by the snapshot's new users, items and categories, and its
+    reference policy with a new N(0, var) embedding row per new token (old rows untouched)."""
+    if (run_dir / "reference").is_dir():
+        return
+    vocab = Vocabulary.load(parent / "vocabulary")
+    before = vocab.size
+    grown = grow_vocabulary(vocab, *snapshot_tokens(snapshot))
+    reference = load_policy(parent / "reference")
+    add_embedding_rows(reference, before, grown.size, seed)
+    log.info("warm start from %s: %d new tokens", parent, grown.size - before)
+    grown.save(staging_directory(run_dir, "vocabulary"))
+    finish_stage(run_dir, "vocabulary")
+    save_policy(reference, staging_directory(run_dir, "reference"))
+    finish_stage(run_dir, "reference")
+
+
+def prepare_run(
+    run_dir: Path,
+    snapshot: TrainingSnapshot,
+    settings: LearnerSettings,
+    warm_from: Path | None = None,
+) -> None:
+    """The fingerprint, the vocabulary and the untrained policy, or with ``warm_from`` (a
+    version's model directory) the parent's grown vocabulary and reference (once per run)."""
+    fingerprint: dict[str, object] = {
+        "settings": settings.training_fingerprint(),
+        "data": snapshot_digest(snapshot),
+    }
+    if warm_from is not None:
+        fingerprint["warm_from"] = str(warm_from.resolve())
+    check_fingerprint(run_dir, fingerprint)
+    if warm_from is not None:
+        prepare_warm_run(run_dir, warm_from, snapshot, settings.seed)
+        return
     if (run_dir / "initial").is_dir():
         return
     torch.manual_seed(settings.seed)
-    users = sorted(snapshot.prompts)
-    items = sorted(snapshot.catalogue)
-    categories = sorted({c.category for c in snapshot.catalogue.values()})
+    users, items, categories = snapshot_tokens(snapshot)
     if settings.pretrained_dir is not None:
         policy, vocab = extend_pretrained(
             settings.pretrained_dir, users, items, categories, settings.seed

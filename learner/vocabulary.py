@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -112,3 +112,30 @@ def build_vocabulary(
         tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK
     )
     return Vocabulary(wrapped, tuple(items), tuple(users), tuple(categories))
+
+
+def grow_vocabulary(
+    vocab: Vocabulary, users: Iterable[str], items: Iterable[str], categories: Iterable[str]
+) -> Vocabulary:
+    """``vocab`` with the users, items and categories it lacks appended as new tokens: every id
+    it had keeps its meaning, so a trained model needs new embedding rows only.
+
+    The tokenizer is changed in place; the returned vocabulary lists old and new entries.
+    """
+    new_users = sorted(set(users) - set(vocab.users))
+    new_items = sorted(set(items) - set(vocab.items))
+    new_categories = sorted(set(categories) - set(vocab.categories))
+    tok = vocab.tokenizer
+    missing = [
+        t
+        for t in domain_tokens(new_users, new_items, new_categories)
+        if tok.convert_tokens_to_ids(t) in (None, tok.unk_token_id)
+    ]
+    # single_word: an added token never matches inside a longer id when text is tokenized.
+    tok.add_tokens([AddedToken(t, single_word=True, normalized=False) for t in missing])
+    return Vocabulary(
+        tok,
+        (*vocab.items, *new_items),
+        (*vocab.users, *new_users),
+        (*vocab.categories, *new_categories),
+    )

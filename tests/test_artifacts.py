@@ -54,9 +54,12 @@ def test_policy_reward_model_vocabulary_and_curve_round_trip(tmp_path: Path) -> 
     for a, b in zip(expected, got, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     assert load_curve(tmp_path / "policy").epochs == curve.epochs
+    # Nothing is stored through pickle: safetensors, JSON and the tokenizer's own files only.
+    suffixes = {p.suffix for p in tmp_path.rglob("*") if p.is_file()}
+    assert suffixes <= {".safetensors", ".json", ".jinja", ""}, suffixes
 
 
 def test_a_run_without_its_stages_is_refused_naming_them(tmp_path: Path) -> None:
     (tmp_path / "vocabulary").mkdir()
-    with pytest.raises(FileNotFoundError, match="missing: meta, reference, reward, policy_both"):
+    with pytest.raises(FileNotFoundError, match="missing: reference, reward, policy_both"):
         load_models(tmp_path, ["sft", "both"])

@@ -1,0 +1,315 @@
+"""One retrain, top to bottom: snapshot -> train -> gate -> publish -> promote.
+
+1. Pin the event store as it is now (or a given snapshot) and derive its training data.
+2. Warm start from the production version: its vocabulary grows by the snapshot's new users,
+   items and categories (new embedding rows ~ N(0, var), old rows untouched) and its reference
+   policy is kept; the reward heads and PPO are trained again on the new snapshot. PPO starts
+   from the reference, not from the parent's PPO policy: the KL penalty anchors on the
+   reference, and PPO on top of PPO would drift further from it with every retrain. With no
+   production version, or ``full``, every stage is trained (meta pre-training and fine-tuning).
+3. Score the candidate and production on the same held-out users of the snapshot and apply
+   the promotion gates (``learner.promotion_gates``).
+4. Publish the candidate atomically; promote it if every gate passed, else it stays a candidate
+   with the reason in its record.
+
+Every step is timed into a ``RetrainRecord`` (``registry/retrains/<id>.json``), rewritten as the
+retrain goes, so ``pagellm retrain status`` and DuckDB see a running retrain as well as the
+finished ones. One retrain runs at a time (a lock beside the registry); a retrain that was
+killed is marked interrupted by the next one, which also removes what it left half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.ablations import Ablation
+from learner.artifacts import policy_directory
+from learner.pipeline import StageRunner, train_all
+from learner.promotion_gates import GateSettings, check_gates
+from learner.registry import ModelRegistry
+from learner.settings import LearnerSettings
+from learner.stages import labelled_pairs, prepare_run, validation_users
+from learner.version_eval import (
+    POLICY,
+    REFERENCE,
+    REWARD,
+    VOCABULARY,
+    VersionModels,
+    load_version_models,
+    shared_pairs,
+    shared_test_users,
+    version_figures,
+)
+from schemas.model_registry import GateResult, RetrainRecord, StageTiming, VersionRecord
+from streams.derived_state import DeriveConfig
+from streams.event_store import EventStore
+from streams.snapshots import SnapshotManifest, create_snapshot, load_snapshot
+from streams.training_snapshot import TrainingSnapshot
+
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
+RETRAIN_LOCK = "retrain.lock"
+
+
+class RetrainSettings(BaseSettings):
+    """When the loop retrains, what it trains, and what a candidate must pass
+    (``PAGELLM_RETRAIN_*``; nested with ``__``, e.g. ``PAGELLM_RETRAIN_GATES__MAX_KL``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PAGELLM_RETRAIN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    interval_s: float = Field(
+        3600.0, ge=0, description="retrain when the last one started this long ago (0: never)"
+    )
+    min_new_pairs: int = Field(
+        1000, ge=0, description="retrain when this many preference pairs are new (0: never)"
+    )
+    poll_s: float = Field(10.0, gt=0, description="how often the loop checks its triggers")
+    full: bool = Field(False, description="every retrain trains every stage (no warm start)")
+    ablation: Ablation = Field("both", description="which policy a version serves")
+    history: int = Field(10, ge=1, description="retrains `retrain status` lists")
+    gates: GateSettings = Field(default_factory=GateSettings)
+
+
+class RetrainBusy(RuntimeError):
+    """Another retrain holds the lock."""
+
+
+class RetrainFailed(RuntimeError):
+    """A retrain stopped with an error; its record says where."""
+
+
+def new_retrain_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+class RetrainJournal:
+    """The retrain's record, rewritten whole (by rename) after every step."""
+
+    def __init__(self, registry: ModelRegistry, trigger: str) -> None:
+        self.path_dir = registry.retrains_dir
+        self.record = RetrainRecord(
+            retrain_id=new_retrain_id(),
+            trigger=trigger,
+            state="running",
+            started_at=datetime.now(UTC),
+        )
+        self.save()
+
+    def save(self) -> None:
+        self.path_dir.mkdir(parents=True, exist_ok=True)
+        path = self.path_dir / f"{self.record.retrain_id}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.record.model_dump_json(indent=1))
+        os.replace(tmp, path)
+
+    def update(self, **fields: object) -> None:
+        for name, value in fields.items():
+            setattr(self.record, name, value)
+        self.save()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        self.record.stages.append(StageTiming(stage=name, seconds=time.monotonic() - start))
+        self.save()
+
+    def timed(self, runner: StageRunner) -> StageRunner:
+        """``runner``, with each training stage's wall time recorded."""
+
+        def run(stage, run_dir, snapshot, settings, on_step):  # type: ignore[no-untyped-def]
+            with self.stage(stage):
+                runner(stage, run_dir, snapshot, settings, on_step)
+
+        return run
+
+
+def read_retrains(registry: ModelRegistry) -> list[RetrainRecord]:
+    """Every retrain's record, oldest first."""
+    if not registry.retrains_dir.exists():
+        return []
+    records = [
+        RetrainRecord.model_validate_json(p.read_text())
+        for p in registry.retrains_dir.glob("*.json")
+    ]
+    return sorted(records, key=lambda r: r.started_at)
+
+
+@contextlib.contextmanager
+def retrain_lock(registry: ModelRegistry, wait: bool = False) -> Iterator[None]:
+    """Held for a whole retrain. On taking it, whatever a killed retrain left is cleaned up:
+    its record is marked interrupted, its run directory and half-published version removed."""
+    registry.root.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = open(registry.root / RETRAIN_LOCK, "a")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            raise RetrainBusy(f"another retrain is running on {registry.root}") from exc
+        for record in read_retrains(registry):
+            if record.state == "running":
+                log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)
+                record.state, record.error = "interrupted", "the process stopped mid-retrain"
+                (registry.retrains_dir / f"{record.retrain_id}.json").write_text(
+                    record.model_dump_json(indent=1)
+                )
+                shutil.rmtree(registry.root / RUNS / record.retrain_id, ignore_errors=True)
+        registry.remove_abandoned_staging()
+        yield
+    finally:
+        handle.close()
+
+
+def pin_snapshot(
+    store: EventStore, snapshot_id: str | None, config: DeriveConfig
+) -> tuple[SnapshotManifest, TrainingSnapshot]:
+    """The given snapshot, or (``None`` / ``latest``) the store as it is now."""
+    if snapshot_id in (None, "latest"):
+        snapshot_id = create_snapshot(store, config).snapshot_id
+    return load_snapshot(store, snapshot_id)
+
+
+def gate_candidate(
+    candidate: VersionModels,
+    production: VersionModels | None,
+    production_name: str | None,
+    snapshot: TrainingSnapshot,
+    learner: LearnerSettings,
+    gates: GateSettings,
+) -> tuple[dict[str, float], dict[str, float] | None, GateResult]:
+    """(candidate's figures, production's, the gate result) on the same held-out users and
+    reward-validation pairs of the snapshot."""
+    vocabs = [candidate.vocab] + ([production.vocab] if production else [])
+    users = shared_test_users(snapshot, vocabs)
+    held_out = validation_users(snapshot, learner)
+    pairs = shared_pairs([p for p in labelled_pairs(snapshot) if p.user in held_out], vocabs)
+    k, seed = learner.ppo.page_length, learner.seed
+    ours = version_figures(candidate, snapshot, users, pairs, k, seed)
+    theirs = version_figures(production, snapshot, users, pairs, k, seed) if production else None
+    return ours, theirs, check_gates(ours, theirs, gates, production_name, len(users))
+
+
+def no_progress(title: str) -> Callable[[int], None] | None:
+    return None
+
+
+@dataclass
+class RetrainJob:
+    """What a retrain is asked to do."""
+
+    store_dir: Path
+    learner: LearnerSettings
+    settings: RetrainSettings
+    runner: StageRunner
+    trigger: str
+    full: bool = False
+    snapshot_id: str | None = None  # None: the store as it is now
+    derive: DeriveConfig = field(default_factory=DeriveConfig)
+    on_stage: Callable[[str], Callable[[int], None] | None] = no_progress
+
+
+def retrain(job: RetrainJob) -> RetrainRecord:
+    """One retrain of the store's production version (see the module's docstring)."""
+    registry = ModelRegistry.for_store(job.store_dir)
+    with retrain_lock(registry):
+        journal = RetrainJournal(registry, job.trigger)
+        log.info("retrain %s (%s)", journal.record.retrain_id, job.trigger)
+        run_dir = registry.root / RUNS / journal.record.retrain_id
+        try:
+            record = _retrain(job, journal, registry, run_dir)
+        except Exception as exc:
+            journal.update(state="failed", finished_at=datetime.now(UTC), error=repr(exc))
+            raise RetrainFailed(f"retrain {journal.record.retrain_id} failed: {exc}") from exc
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return record
+
+
+def _retrain(
+    job: RetrainJob, journal: RetrainJournal, registry: ModelRegistry, run_dir: Path
+) -> RetrainRecord:
+    learner = job.learner
+    with journal.stage("snapshot"):
+        manifest, snapshot = pin_snapshot(EventStore(job.store_dir), job.snapshot_id, job.derive)
+    parent = registry.state().production
+    warm_from = registry.model_dir(parent) if parent is not None and not job.full else None
+    journal.update(
+        snapshot_id=manifest.snapshot_id,
+        stream_position=manifest.stream_position,
+        parent=parent,
+        warm_start=warm_from is not None,
+    )
+
+    with journal.stage("warm_start" if warm_from else "prepare"):
+        prepare_run(run_dir, snapshot, learner, warm_from)
+    ablation = job.settings.ablation
+    runner = journal.timed(job.runner)
+    models = train_all(snapshot, learner, run_dir, [ablation], runner, job.on_stage, warm_from)
+
+    with journal.stage("evaluate"):
+        candidate = VersionModels(
+            models.vocab, models.policies[ablation], models.reference, models.reward_model
+        )
+        production = load_version_models(registry.model_dir(parent)) if parent else None
+        ours, theirs, gate = gate_candidate(
+            candidate, production, parent, snapshot, learner, job.settings.gates
+        )
+    broken = [name for name, value in ours.items() if math.isnan(value)]
+
+    with journal.stage("publish"):
+        version = registry.publish(
+            VersionRecord(
+                version="",
+                created_at=datetime.now(UTC),
+                snapshot_id=manifest.snapshot_id,
+                stream_position=manifest.stream_position,
+                parent=parent,
+                retrain_id=journal.record.retrain_id,
+                warm_start=warm_from is not None,
+                ablation=ablation,
+                settings=learner.model_dump(mode="json"),
+                metrics=ours | {f"production_{k}": v for k, v in (theirs or {}).items()},
+                gate=gate,
+                initial_status="failed" if broken else "candidate",
+            ),
+            {
+                VOCABULARY: run_dir / "vocabulary",
+                REFERENCE: run_dir / "reference",
+                REWARD: run_dir / "reward",
+                POLICY: run_dir / policy_directory(ablation),
+            },
+        )
+    promoted = gate.passed and not broken
+    if promoted:
+        registry.promote(version.version, reason=gate.reason, actor="retrain")
+    reason = f"figures are NaN: {', '.join(broken)}" if broken else gate.reason
+    log.info("registered %s (%s): %s", version.version, "production" if promoted else
+             "candidate", reason)  # fmt: skip
+    journal.update(
+        state="registered",
+        finished_at=datetime.now(UTC),
+        version=version.version,
+        promoted=promoted,
+        gate_reason=reason,
+        metrics=ours,
+    )
+    return journal.record
+
+
