@@ -7,15 +7,20 @@ without paying for them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
+from learner import registry_cli, retrain_cli
 from learner.ablations import ABLATIONS
+from learner.command_options import (
+    CommandError,
+    add_training_flags,
+    learner_settings_from,
+    training_session,
+)
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -39,29 +44,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=",".join(ABLATIONS),
         help=f"comma-separated, of {', '.join(ABLATIONS)}",
     )
-    run.add_argument("--settings", type=Path, help="LearnerSettings as JSON (paper defaults)")
     run.add_argument("--prompt-length", type=int, help="positives in a prompt (20)")
-    run.add_argument(
-        "--workers", type=int, help="data-parallel Ray Train workers per stage (settings: 1)"
-    )
-    run.add_argument(
-        "--in-process",
-        action="store_true",
-        help="train each stage in this process instead of as a Ray Train job",
-    )
+    add_training_flags(run)
     run.add_argument(
         "--fresh",
         action="store_true",
         help="discard OUT/run; by default the stages it holds from a stopped run are kept",
     )
     run.set_defaults(run=run_eval)
+    retrain_cli.register(commands)
+    registry_cli.register(commands)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     import shutil
 
     import torch
-    from pydantic import ValidationError
 
     from learner.interactions_file import InteractionsError, read_interactions
     from learner.offline_eval import (
@@ -72,11 +70,9 @@ def run_eval(args: argparse.Namespace) -> int:
         write_metrics,
         write_recommendations,
     )
-    from learner.pipeline import StageRunner, train_all
-    from learner.ray_jobs import NotEnoughResources, RayStageRunner, StageFailed
-    from learner.settings import LearnerSettings
-    from learner.stages import RunMismatch, run_in_process
-    from schemas.events import describe_validation_error
+    from learner.pipeline import train_all
+    from learner.ray_jobs import NotEnoughResources, StageFailed
+    from learner.stages import RunMismatch
     from streams.derived_state import DeriveConfig
     from streams.progress_bars import progress_bar
     from streams.training_snapshot import build_training_snapshot
@@ -84,61 +80,36 @@ def run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     ablations = [a for a in args.ablations.split(",") if a]
     unknown = [a for a in ablations if a not in ABLATIONS]
-    if unknown:
-        console.print(f"pagellm eval: ablations: unknown {unknown}; choose from {ABLATIONS}")
-        return 2
     try:
-        settings = (
-            LearnerSettings.model_validate_json(args.settings.read_text())
-            if args.settings
-            else LearnerSettings()
-        )
-    except (ValidationError, OSError) as exc:
-        reason = describe_validation_error(exc) if isinstance(exc, ValidationError) else exc
-        console.print(f"pagellm eval: --settings {args.settings}: {reason}", markup=False)
-        return 2
-    if args.workers is not None:
-        if args.workers < 1:
-            console.print(f"pagellm eval: --workers: must be at least 1, not {args.workers}")
-            return 2
-        settings.ray.workers = args.workers
-    try:
-        data = read_interactions(args.data)
-    except (InteractionsError, OSError) as exc:
-        console.print(f"pagellm eval: {exc}", markup=False)
-        return 2
-    derive = DeriveConfig(**({"prompt_length": args.prompt_length} if args.prompt_length else {}))
-    snapshot = build_training_snapshot(data.ratings, data.catalogue, derive, data.given_splits)
-    console.print(
-        f"{len(snapshot.test)} users evaluated ({snapshot.users_left_out} left out), "
-        f"{sum(1 for g in snapshot.golden.values() if g.items)} golden lists, "
-        f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
-    )
-    run_dir = args.out / "run"
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    with contextlib.ExitStack() as stack:
-        runner: StageRunner = run_in_process
-        if not args.in_process:
-            runner = stack.enter_context(RayStageRunner(settings.ray))
-        bar = stack.enter_context(progress_bar(console))
-
-        def stage_bar(name: str) -> Callable[[int], None]:
-            task = bar.add_task(name, total=None)
-
-            def step(total: int) -> None:
-                bar.update(task, total=total, advance=1)
-
-            return step
-
+        if unknown:
+            raise CommandError(f"ablations: unknown {unknown}; choose from {ABLATIONS}")
+        settings = learner_settings_from(args)
         try:
-            models = train_all(snapshot, settings, run_dir, ablations, runner, stage_bar)
-        except (RunMismatch, NotEnoughResources) as exc:
-            console.print(f"pagellm eval: {exc}", markup=False)
-            return 2
-        except StageFailed as exc:
-            console.print(f"pagellm eval: {exc}", markup=False)
-            return 1
+            data = read_interactions(args.data)
+        except (InteractionsError, OSError) as exc:
+            raise CommandError(str(exc)) from exc
+        derive = DeriveConfig(
+            **({"prompt_length": args.prompt_length} if args.prompt_length else {})
+        )
+        snapshot = build_training_snapshot(data.ratings, data.catalogue, derive, data.given_splits)
+        console.print(
+            f"{len(snapshot.test)} users evaluated ({snapshot.users_left_out} left out), "
+            f"{sum(1 for g in snapshot.golden.values() if g.items)} golden lists, "
+            f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
+        )
+        run_dir = args.out / "run"
+        if args.fresh and run_dir.exists():
+            shutil.rmtree(run_dir)
+        with training_session(console, settings, args.in_process) as (runner, on_stage):
+            try:
+                models = train_all(snapshot, settings, run_dir, ablations, runner, on_stage)
+            except (RunMismatch, NotEnoughResources) as exc:
+                raise CommandError(str(exc)) from exc
+            except StageFailed as exc:
+                raise CommandError(str(exc), code=1) from exc
+    except CommandError as exc:
+        console.print(f"pagellm eval: {exc}", markup=False)
+        return exc.code
     users = sorted(snapshot.test)
     for ablation in ablations:
         policy = models.policies[ablation]

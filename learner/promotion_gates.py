@@ -55,25 +55,43 @@ def absolute_floor(production: float, tolerance: float) -> float:
 def at_least(name: str, candidate: float, production: float, floor: float) -> GateCheck:
     """Passes when candidate >= floor (a NaN never passes)."""
     passed = not math.isnan(candidate) and candidate >= floor
-    detail = "" if passed else (
-        f"{name} {candidate:.4f} < {floor:.4f} (production {production:.4f})"
-    )  # fmt: skip
-    return GateCheck(name=name, candidate=candidate, reference=production, threshold=floor,
-                     passed=passed, detail=detail)  # fmt: skip
+    detail = (
+        "" if passed else (f"{name} {candidate:.4f} < {floor:.4f} (production {production:.4f})")
+    )
+    return GateCheck(
+        name=name,
+        candidate=candidate,
+        reference=production,
+        threshold=floor,
+        passed=passed,
+        detail=detail,
+    )
 
 
 def at_most(name: str, candidate: float, bound: float) -> GateCheck:
     """Passes when candidate <= bound (a NaN never passes)."""
     passed = not math.isnan(candidate) and candidate <= bound
     detail = "" if passed else f"{name} {candidate:.4f} > bound {bound:.4f}"
-    return GateCheck(name=name, candidate=candidate, reference=bound, threshold=bound,
-                     passed=passed, detail=detail)  # fmt: skip
+    return GateCheck(
+        name=name,
+        candidate=candidate,
+        reference=bound,
+        threshold=bound,
+        passed=passed,
+        detail=detail,
+    )
 
 
 def too_few_pairs(name: str, candidate: float, production: float, pairs: int) -> GateCheck:
     """Not compared: a pair accuracy over so few pairs says little either way."""
-    return GateCheck(name=name, candidate=candidate, reference=production, threshold=None,
-                     passed=True, detail=f"{name}: only {pairs} pairs, not compared")  # fmt: skip
+    return GateCheck(
+        name=name,
+        candidate=candidate,
+        reference=production,
+        threshold=None,
+        passed=True,
+        detail=f"{name}: only {pairs} pairs, not compared",
+    )
 
 
 def check_gates(

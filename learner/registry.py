@@ -75,9 +75,7 @@ class RegistryState:
         return self.production if name == "production" else self.candidate
 
 
-def fold_transitions(
-    versions: list[VersionRecord], transitions: list[Transition]
-) -> RegistryState:
+def fold_transitions(versions: list[VersionRecord], transitions: list[Transition]) -> RegistryState:
     """Start every version at its initial status, then apply the transitions in order."""
     state = RegistryState(status={v.version: v.initial_status for v in versions})
     for t in sorted(transitions, key=lambda t: t.seq):

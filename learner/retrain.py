@@ -300,8 +300,9 @@ def _retrain(
     if promoted:
         registry.promote(version.version, reason=gate.reason, actor="retrain")
     reason = f"figures are NaN: {', '.join(broken)}" if broken else gate.reason
-    log.info("registered %s (%s): %s", version.version, "production" if promoted else
-             "candidate", reason)  # fmt: skip
+    log.info(
+        "registered %s (%s): %s", version.version, "production" if promoted else "candidate", reason
+    )
     journal.update(
         state="registered",
         finished_at=datetime.now(UTC),
@@ -311,5 +312,3 @@ def _retrain(
         metrics=ours,
     )
     return journal.record
-
-

@@ -61,7 +61,7 @@ def _store_action(
     return parser
 
 
-def _add_derive_flags(parser: argparse.ArgumentParser) -> None:
+def add_derive_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of the derivation settings; left out, the paper's defaults apply."""
     parser.add_argument("--prompt-length", type=int, help="positives in a prompt (20)")
     parser.add_argument("--list-length", type=int, help="items in a golden list (10)")
@@ -135,13 +135,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default=60.0,
         help="seconds between rebuilds of users whose tie-breaks went stale",
     )
-    _add_derive_flags(derive)
+    add_derive_flags(derive)
     derive.set_defaults(run=run_derive)
 
     snapshot = commands.add_parser("snapshot", help="training-data snapshots for the learner")
     snapshot_actions = snapshot.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = _store_action(snapshot_actions, "create", "pin the store's files", run_snapshot)
-    _add_derive_flags(create)
+    add_derive_flags(create)
     show = _store_action(snapshot_actions, "show", "derive a snapshot, summarise it", run_snapshot)
     show.add_argument("snapshot_id")
 
