@@ -212,7 +212,7 @@ class ModelRegistry:
         removed = []
         for path in (self.root / VERSIONS).glob(f"{STAGING_PREFIX}*"):
             pid = path.name.removeprefix(STAGING_PREFIX).split("-")[0]
-            if not (pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid()):
+            if not (pid.isdigit() and _pid_alive(int(pid))):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed

@@ -249,6 +249,19 @@ def _retrain(
     with journal.stage("snapshot"):
         manifest, snapshot = pin_snapshot(EventStore(job.store_dir), job.snapshot_id, job.derive)
     parent = registry.state().production
+    if parent is not None and not job.full:
+        trained_on = registry.record(parent).snapshot_id
+        if trained_on == manifest.snapshot_id:  # the same data would give the same model
+            reason = f"nothing new: production {parent} was trained on snapshot {trained_on}"
+            log.info("retrain skipped: %s", reason)
+            journal.update(
+                state="skipped",
+                finished_at=datetime.now(UTC),
+                parent=parent,
+                snapshot_id=manifest.snapshot_id,
+                gate_reason=reason,
+            )
+            return journal.record
     warm_from = registry.model_dir(parent) if parent is not None and not job.full else None
     journal.update(
         snapshot_id=manifest.snapshot_id,

@@ -220,7 +220,8 @@ def _ask_the_loop(registry, wait_s: float) -> int:  # type: ignore[no-untyped-de
 
 def _print_outcome(record: RetrainRecord) -> None:
     if record.state != "registered":
-        console.print(f"retrain {record.retrain_id}: {record.state}: {record.error}")
+        why = record.error or record.gate_reason
+        console.print(f"retrain {record.retrain_id}: {record.state}: {why}", markup=False)
         return
     what = "promoted to production" if record.promoted else "registered as a candidate"
     console.print(

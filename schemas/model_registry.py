@@ -79,7 +79,7 @@ class Transition(BaseModel):
     actor: str
 
 
-RetrainState = Literal["running", "registered", "failed", "interrupted"]
+RetrainState = Literal["running", "registered", "skipped", "failed", "interrupted"]
 
 
 class StageTiming(BaseModel):

@@ -11,8 +11,20 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from learner.backbone import BackboneSettings, build_policy, extend_pretrained
-from learner.vocabulary import Vocabulary, build_vocabulary, category_token, item_token
+from learner.backbone import (
+    BackboneSettings,
+    add_embedding_rows,
+    build_policy,
+    extend_pretrained,
+)
+from learner.vocabulary import (
+    Vocabulary,
+    build_vocabulary,
+    category_token,
+    grow_vocabulary,
+    item_token,
+    user_token,
+)
 
 torch.set_num_threads(1)
 USERS = [f"u{i}" for i in range(200)]
@@ -75,3 +87,30 @@ def test_a_local_pretrained_model_is_extended_with_gaussian_rows(tmp_path: Path)
     assert vocab.tokenizer.convert_ids_to_tokens(ids) == ["the", "user_u7", "item_i3", "[PAGE]"]
     assert ids[2] == vocab.id_of_item["i3"]
     assert model(torch.tensor([ids])).logits.shape == (1, 4, vocab.size)
+
+
+def test_a_grown_vocabulary_keeps_every_old_id_and_row(tmp_path: Path) -> None:
+    vocab = build_vocabulary(USERS[:10], ITEMS[:20], ["Books"])
+    policy = build_policy(vocab, BackboneSettings(n_embd=64, n_layer=1, n_head=2), seed=1)
+    old_ids = {t: vocab.token_id(t) for t in vocab.tokenizer.get_vocab()}
+    old_rows = policy.get_input_embeddings().weight.detach().clone()
+    before = vocab.size  # the tokenizer grows in place
+    # i1 and i10 are old, i100 is new: no token may swallow a longer one when text is tokenized.
+    grown = grow_vocabulary(vocab, ["u0", "u_new"], ["i1", "i100", "i10", "i_new"], ["Toys"])
+    grown.save(tmp_path)
+    grown = Vocabulary.load(tmp_path)
+    assert {t: grown.token_id(t) for t in old_ids} == old_ids
+    new = [user_token("u_new"), item_token("i_new"), item_token("i100"), category_token("Toys")]
+    assert sorted(grown.encode(new)) == list(range(before, before + 4)) and grown.size == before + 4
+    assert grown.items[:20] == vocab.items
+    assert grown.item_of_id[grown.id_of_item["i_new"]] == "i_new"
+    text = ["item_i100", "item_i10", "item_i1"]
+    assert grown.tokenizer(" ".join(text))["input_ids"] == grown.encode(text)
+
+    add_embedding_rows(policy, before, grown.size, seed=0)
+    rows = policy.get_input_embeddings().weight.detach()
+    assert rows.shape[0] == grown.size and torch.equal(rows[:before], old_rows)
+    assert policy.get_output_embeddings().weight.shape[0] == grown.size
+    # N(0, var of the old rows): the new rows' spread matches within sampling error.
+    ratio = float(rows[before:].var() / old_rows.var())
+    assert 0.5 < ratio < 1.6, ratio
