@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -56,10 +56,18 @@ def recommend(
     batch_size: int = 64,
     on_batch: Callable[[int], None] = lambda done: None,
     for_validation: bool = False,
+    among: Collection[str] | None = None,
 ) -> dict[str, list[str]]:
     """user -> the n best items by the policy's first-slot score, the user's train items and
-    (unless the lists are ``for_validation``) validation items excluded."""
+    (unless the lists are ``for_validation``) validation items excluded; only items ``among``
+    when it is given."""
     policy.eval()
+    allowed = set(among) if among is not None else None
+    outside = (
+        torch.tensor([n for n, i in enumerate(vocab.items) if i not in allowed], dtype=torch.long)
+        if allowed is not None
+        else None
+    )
     out = {}
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
@@ -70,7 +78,10 @@ def recommend(
                 seen |= set(snapshot.validation[user])
             banned = [vocab.item_index[i] for i in seen if i in vocab.item_index]
             scores[row, banned] = float("-inf")
-            top = torch.topk(scores[row], min(n, len(vocab.items) - len(banned))).indices
+            if outside is not None:
+                scores[row, outside] = float("-inf")
+            left = int(torch.isfinite(scores[row]).sum())
+            top = torch.topk(scores[row], min(n, left)).indices
             out[user] = [vocab.items[i] for i in top.tolist()]
         on_batch(len(chunk))
     return out

@@ -51,6 +51,8 @@ from learner.version_eval import (
     VOCABULARY,
     VersionModels,
     load_version_models,
+    relevance_figures,
+    shared_items,
     shared_pairs,
     shared_test_users,
     version_figures,
@@ -201,9 +203,17 @@ def gate_candidate(
     users = shared_test_users(snapshot, vocabs)
     held_out = validation_users(snapshot, learner)
     pairs = shared_pairs([p for p in labelled_pairs(snapshot) if p.user in held_out], vocabs)
-    k, seed = learner.ppo.page_length, learner.seed
-    ours = version_figures(candidate, snapshot, users, pairs, k, seed)
-    theirs = version_figures(production, snapshot, users, pairs, k, seed) if production else None
+    k, seed, among = learner.ppo.page_length, learner.seed, shared_items(vocabs)
+    ours = version_figures(candidate, snapshot, users, pairs, k, seed, among)
+    theirs = None
+    if production is not None:
+        theirs = version_figures(production, snapshot, users, pairs, k, seed, among)
+        everyone = shared_test_users(snapshot, [candidate.vocab])
+        ours |= {
+            f"all_{name}": value
+            for name, value in relevance_figures(candidate, snapshot, everyone).items()
+        }
+        ours["all_users"] = float(len(everyone))
     return ours, theirs, check_gates(ours, theirs, gates, production_name, len(users))
 
 

@@ -12,9 +12,9 @@ settings is repeatable, and one worker reproduces the in-process run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,11 +251,17 @@ def labelled_pairs(snapshot: TrainingSnapshot) -> list[LabelledPair]:
     ]
 
 
+def unit_hash(key: str) -> float:
+    """u = first 8 hex digits of sha256(key) / 16^8, uniform on [0, 1)."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8
+
+
 def validation_users(snapshot: TrainingSnapshot, settings: LearnerSettings) -> set[str]:
-    """The users whose pairs validate the reward model (a seeded sample)."""
-    users = sorted(snapshot.prompts)
-    share = int(len(users) * settings.validation_user_share)
-    return set(random.Random(settings.seed).sample(users, share))
+    """The users whose pairs validate the reward model: u(seed:user) < share. A hash, not a
+    sample, so a user is held out in every snapshot: a later version's gate scores pairs that
+    no earlier version was trained on."""
+    share, seed = settings.validation_user_share, settings.seed
+    return {u for u in snapshot.prompts if unit_hash(f"{seed}:{u}") < share}
 
 
 def reward_stage(ctx: StageContext, out: Path) -> None:

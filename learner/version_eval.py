@@ -1,13 +1,16 @@
 """A version's figures on a snapshot's held-out users: what the promotion gates compare.
 
-The same users and pairs score both versions. A version can only score users, prompt items and
-pairs its vocabulary holds, so the gate's users are those every compared version knows; the
-candidate's figures over all of the snapshot's test users are reported beside them.
+The same users, items and pairs score both versions. A version can only score users, prompt
+items and pairs its vocabulary holds, so the gate's users are those every compared version
+knows, and both rank only the items both know: a new item's embedding row is still the random
+one the warm start gave it, so letting it into the candidate's ranking would measure that
+noise rather than what was learned. The candidate's figures over every test user and item it
+knows are reported beside them (``all_*``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +96,23 @@ def kl_to_reference(
     return total / max(pages, 1)
 
 
+def shared_items(vocabs: Sequence[Vocabulary]) -> set[str]:
+    """Items every vocabulary holds."""
+    return set.intersection(*(set(v.items) for v in vocabs))
+
+
+def relevance_figures(
+    models: VersionModels,
+    snapshot: TrainingSnapshot,
+    users: Sequence[str],
+    among: Collection[str] | None = None,
+) -> dict[str, float]:
+    """NDCG@100, Recall@20 and Recall@40 on ``users``' test items, ranking only ``among``."""
+    recs = recommend(models.policy, models.vocab, snapshot, list(users), among=among)
+    relevance = relevance_metrics(recs, {u: snapshot.test[u] for u in users})
+    return {name: relevance[name] for name in ("ndcg@100", "recall@20", "recall@40")}
+
+
 def version_figures(
     models: VersionModels,
     snapshot: TrainingSnapshot,
@@ -100,14 +120,13 @@ def version_figures(
     pairs: Sequence[LabelledPair],
     page_length: int,
     seed: int = 0,
+    among: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """NDCG@100 and Recall@20 on ``users``' test items, pair accuracy (R_c + R_f) per family
-    on ``pairs``, and the policy's KL to its reference on their prompts."""
+    """Relevance on ``users``' test items (ranking only ``among``), pair accuracy (R_c + R_f)
+    per family on ``pairs``, and the policy's KL to its reference on the users' prompts."""
     figures: dict[str, float] = {"users": float(len(users)), "pairs": float(len(pairs))}
     if users:
-        recs = recommend(models.policy, models.vocab, snapshot, list(users))
-        relevance = relevance_metrics(recs, {u: snapshot.test[u] for u in users})
-        figures |= {name: relevance[name] for name in ("ndcg@100", "recall@20", "recall@40")}
+        figures |= relevance_figures(models, snapshot, users, among)
         requests = [(u, snapshot.prompts[u].items) for u in users]
         figures[KL] = kl_to_reference(models, requests, page_length, seed)
     if pairs:
