@@ -270,18 +270,21 @@ def run_retrain_status(args: argparse.Namespace) -> int:
 def run_serve_loop(args: argparse.Namespace) -> int:
     import torch
 
+    from learner.ray_jobs import RayStageRunner
     from learner.retrain_loop import LoopAlreadyRunning, RetrainLoop
 
     torch.set_num_threads(1)
     store_dir, settings = store_dir_from(args), retrain_settings_from(args)
     learner_settings_from(args)  # refuse a bad --settings now, not at the first retrain
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     with training_session(console, learner_settings_from(args), args.in_process) as (
         runner,
         on_stage,
     ):
+        if isinstance(runner, RayStageRunner):
+            runner.connect()  # now: ray.init installs its own SIGTERM handler, ours goes after
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         loop = RetrainLoop(
             store_dir,
             settings,

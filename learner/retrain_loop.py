@@ -148,6 +148,7 @@ class RetrainLoop:
         self.make_job, self.on_retrain = make_job, on_retrain
         self.registry = ModelRegistry.for_store(store_dir)
         self.warned_no_pairs = False
+        self.checks = 0
 
     def write_state(self, state: str, **details: object) -> None:
         path = self.registry.root / LOOP_STATE
@@ -173,6 +174,7 @@ class RetrainLoop:
         trigger = due_trigger(datetime.now(UTC), last, requested, new_pairs, self.settings)
         if requested:
             request.unlink(missing_ok=True)
+        self.checks += 1
         return trigger
 
     def run_once(self) -> RetrainRecord | None:
