@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ from learner.retrain_loop import (
     request_retrain,
 )
 from learner.settings import LearnerSettings
-from schemas import CatalogueItem, Rating
 from schemas.model_registry import RetrainRecord
 from streams.derive_worker import DeriveWorker
 from streams.event_store import EventStore
