@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-retrain clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-ab: $(INSTALLED)
 bench-quality: $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m tests.benchmarks.bench_quality
+
+bench-retrain: $(JARS)
+	$(BIN)/python -m tests.benchmarks.bench_retrain
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
