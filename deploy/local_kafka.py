@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from streams.worker_process import process_alive
+
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.4.0"
@@ -85,21 +87,6 @@ def accepts_connections(port: int) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child still answers kill(0); it is dead for our purposes.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 @dataclass
 class BrokerState:
     pid: int
@@ -132,7 +119,7 @@ class LocalKafka:
             state = BrokerState(**json.loads(self.state_path.read_text()))
         except (OSError, ValueError, TypeError):
             return None
-        return state if _alive(state.pid) else None
+        return state if process_alive(state.pid) else None
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return [
@@ -275,10 +262,10 @@ class LocalKafka:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(state.pid) and time.monotonic() < deadline:
+        while process_alive(state.pid) and time.monotonic() < deadline:
             _reap(state.pid)
             time.sleep(0.1)
-        if _alive(state.pid):
+        if process_alive(state.pid):
             log.warning(
                 "broker pid %d ignored SIGTERM for %.0f s; killing it", state.pid, timeout_s
             )

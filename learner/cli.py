@@ -19,6 +19,8 @@ from learner.command_options import (
     CommandError,
     add_training_flags,
     learner_settings_from,
+    run_directory,
+    train_or_refuse,
     training_session,
 )
 
@@ -57,8 +59,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import shutil
-
     import torch
 
     from learner.interactions_file import InteractionsError, read_interactions
@@ -71,8 +71,6 @@ def run_eval(args: argparse.Namespace) -> int:
         write_recommendations,
     )
     from learner.pipeline import train_all
-    from learner.ray_jobs import NotEnoughResources, StageFailed
-    from learner.stages import RunMismatch
     from streams.derived_state import DeriveConfig
     from streams.progress_bars import progress_bar
     from streams.training_snapshot import build_training_snapshot
@@ -97,16 +95,11 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{sum(1 for g in snapshot.golden.values() if g.items)} golden lists, "
             f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
         )
-        run_dir = args.out / "run"
-        if args.fresh and run_dir.exists():
-            shutil.rmtree(run_dir)
+        run_dir = run_directory(args.out, args.fresh)
         with training_session(console, settings, args.in_process) as (runner, on_stage):
-            try:
-                models = train_all(snapshot, settings, run_dir, ablations, runner, on_stage)
-            except (RunMismatch, NotEnoughResources) as exc:
-                raise CommandError(str(exc)) from exc
-            except StageFailed as exc:
-                raise CommandError(str(exc), code=1) from exc
+            models = train_or_refuse(
+                lambda: train_all(snapshot, settings, run_dir, ablations, runner, on_stage)
+            )
     except CommandError as exc:
         console.print(f"pagellm eval: {exc}", markup=False)
         return exc.code

@@ -10,7 +10,7 @@ import argparse
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from learner.pipeline import StageRunner
     from learner.settings import LearnerSettings
 
+T = TypeVar("T")
 StageProgress = Callable[[str], Callable[[int], None] | None]
 
 
@@ -123,3 +124,27 @@ def training_session(
             runner = stack.enter_context(RayStageRunner(settings.ray))
         bar = stack.enter_context(progress_bar(console))
         yield runner, stage_progress(bar)
+
+
+def run_directory(out: Path, fresh: bool) -> Path:
+    """OUT/run, emptied first when ``fresh``: otherwise the stages it holds are kept."""
+    import shutil
+
+    run_dir = out / "run"
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
+def train_or_refuse(train: Callable[[], T]) -> T:
+    """``train()``, with a mismatched run directory or too few Ray workers refused (exit 2) and
+    a failed stage reported (exit 1)."""
+    from learner.ray_jobs import NotEnoughResources, StageFailed
+    from learner.stages import RunMismatch
+
+    try:
+        return train()
+    except (RunMismatch, NotEnoughResources) as exc:
+        raise CommandError(str(exc)) from exc
+    except StageFailed as exc:
+        raise CommandError(str(exc), code=1) from exc

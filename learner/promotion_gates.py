@@ -52,31 +52,25 @@ def absolute_floor(production: float, tolerance: float) -> float:
     return production - tolerance
 
 
-def at_least(name: str, candidate: float, production: float, floor: float) -> GateCheck:
-    """Passes when candidate >= floor (a NaN never passes)."""
-    passed = not math.isnan(candidate) and candidate >= floor
-    detail = (
-        "" if passed else (f"{name} {candidate:.4f} < {floor:.4f} (production {production:.4f})")
+def bounded(
+    name: str, candidate: float, reference: float, threshold: float, floor: bool
+) -> GateCheck:
+    """Passes when candidate >= threshold (a floor) or candidate <= threshold (a ceiling); a
+    NaN never passes. ``reference`` is production's figure, or the bound itself."""
+    passed = not math.isnan(candidate) and (
+        candidate >= threshold if floor else candidate <= threshold
     )
+    if passed:
+        detail = ""
+    elif floor:
+        detail = f"{name} {candidate:.4f} < {threshold:.4f} (production {reference:.4f})"
+    else:
+        detail = f"{name} {candidate:.4f} > bound {threshold:.4f}"
     return GateCheck(
         name=name,
         candidate=candidate,
-        reference=production,
-        threshold=floor,
-        passed=passed,
-        detail=detail,
-    )
-
-
-def at_most(name: str, candidate: float, bound: float) -> GateCheck:
-    """Passes when candidate <= bound (a NaN never passes)."""
-    passed = not math.isnan(candidate) and candidate <= bound
-    detail = "" if passed else f"{name} {candidate:.4f} > bound {bound:.4f}"
-    return GateCheck(
-        name=name,
-        candidate=candidate,
-        reference=bound,
-        threshold=bound,
+        reference=reference,
+        threshold=threshold,
         passed=passed,
         detail=detail,
     )
@@ -102,11 +96,11 @@ def check_gates(
     held_out_users: int = 0,
 ) -> GateResult:
     """Every gate of ``candidate`` against ``production``'s figures on the same users."""
-    checks = [at_most(KL, candidate[KL], settings.max_kl)]
+    checks = [bounded(KL, candidate[KL], settings.max_kl, settings.max_kl, floor=False)]
     if production is not None:
         for name in RELEVANCE:
-            floor = relative_floor(production[name], settings.relevance_tolerance)
-            checks.append(at_least(name, candidate[name], production[name], floor))
+            lowest = relative_floor(production[name], settings.relevance_tolerance)
+            checks.append(bounded(name, candidate[name], production[name], lowest, floor=True))
         families = sorted(k for k in production if k.startswith(PAIR_ACCURACY))
         for name in families:
             if name not in candidate:
@@ -115,8 +109,8 @@ def check_gates(
             if pairs < settings.min_pairs:
                 checks.append(too_few_pairs(name, candidate[name], production[name], pairs))
                 continue
-            floor = absolute_floor(production[name], settings.pair_accuracy_tolerance)
-            checks.append(at_least(name, candidate[name], production[name], floor))
+            lowest = absolute_floor(production[name], settings.pair_accuracy_tolerance)
+            checks.append(bounded(name, candidate[name], production[name], lowest, floor=True))
     return GateResult(
         passed=all(c.passed for c in checks),
         checks=tuple(checks),

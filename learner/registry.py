@@ -36,7 +36,9 @@ from pathlib import Path
 import duckdb
 
 from schemas.model_registry import Action, Status, Transition, VersionRecord
+from streams.event_store import fsync_dir
 from streams.store_views import connect_store
+from streams.worker_process import process_alive
 
 VERSIONS, TRANSITIONS, RETRAINS = "versions", "transitions", "retrains"
 RECORD, MODEL = "version.json", "model"
@@ -88,14 +90,6 @@ def fold_transitions(versions: list[VersionRecord], transitions: list[Transition
     return state
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, text: str) -> None:
     with open(path, "w") as sink:
         sink.write(text)
@@ -109,16 +103,6 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ModelRegistry:
@@ -204,7 +188,7 @@ class ModelRegistry:
                     raise
                 number += 1
                 continue
-            _fsync_dir(versions_dir)
+            fsync_dir(versions_dir)
             return published
 
     def remove_abandoned_staging(self) -> list[Path]:
@@ -212,7 +196,7 @@ class ModelRegistry:
         removed = []
         for path in (self.root / VERSIONS).glob(f"{STAGING_PREFIX}*"):
             pid = path.name.removeprefix(STAGING_PREFIX).split("-")[0]
-            if not (pid.isdigit() and _pid_alive(int(pid))):
+            if not (pid.isdigit() and process_alive(int(pid))):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed
@@ -255,7 +239,7 @@ class ModelRegistry:
             os.link(tmp, directory / f"{seq:08d}.json")  # fails if the number is taken
         finally:
             tmp.unlink()
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return transition
 
     def promote(

@@ -23,7 +23,9 @@ from learner.command_options import (
     add_training_flags,
     learner_settings_from,
     refusing,
+    run_directory,
     store_dir_from,
+    train_or_refuse,
     training_session,
 )
 from streams.cli import add_derive_flags, derive_config_from
@@ -99,8 +101,6 @@ def retrain_settings_from(args: argparse.Namespace) -> RetrainSettings:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import shutil
-
     import torch
 
     from learner.offline_eval import write_metrics
@@ -126,11 +126,9 @@ def run_train(args: argparse.Namespace) -> int:
         f"snapshot {manifest.snapshot_id}: {len(snapshot.test)} users, "
         f"stream position {manifest.stream_position}"
     )
-    run_dir = args.out / "run"
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
+    run_dir = run_directory(args.out, args.fresh)
     with training_session(console, settings, args.in_process) as (runner, on_stage):
-        models = _training_errors_as_refusals(
+        models = train_or_refuse(
             lambda: train_all(
                 snapshot, settings, run_dir, [args.ablation], runner, on_stage, warm_from
             )
@@ -146,18 +144,6 @@ def run_train(args: argparse.Namespace) -> int:
     console.print(json.dumps(figures, default=str))
     console.print(f"run written to {run_dir}")
     return 0
-
-
-def _training_errors_as_refusals(train):  # type: ignore[no-untyped-def]
-    from learner.ray_jobs import NotEnoughResources, StageFailed
-    from learner.stages import RunMismatch
-
-    try:
-        return train()
-    except (RunMismatch, NotEnoughResources) as exc:
-        raise CommandError(str(exc)) from exc
-    except StageFailed as exc:
-        raise CommandError(str(exc), code=1) from exc
 
 
 def make_job(args: argparse.Namespace, trigger: str, runner, on_stage) -> RetrainJob:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ _SEED_NAME = "00000000000000000000-seed.parquet"
 _SEED_DATE = "1970-01-01"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -126,7 +126,7 @@ class EventStore:
             sink.flush()
             os.fsync(sink.fileno())
         os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """Highest stored offset per partition of ``topic`` (-1 where nothing is stored)."""

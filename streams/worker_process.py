@@ -11,6 +11,22 @@ from pathlib import Path
 from streams.settings import StreamSettings
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs (a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); it is dead for our purposes.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def settings_env(settings: StreamSettings) -> dict[str, str]:
     """The ``PAGELLM_*`` environment that reproduces ``settings`` in another process."""
     env = dict(os.environ)
