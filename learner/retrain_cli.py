@@ -198,7 +198,7 @@ def _ask_the_loop(registry, wait_s: float) -> int:  # type: ignore[no-untyped-de
         done = [r for r in read_retrains(registry) if r.started_at >= asked and r.finished_at]
         if done:
             _print_outcome(done[0])
-            return 0 if done[0].state == "registered" else 1
+            return 0 if done[0].state in ("registered", "skipped") else 1
         time.sleep(1)  # polling another process's files: there is nothing to wait on
     console.print(f"no retrain finished within {wait_s:g} s; it stays requested")
     return 1

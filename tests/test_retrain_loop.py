@@ -190,6 +190,16 @@ def test_events_in_kafka_become_a_version_through_the_loop_on_ray(
         wait_for(lambda: stored_events(store) >= first + more, 120, "the new ratings stored")
         derive.poll()  # the derive worker turns them into new pairs: the trigger
         wait_for(lambda: len(registry.versions()) == 2, 400, "the loop's version (Ray jobs)")
+        # `retrain now` while the loop runs asks the loop, and waits for its answer.
+        now = subprocess.run(
+            [sys.executable, "-m", "pagellm", "retrain", "now", "--wait-s", "120"],
+            env=env,
+            capture_output=True,
+            timeout=180,
+            cwd=Path(__file__).parent.parent,
+        )
+        assert now.returncode == 0, now.stderr.decode()[-2000:]
+        assert b"retrain requested" in now.stderr and b"skipped: nothing new" in now.stderr
     finally:
         loop.send_signal(signal.SIGTERM)
         code = loop.wait(120)
@@ -199,7 +209,7 @@ def test_events_in_kafka_become_a_version_through_the_loop_on_ray(
     assert "stage reward finished on Ray" in output and "stage ppo_both finished on Ray" in output
 
     v2 = registry.record("v2")
-    record = read_retrains(registry)[-1]
+    record = next(r for r in read_retrains(registry) if r.version == "v2")
     assert record.trigger.startswith("new pairs:") and record.version == "v2"
     assert v2.parent == "v1" and v2.warm_start and v2.retrain_id == record.retrain_id
     assert v2.stream_position == record.stream_position
@@ -215,4 +225,8 @@ def test_events_in_kafka_become_a_version_through_the_loop_on_ray(
         ).stdout
     )
     assert status["loop"]["state"] == "stopped" and not status["loop"]["running"]
-    assert [r["version"] for r in status["retrains"]] == ["v1", "v2"]
+    assert [(r["state"], r["version"]) for r in status["retrains"]] == [
+        ("registered", "v1"),
+        ("registered", "v2"),
+        ("skipped", None),
+    ]
