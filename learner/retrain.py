@@ -217,6 +217,18 @@ def gate_candidate(
     return ours, theirs, check_gates(ours, theirs, gates, production_name, len(users))
 
 
+def nothing_to_learn(snapshot: TrainingSnapshot, snapshot_id: str) -> str | None:
+    """Why the snapshot cannot train a policy (no golden list or no pair), or None."""
+    lists = sum(1 for g in snapshot.golden.values() if g.items)
+    pairs = sum(len(p) for p in snapshot.pairs.values())
+    if lists and pairs:
+        return None
+    return (
+        f"nothing to train on: snapshot {snapshot_id} has {lists} golden lists and {pairs} "
+        "preference pairs (users need at least 3 positives)"
+    )
+
+
 def no_progress(title: str) -> Callable[[int], None] | None:
     return None
 
@@ -259,19 +271,21 @@ def _retrain(
     with journal.stage("snapshot"):
         manifest, snapshot = pin_snapshot(EventStore(job.store_dir), job.snapshot_id, job.derive)
     parent = registry.state().production
-    if parent is not None and not job.full:
+    reason = nothing_to_learn(snapshot, manifest.snapshot_id)
+    if reason is None and parent is not None and not job.full:
         trained_on = registry.record(parent).snapshot_id
         if trained_on == manifest.snapshot_id:  # the same data would give the same model
             reason = f"nothing new: production {parent} was trained on snapshot {trained_on}"
-            log.info("retrain skipped: %s", reason)
-            journal.update(
-                state="skipped",
-                finished_at=datetime.now(UTC),
-                parent=parent,
-                snapshot_id=manifest.snapshot_id,
-                gate_reason=reason,
-            )
-            return journal.record
+    if reason is not None:
+        log.info("retrain skipped: %s", reason)
+        journal.update(
+            state="skipped",
+            finished_at=datetime.now(UTC),
+            parent=parent,
+            snapshot_id=manifest.snapshot_id,
+            gate_reason=reason,
+        )
+        return journal.record
     warm_from = registry.model_dir(parent) if parent is not None and not job.full else None
     journal.update(
         snapshot_id=manifest.snapshot_id,

@@ -166,8 +166,16 @@ def run_retrain_now(args: argparse.Namespace) -> int:
     from learner.registry import ModelRegistry
     from learner.retrain import RetrainBusy, RetrainFailed, retrain
     from learner.retrain_loop import loop_running, request_retrain
+    from streams.event_store import EventStore
+    from streams.snapshots import SnapshotError, read_manifest
 
-    registry = ModelRegistry.for_store(store_dir_from(args))
+    store = store_dir_from(args)
+    registry = ModelRegistry.for_store(store)
+    if args.snapshot not in (None, "latest"):
+        try:
+            read_manifest(EventStore(store), args.snapshot)
+        except SnapshotError as exc:
+            raise CommandError(f"--snapshot: {exc}") from exc
     if loop_running(registry):
         return _ask_the_loop(registry, args.wait_s)
     import torch

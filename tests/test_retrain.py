@@ -247,3 +247,12 @@ def test_a_killed_retrain_is_marked_interrupted_and_the_next_one_recovers(
     status = pagellm("retrain", "status", "--json", "--store", str(store.root))
     doc = json.loads(status.stdout)
     assert [r["state"] for r in doc["retrains"]] == ["interrupted", "registered"]
+
+
+def test_nothing_to_learn_is_skipped_and_a_bad_snapshot_refused(store: EventStore) -> None:
+    write_ratings(store, range(3), range(0, 90, 3), 0)  # only items everyone rates 1-2
+    empty = retrain(job(store))
+    assert empty.state == "skipped" and empty.version is None
+    assert "nothing to train on" in (empty.gate_reason or ""), empty.gate_reason
+    bad = pagellm("retrain", "now", "--snapshot", "nope", "--store", str(store.root))
+    assert bad.returncode == 2 and b"--snapshot: no snapshot 'nope'" in bad.stderr
