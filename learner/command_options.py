@@ -23,9 +23,9 @@ from streams.progress_bars import progress_bar
 if TYPE_CHECKING:
     from learner.pipeline import StageRunner
     from learner.settings import LearnerSettings
+    from learner.stages import StageProgress
 
 T = TypeVar("T")
-StageProgress = Callable[[str], Callable[[int], None] | None]
 
 
 class CommandError(Exception):

@@ -62,6 +62,11 @@ class Shard:
             p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
             offset += n
 
+    def barrier(self) -> None:
+        """Wait until every worker has come here (nothing to wait for in process)."""
+        if self.world > 1:
+            dist.barrier()
+
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Each logged value averaged over the workers (identical in process)."""
         if self.world == 1 or not values:

@@ -3,34 +3,45 @@
 Ablations (one setting): ``sft`` is the fine-tuned reference policy without any reward;
 ``page``, ``item`` and ``both`` run PPO with R_c, R_f or R_c + R_f. Stages already in the run
 directory (from a stopped run with the same settings and data) are kept, not trained again.
-Each stage runs as a Ray Train job (``RayStageRunner``) or in this process (``run_in_process``).
+The stages a run still needs run as one Ray Train job (``RayStageRunner``) or in this process
+(``run_in_process``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from learner.ablations import ABLATIONS, Ablation
 from learner.artifacts import TrainedModels, load_models
 from learner.settings import LearnerSettings
-from learner.stages import STAGE_TITLES, output_of, prepare_run, run_in_process, stages_for
+from learner.stages import (
+    STAGE_TITLES,
+    StageProgress,
+    output_of,
+    prepare_run,
+    run_in_process,
+    stages_for,
+)
 from streams.training_snapshot import TrainingSnapshot
 
 log = logging.getLogger(__name__)
 
 
 class StageRunner(Protocol):
+    """Trains ``stages`` in order into ``run_dir``; returns the seconds of each.
+    ``on_stage(title)`` is called as each stage starts (see ``train_all``)."""
+
     def __call__(
         self,
-        stage: str,
+        stages: Sequence[str],
         run_dir: Path,
         snapshot: TrainingSnapshot,
         settings: LearnerSettings,
-        on_step: Callable[[int], None] | None,
-    ) -> None: ...
+        on_stage: StageProgress,
+    ) -> dict[str, float]: ...
 
 
 def train_all(
@@ -39,7 +50,7 @@ def train_all(
     run_dir: Path,
     ablations: Sequence[Ablation] = ABLATIONS,
     runner: StageRunner = run_in_process,
-    on_stage: Callable[[str], Callable[[int], None] | None] = lambda title: None,
+    on_stage: StageProgress = lambda title: None,
     warm_from: Path | None = None,
 ) -> TrainedModels:
     """Every stage ``ablations`` need, trained into ``run_dir`` (or kept from it).
@@ -50,9 +61,12 @@ def train_all(
     snapshot's new tokens added, replaces meta pre-training and fine-tuning.
     """
     prepare_run(run_dir, snapshot, settings, warm_from)
+    missing = []
     for stage in stages_for(ablations, warm=warm_from is not None):
         if (run_dir / output_of(stage)).is_dir():
             log.info("%s: kept from an earlier run in %s", STAGE_TITLES[stage], run_dir)
-            continue
-        runner(stage, run_dir, snapshot, settings, on_stage(STAGE_TITLES[stage]))
+        else:
+            missing.append(stage)
+    if missing:
+        runner(missing, run_dir, snapshot, settings, on_stage)
     return load_models(run_dir, list(ablations))

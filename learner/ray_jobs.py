@@ -1,17 +1,22 @@
-"""Each training stage as a Ray Train job: a TorchTrainer whose workers run the stage's function
-(``learner.stages``) on their share of the data, gloo averaging gradients on CPUs.
+"""The training stages as one Ray Train job: a TorchTrainer whose workers run the stages'
+functions (``learner.stages``) one after another on their share of the data, gloo averaging
+gradients on CPUs.
 
-The first worker writes the stage's output into a directory of its own and reports it as the
-job's checkpoint; the driver copies that checkpoint into the run directory and moves it into
-place, so a stage appears in the run only when its job has finished. Workers read the earlier
-stages from the run directory: on a cluster it must be on storage every node sees, as Ray
-Train's own storage path must be.
+One job for all the stages a run still needs, not one per stage: starting a job costs about
+10-15 s on this machine (the controller, the worker processes, their imports, the process
+group), as much as a warm start's reward-model stage trains. After each stage the first worker
+moves the stage's output into the run directory (by rename: a stage appears whole or not at
+all) and every worker waits at a barrier before the next stage reads it. Workers read and
+write the run directory, so on a cluster it must be on storage every node sees, as Ray Train's
+own storage path must be. A job that fails keeps the stages it finished.
 
-Progress: the first worker writes "done total" to a file, which the driver polls for its bar.
+Progress: the first worker writes the current stage, its steps so far and the finished stages'
+start and end times to a JSON file, which the driver polls for its bars and its timings.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,7 +34,7 @@ import torch
 from learner.artifacts import finish_stage, staging_directory
 from learner.data_parallel import Shard
 from learner.settings import LearnerSettings, RaySettings
-from learner.stages import StageContext, output_of, run_stage
+from learner.stages import STAGE_TITLES, StageContext, StageProgress, output_of, run_stage
 from streams.training_snapshot import TrainingSnapshot
 
 log = logging.getLogger(__name__)
@@ -42,31 +47,44 @@ class StageFailed(RuntimeError):
 
 
 class ProgressFile:
-    """Counts the worker's steps and writes 'done total' at most every half second."""
+    """The first worker's progress: the stage it trains, its steps, and when each finished
+    stage started and ended (epoch seconds), rewritten at most every half second."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.done, self.written_at = path, 0, 0.0
+        self.path = path
+        self.state: dict[str, Any] = {"stage": None, "done": 0, "total": 0, "spans": {}}
+        self.written_at = 0.0
+
+    def start(self, stage: str) -> None:
+        self.state |= {"stage": stage, "done": 0, "total": 0, "started": time.time()}
+        self.write()
 
     def __call__(self, total: int) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if now - self.written_at >= PROGRESS_EVERY_S or self.done >= total:
-            partial = self.path.with_suffix(".tmp")
-            partial.write_text(f"{self.done} {total}")
-            os.replace(partial, self.path)
-            self.written_at = now
+        self.state["done"] += 1
+        self.state["total"] = total
+        if time.monotonic() - self.written_at >= PROGRESS_EVERY_S or self.state["done"] >= total:
+            self.write()
+
+    def finish(self, stage: str) -> None:
+        self.state["spans"][stage] = (self.state["started"], time.time())
+        self.write()
+
+    def write(self) -> None:
+        partial = self.path.with_suffix(".tmp")
+        partial.write_text(json.dumps(self.state))
+        os.replace(partial, self.path)
+        self.written_at = time.monotonic()
 
     @staticmethod
-    def read(path: Path) -> tuple[int, int] | None:
+    def read(path: Path) -> dict[str, Any] | None:
         try:
-            done, total = path.read_text().split()
+            return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        return int(done), int(total)
 
 
 def stage_worker(config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: its share of one stage, then the report."""
+    """What each Ray Train worker runs: its share of every stage, in order."""
     import ray
     import ray.train
     import ray.train.torch
@@ -77,13 +95,21 @@ def stage_worker(config: dict[str, Any]) -> None:
     if config["use_gpu"]:
         torch.set_default_device(ray.train.torch.get_device())
     settings = LearnerSettings.model_validate_json(config["settings"])
+    run_dir = Path(config["run_dir"])
     progress = ProgressFile(Path(config["progress"])) if shard.is_first else None
     snapshot = ray.get(config["snapshot"])  # from the object store: put there once per run
-    with tempfile.TemporaryDirectory() as out:
-        ctx = StageContext(Path(config["run_dir"]), snapshot, settings, shard, progress)
-        run_stage(config["stage"], ctx, Path(out))
-        checkpoint = ray.train.Checkpoint.from_directory(out) if shard.is_first else None
-        ray.train.report({"stage": config["stage"]}, checkpoint=checkpoint)
+    for stage in config["stages"]:
+        name = output_of(stage)
+        if progress is not None:
+            progress.start(stage)
+        with tempfile.TemporaryDirectory() as unused:  # only the first worker writes
+            out = staging_directory(run_dir, name) if shard.is_first else Path(unused)
+            run_stage(stage, StageContext(run_dir, snapshot, settings, shard, progress), out)
+        if progress is not None:
+            finish_stage(run_dir, name)
+            progress.finish(stage)
+        shard.barrier()  # the next stage reads this one from the run directory
+    ray.train.report({"stages": len(config["stages"])})
 
 
 class NotEnoughResources(ValueError):
@@ -102,7 +128,7 @@ class RayStageRunner:
         self.shared: tuple[TrainingSnapshot, Any] | None = None
 
     def snapshot_ref(self, snapshot: TrainingSnapshot) -> Any:
-        """The snapshot in Ray's object store, put there once for every stage that trains on
+        """The snapshot in Ray's object store, put there once for every job that trains on
         it: jobs get a reference, not a pickled copy in each job's configuration."""
         import ray
 
@@ -145,27 +171,27 @@ class RayStageRunner:
 
     def __call__(
         self,
-        stage: str,
+        stages: Sequence[str],
         run_dir: Path,
         snapshot: TrainingSnapshot,
         settings: LearnerSettings,
-        on_step: Callable[[int], None] | None,
-    ) -> None:
+        on_stage: StageProgress,
+    ) -> dict[str, float]:
+        """Train ``stages`` in one job; the seconds of each, as the caller waited for it (the
+        job's start counts to the first stage, its teardown to the last)."""
         import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         if not ray.is_initialized():
             self.connect()
-        name = output_of(stage)
         run_dir = run_dir.resolve()
-        progress = run_dir / f".{name}.progress"
-        progress.unlink(missing_ok=True)
-        job = f"{stage}-{uuid.uuid4().hex[:8]}"
+        job = f"{'-'.join(stages)}-{uuid.uuid4().hex[:8]}"
+        progress = run_dir / f".{job}.progress"
         trainer = TorchTrainer(
             stage_worker,
             train_loop_config={
-                "stage": stage,
+                "stages": list(stages),
                 "run_dir": str(run_dir),
                 "snapshot": self.snapshot_ref(snapshot),
                 "settings": settings.model_dump_json(),
@@ -176,36 +202,61 @@ class RayStageRunner:
             run_config=RunConfig(name=job, storage_path=str(run_dir / ".ray")),
         )
         stop = threading.Event()
-        poller = threading.Thread(target=follow_progress, args=(progress, on_step, stop))
+        poller = threading.Thread(target=follow_progress, args=(progress, on_stage, stop))
         poller.start()
+        started = time.time()
         try:
             result = trainer.fit()
         except Exception as exc:  # Ray wraps the worker's error; name the stage
-            raise StageFailed(f"stage {stage}: its Ray Train job failed: {exc}") from exc
+            failed = (ProgressFile.read(progress) or {}).get("stage") or stages[0]
+            raise StageFailed(f"stage {failed}: its Ray Train job failed: {exc}") from exc
         finally:
             stop.set()
             poller.join()
-        if result.error is not None or result.checkpoint is None:
-            raise StageFailed(f"stage {stage}: its Ray Train job failed: {result.error}")
-        result.checkpoint.to_directory(str(staging_directory(run_dir, name)))
-        finish_stage(run_dir, name)
+        ended = time.time()
+        if result.error is not None:
+            raise StageFailed(
+                f"stages {', '.join(stages)}: the Ray Train job failed: {result.error}"
+            )
+        spans = (ProgressFile.read(progress) or {}).get("spans", {})
         shutil.rmtree(run_dir / ".ray" / job, ignore_errors=True)
         progress.unlink(missing_ok=True)
-        log.info("stage %s finished on Ray (%d workers)", stage, self.settings.workers)
+        log.info("stages %s finished on Ray (%d workers)", ", ".join(stages), self.settings.workers)
+        return caller_seconds(stages, spans, started, ended)
 
 
-def follow_progress(
-    path: Path, on_step: Callable[[int], None] | None, stop: threading.Event
-) -> None:
-    """Call ``on_step`` once per step the worker has recorded, until ``stop`` is set."""
-    shown = 0
-    while on_step is not None:
+def caller_seconds(
+    stages: Sequence[str], spans: dict[str, Sequence[float]], started: float, ended: float
+) -> dict[str, float]:
+    """Each stage's seconds from the worker's spans, the first from the job's start and the
+    last to its end, so that they add up to the job's wall time."""
+    if any(stage not in spans for stage in stages):  # the progress file was lost: no split
+        log.warning("no timings of stages %s: the job's time goes to the first", stages)
+        return {stage: (ended - started if n == 0 else 0.0) for n, stage in enumerate(stages)}
+    seconds = {}
+    for n, stage in enumerate(stages):
+        begin, end = spans[stage]
+        seconds[stage] = (ended if n == len(stages) - 1 else end) - (started if n == 0 else begin)
+    return seconds
+
+
+def follow_progress(path: Path, on_stage: StageProgress, stop: threading.Event) -> None:
+    """Announce each stage the worker starts and step its bar, until ``stop`` is set."""
+    stage, step, shown, total = None, None, 0, 0
+    while True:
         finished = stop.wait(PROGRESS_EVERY_S)
         state = ProgressFile.read(path)
-        if state is not None:
-            done, total = state
-            for _ in range(done - shown):
-                on_step(total)
-            shown = max(shown, done)
+        if state is not None and state["stage"] is not None:
+            if state["stage"] != stage:
+                for _ in range(total - shown):  # the last steps of the stage before
+                    if step is not None:
+                        step(total)
+                stage, shown = state["stage"], 0
+                step = on_stage(STAGE_TITLES[stage])
+            total = state["total"]
+            for _ in range(state["done"] - shown):
+                if step is not None:
+                    step(state["total"])
+            shown = max(shown, state["done"])
         if finished:
             return

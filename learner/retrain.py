@@ -135,11 +135,13 @@ class RetrainJournal:
         self.save()
 
     def timed(self, runner: StageRunner) -> StageRunner:
-        """``runner``, with each training stage's wall time recorded."""
+        """``runner``, with each training stage's seconds recorded."""
 
-        def run(stage, run_dir, snapshot, settings, on_step):  # type: ignore[no-untyped-def]
-            with self.stage(stage):
-                runner(stage, run_dir, snapshot, settings, on_step)
+        def run(stages, run_dir, snapshot, settings, on_stage):  # type: ignore[no-untyped-def]
+            seconds = runner(stages, run_dir, snapshot, settings, on_stage)
+            self.record.stages += [StageTiming(stage=s, seconds=seconds[s]) for s in stages]
+            self.save()
+            return seconds
 
         return run
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ STAGE_TITLES = {
     "finetune": "golden-list fine-tuning",
     "reward": "reward model",
 } | {f"ppo_{a}": f"PPO ({a})" for a in ABLATIONS if a != "sft"}
+
+
+# on_stage(title) announces a stage as it starts and may return a callback called after each of
+# its steps with the stage's expected number of steps (for a progress bar).
+StageProgress = Callable[[str], Callable[[int], None] | None]
 
 
 class RunMismatch(ValueError):
@@ -333,14 +339,19 @@ def run_stage(stage: str, ctx: StageContext, out: Path) -> None:
 
 
 def run_in_process(
-    stage: str,
+    stages: Sequence[str],
     run_dir: Path,
     snapshot: TrainingSnapshot,
     settings: LearnerSettings,
-    on_step: Callable[[int], None] | None,
-) -> None:
-    """One stage in this process, its output moved into the run when it has finished."""
-    name = output_of(stage)
-    run_stage(stage, StageContext(run_dir, snapshot, settings, IN_PROCESS, on_step),
-              staging_directory(run_dir, name))  # fmt: skip
-    finish_stage(run_dir, name)
+    on_stage: StageProgress,
+) -> dict[str, float]:
+    """The stages in this process, each moved into the run when it has finished; their seconds."""
+    seconds = {}
+    for stage in stages:
+        started = time.monotonic()
+        name = output_of(stage)
+        ctx = StageContext(run_dir, snapshot, settings, IN_PROCESS, on_stage(STAGE_TITLES[stage]))
+        run_stage(stage, ctx, staging_directory(run_dir, name))
+        finish_stage(run_dir, name)
+        seconds[stage] = time.monotonic() - started
+    return seconds

@@ -58,7 +58,7 @@ def test_one_ray_worker_reproduces_the_in_process_stage(tmp_path: Path) -> None:
     shutil.copytree(tmp_path / "in_process", tmp_path / "on_ray")
     shutil.rmtree(tmp_path / "on_ray" / "reference")
     with RayStageRunner(RaySettings(workers=1)) as runner:
-        runner("finetune", tmp_path / "on_ray", snapshot, settings, None)
+        runner(["finetune"], tmp_path / "on_ray", snapshot, settings, lambda title: None)
     assert same_weights(
         load_policy(tmp_path / "in_process" / "reference"),
         load_policy(tmp_path / "on_ray" / "reference"),
