@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from learner.ablations import ABLATIONS
 from learner.command_options import (
     CommandError,
     add_store_flag,
@@ -49,7 +50,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="a registered version (or 'production') to continue from: reward heads and PPO "
         "only; without it every stage is trained",
     )
-    train.add_argument("--ablation", default="both", help="the policy to train (both)")
+    train.add_argument(
+        "--ablation", default="both", choices=ABLATIONS, help="the policy to train (both)"
+    )
     train.add_argument("--fresh", action="store_true", help="discard OUT/run first")
     add_derive_flags(train)
     add_training_flags(train)

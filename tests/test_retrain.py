@@ -256,3 +256,31 @@ def test_nothing_to_learn_is_skipped_and_a_bad_snapshot_refused(store: EventStor
     assert "nothing to train on" in (empty.gate_reason or ""), empty.gate_reason
     bad = pagellm("retrain", "now", "--snapshot", "nope", "--store", str(store.root))
     assert bad.returncode == 2 and b"--snapshot: no snapshot 'nope'" in bad.stderr
+
+
+def test_train_from_a_snapshot_writes_a_run_and_its_figures(
+    store: EventStore, tmp_path: Path
+) -> None:
+    write_ratings(store, range(40), range(60), 0)
+    settings, out = tmp_path / "settings.json", tmp_path / "train"
+    settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
+    common = (
+        "--store",
+        str(store.root),
+        "--settings",
+        str(settings),
+        "--prompt-length",
+        "5",
+        "--in-process",
+        "--out",
+        str(out),
+    )
+    trained = pagellm("train", "--snapshot", "latest", *common)
+    assert trained.returncode == 0, trained.stderr.decode()[-2000:]
+    figures = json.loads((out / "metrics.json").read_text())
+    assert figures["users"] == 40 and 0 < figures["ndcg@100"] <= 1
+    assert read_manifest(store, figures["snapshot_id"]).files == tuple(store.ledger_files())
+    for stage in ("meta", "reference", "reward", "policy_both"):
+        assert (out / "run" / stage).is_dir()
+    unknown = pagellm("train", "--snapshot", "latest", "--warm-from", "v9", *common)
+    assert unknown.returncode == 2 and b"version: no 'v9'" in unknown.stderr

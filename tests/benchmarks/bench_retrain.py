@@ -157,8 +157,7 @@ def inprocess_reference(
     run_dir = tmp / "inprocess"
     prepare_run(run_dir, snapshot, learner, parent_dir)
     started = time.perf_counter()
-    for stage in ("reward", "ppo_both"):
-        run_in_process(stage, run_dir, snapshot, learner, None)
+    run_in_process(["reward", "ppo_both"], run_dir, snapshot, learner, lambda title: None)
     return time.perf_counter() - started
 
 
