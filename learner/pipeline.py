@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class StageRunner(Protocol):
-    """Trains ``stages`` in order into ``run_dir``; returns the seconds of each.
+    """Trains ``stages`` in order into ``run_dir``; returns the seconds of each (and of any
+    orchestration around them, e.g. ``ray_job_start``).
     ``on_stage(title)`` is called as each stage starts (see ``train_all``)."""
 
     def __call__(

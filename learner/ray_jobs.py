@@ -54,6 +54,12 @@ class ProgressFile:
         self.path = path
         self.state: dict[str, Any] = {"stage": None, "done": 0, "total": 0, "spans": {}}
         self.written_at = 0.0
+        self.mark("entered")
+
+    def mark(self, moment: str) -> None:
+        """Note when the worker reached ``moment`` (epoch seconds)."""
+        self.state[moment] = time.time()
+        self.write()
 
     def start(self, stage: str) -> None:
         self.state |= {"stage": stage, "done": 0, "total": 0, "started": time.time()}
@@ -98,6 +104,8 @@ def stage_worker(config: dict[str, Any]) -> None:
     run_dir = Path(config["run_dir"])
     progress = ProgressFile(Path(config["progress"])) if shard.is_first else None
     snapshot = ray.get(config["snapshot"])  # from the object store: put there once per run
+    if progress is not None:
+        progress.mark("ready")
     for stage in config["stages"]:
         name = output_of(stage)
         if progress is not None:
@@ -143,7 +151,13 @@ class RayStageRunner:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False)
+            interval = str(self.settings.health_check_interval_s)
+            ray.init(
+                address=self.settings.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}},
+            )
             self.started_ray = True
         resources = ray.cluster_resources()
         self.use_gpu = (
@@ -177,8 +191,8 @@ class RayStageRunner:
         settings: LearnerSettings,
         on_stage: StageProgress,
     ) -> dict[str, float]:
-        """Train ``stages`` in one job; the seconds of each, as the caller waited for it (the
-        job's start counts to the first stage, its teardown to the last)."""
+        """Train ``stages`` in one job; the seconds of each, and of the job's start and end
+        (``caller_seconds``)."""
         import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
@@ -218,25 +232,38 @@ class RayStageRunner:
             raise StageFailed(
                 f"stages {', '.join(stages)}: the Ray Train job failed: {result.error}"
             )
-        spans = (ProgressFile.read(progress) or {}).get("spans", {})
+        worker = ProgressFile.read(progress) or {}
+        if "ready" in worker:
+            log.info(
+                "Ray job %s: the worker started after %.1f s, had the snapshot after %.1f s;"
+                " the job returned %.1f s after its last stage",
+                job,
+                worker["entered"] - started,
+                worker["ready"] - started,
+                ended - max(end for _, end in worker["spans"].values()),
+            )
         shutil.rmtree(run_dir / ".ray" / job, ignore_errors=True)
         progress.unlink(missing_ok=True)
         log.info("stages %s finished on Ray (%d workers)", ", ".join(stages), self.settings.workers)
-        return caller_seconds(stages, spans, started, ended)
+        return caller_seconds(stages, worker, started, ended)
 
 
 def caller_seconds(
-    stages: Sequence[str], spans: dict[str, Sequence[float]], started: float, ended: float
+    stages: Sequence[str], progress: dict[str, Any], started: float, ended: float
 ) -> dict[str, float]:
-    """Each stage's seconds from the worker's spans, the first from the job's start and the
-    last to its end, so that they add up to the job's wall time."""
-    if any(stage not in spans for stage in stages):  # the progress file was lost: no split
+    """Where the job's wall time went: ``ray_job_start`` (until the worker had its imports and
+    the snapshot), each stage (from the end of the one before), ``ray_job_end`` (from the last
+    stage's end until the job returned). They add up to the job's wall time."""
+    spans = progress.get("spans", {})
+    if "ready" not in progress or any(stage not in spans for stage in stages):
         log.warning("no timings of stages %s: the job's time goes to the first", stages)
         return {stage: (ended - started if n == 0 else 0.0) for n, stage in enumerate(stages)}
-    seconds = {}
-    for n, stage in enumerate(stages):
-        begin, end = spans[stage]
-        seconds[stage] = (ended if n == len(stages) - 1 else end) - (started if n == 0 else begin)
+    seconds = {"ray_job_start": progress["ready"] - started}
+    before = progress["ready"]
+    for stage in stages:
+        seconds[stage] = spans[stage][1] - before
+        before = spans[stage][1]
+    seconds["ray_job_end"] = ended - before
     return seconds
 
 

@@ -139,7 +139,7 @@ class RetrainJournal:
 
         def run(stages, run_dir, snapshot, settings, on_stage):  # type: ignore[no-untyped-def]
             seconds = runner(stages, run_dir, snapshot, settings, on_stage)
-            self.record.stages += [StageTiming(stage=s, seconds=seconds[s]) for s in stages]
+            self.record.stages += [StageTiming(stage=s, seconds=t) for s, t in seconds.items()]
             self.save()
             return seconds
 

@@ -16,7 +16,10 @@ Measured, with Ray already up (the loop holds it for its lifetime):
 3. Reference, same run: the same two stages on the same snapshot and warm-started run
    directory, each trained by ``run_in_process`` (no Ray): inproc_train_s.
 
-overhead_ratio = (reward_s + ppo_s) / inproc_train_s. Targets: overhead_ratio <= 1.25,
+Both stages run in one Ray Train job; reward_s holds the job's start (ray_job_start_s, also
+reported alone: until the worker has its imports and the snapshot) and ppo_s its end
+(ray_job_end_s), so overhead_ratio = (reward_s + ppo_s) / inproc_train_s is the job's whole wall
+time over the in-process training. Targets: overhead_ratio <= 1.25,
 total_s <= 600. The last line printed is the JSON summary. ``--quick`` runs the same path on
 a tiny configuration and a slice of the data, to check the script itself.
 """
@@ -225,7 +228,11 @@ def main() -> None:
             broker.stop()
 
     seconds = {s.stage: s.seconds for s in record.stages}
-    reward_s, ppo_s = seconds.get("reward", 0.0), seconds.get("ppo_both", 0.0)
+    # The job's start is paid for the reward stage, its end for PPO: the issue's formula
+    # (reward_s + ppo_s) / inproc_train_s then holds the whole orchestration cost.
+    start_s, end_s = seconds.get("ray_job_start", 0.0), seconds.get("ray_job_end", 0.0)
+    reward_s = start_s + seconds.get("reward", 0.0)
+    ppo_s = seconds.get("ppo_both", 0.0) + end_s
     gate = "passed" if record.promoted else f"refused: {record.gate_reason}"
     (out / "retrain.json").write_text(record.model_dump_json(indent=1))
     summary = {
@@ -233,6 +240,8 @@ def main() -> None:
         "ingest_s": round(ingest_s, 1),
         "snapshot_s": round(seconds.get("snapshot", 0.0), 1),
         "warm_start_s": round(seconds.get("warm_start", 0.0), 1),
+        "ray_job_start_s": round(start_s, 1),
+        "ray_job_end_s": round(end_s, 1),
         "reward_s": round(reward_s, 1),
         "ppo_s": round(ppo_s, 1),
         "eval_s": round(seconds.get("evaluate", 0.0), 1),
