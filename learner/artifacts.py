@@ -11,6 +11,9 @@ stopped run resumes from the stages it has)::
     reward/               body/ (transformers), heads.safetensors, accuracy.json + curve.json
     policy_<ablation>/    after PPO with that ablation's reward         + curve.json
 
+A warm-started run (``stages.prepare_warm_run``) has no initial/ or meta/: its vocabulary and
+reference are the parent version's, grown by the new tokens.
+
 Models are saved with transformers' ``save_pretrained`` and the reward heads as safetensors:
 nothing in a run (or a registered version) is loaded through pickle.
 """

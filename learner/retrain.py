@@ -1,14 +1,16 @@
 """One retrain, top to bottom: snapshot -> train -> gate -> publish -> promote.
 
-1. Pin the event store as it is now (or a given snapshot) and derive its training data.
+1. Pin the event store as it is now (or a given snapshot) and derive its training data; a
+   snapshot with nothing to learn, or the one production was trained on, ends the retrain
+   here as skipped.
 2. Warm start from the production version: its vocabulary grows by the snapshot's new users,
    items and categories (new embedding rows ~ N(0, var), old rows untouched) and its reference
    policy is kept; the reward heads and PPO are trained again on the new snapshot. PPO starts
    from the reference, not from the parent's PPO policy: the KL penalty anchors on the
    reference, and PPO on top of PPO would drift further from it with every retrain. With no
    production version, or ``full``, every stage is trained (meta pre-training and fine-tuning).
-3. Score the candidate and production on the same held-out users of the snapshot and apply
-   the promotion gates (``learner.promotion_gates``).
+3. Score the candidate and production on the same held-out users of the snapshot, ranking the
+   items both know, and apply the promotion gates (``learner.promotion_gates``).
 4. Publish the candidate atomically; promote it if every gate passed, else it stays a candidate
    with the reason in its record.
 
