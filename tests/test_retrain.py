@@ -4,6 +4,7 @@ retrain recovered, and the registry commands over the result."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from learner.constrained_decoding import generate_pages
 from learner.offline_eval import first_slot_scores
 from learner.registry import ModelRegistry
 from learner.retrain import RetrainJob, RetrainSettings, read_retrains, retrain
+from learner.retrain_loop import RetrainLoop, request_retrain
 from learner.settings import LearnerSettings
 from learner.stages import run_in_process
 from learner.version_eval import load_version_models
@@ -205,48 +207,62 @@ def test_a_candidate_trained_on_reversed_pairs_is_refused_with_the_reason(
     assert actions[-1] == {"action": "rollback", "version": "v1", "reason": "it was worse"}
 
 
-def test_a_killed_retrain_is_marked_interrupted_and_the_next_one_recovers(
-    store: EventStore, tmp_path: Path
+@pytest.mark.parametrize("after", ["ppo_both", "evaluate"])  # killed evaluating, publishing
+def test_a_retrain_killed_around_publishing_leaves_whole_versions_and_the_loop_recovers(
+    store: EventStore, tmp_path: Path, after: str
 ) -> None:
     write_ratings(store, range(40), range(60), 0)
     settings = tmp_path / "settings.json"
     learner = LearnerSettings.model_validate(TINY | {"validation_user_share": 0.3})
     settings.write_text(learner.model_dump_json())
     registry = ModelRegistry.for_store(store.root)
+    command = [
+        "retrain",
+        "now",
+        "--in-process",
+        "--store",
+        str(store.root),
+        "--settings",
+        str(settings),
+        "--prompt-length",
+        "5",
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pagellm",
-            "retrain",
-            "now",
-            "--in-process",
-            "--store",
-            str(store.root),
-            "--settings",
-            str(settings),
-            "--prompt-length",
-            "5",
-        ],
+        [sys.executable, "-m", "pagellm", *command],
         cwd=Path(__file__).parent.parent,
         stderr=subprocess.DEVNULL,
     )
+
+    def reached() -> bool:  # the record is rewritten as each step ends
+        records = read_retrains(registry)
+        return bool(records) and any(s.stage == after for s in records[0].stages)
+
     try:
-        wait_for(lambda: list((registry.root / "runs").glob("*/meta")), 120, "the meta stage")
+        wait_for(reached, 120, f"the end of step {after}", interval_s=0.002)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    killed = read_retrains(registry)
-    assert [r.state for r in killed] == ["running"]
+    killed = read_retrains(registry)[0]
+    assert killed.state == "running"
+    for v in registry.versions():  # whatever the kill interrupted, a listed version is whole
+        assert load_version_models(registry.model_dir(v.version)).vocab.size > 0
 
-    recovered = retrain(job(store))
-    assert recovered.state == "registered" and recovered.version == "v1"
+    settings_now = RetrainSettings(interval_s=0, min_new_pairs=0, poll_s=0.05)
+    loop = RetrainLoop(
+        store.root, settings_now, lambda trigger: dataclasses.replace(job(store), trigger=trigger)
+    )
+    request_retrain(registry, "test")
+    after = loop.run_once()
+    assert after is not None and after.state in ("registered", "skipped"), after
     states = {r.retrain_id: r.state for r in read_retrains(registry)}
-    assert states[killed[0].retrain_id] == "interrupted"
+    assert states[killed.retrain_id] == "interrupted"
     assert [p.name for p in (registry.root / "runs").iterdir()] == []
+    assert not list((registry.root / "versions").glob(".staging-*"))
+    production = registry.state().production
+    assert production is not None and load_version_models(registry.model_dir(production))
     status = pagellm("retrain", "status", "--json", "--store", str(store.root))
     doc = json.loads(status.stdout)
-    assert [r["state"] for r in doc["retrains"]] == ["interrupted", "registered"]
+    assert doc["retrains"][0]["state"] == "interrupted"
 
 
 def test_nothing_to_learn_is_skipped_and_a_bad_snapshot_refused(store: EventStore) -> None:
