@@ -260,12 +260,12 @@ def retrain(job: RetrainJob) -> RetrainRecord:
         log.info("retrain %s (%s)", journal.record.retrain_id, job.trigger)
         run_dir = registry.root / RUNS / journal.record.retrain_id
         try:
-            record = _retrain(job, journal, registry, run_dir)
+            return _retrain(job, journal, registry, run_dir)
         except Exception as exc:
             journal.update(state="failed", finished_at=datetime.now(UTC), error=repr(exc))
             raise RetrainFailed(f"retrain {journal.record.retrain_id} failed: {exc}") from exc
-        shutil.rmtree(run_dir, ignore_errors=True)
-        return record
+        finally:  # a published version holds its own links to the files
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _retrain(
