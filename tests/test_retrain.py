@@ -21,7 +21,7 @@ import torch
 from learner.constrained_decoding import generate_pages
 from learner.offline_eval import first_slot_scores
 from learner.registry import ModelRegistry
-from learner.retrain import RetrainJob, RetrainSettings, read_retrains, retrain
+from learner.retrain import RetrainFailed, RetrainJob, RetrainSettings, read_retrains, retrain
 from learner.retrain_loop import RetrainLoop, request_retrain
 from learner.settings import LearnerSettings
 from learner.stages import run_in_process
@@ -300,3 +300,15 @@ def test_train_from_a_snapshot_writes_a_run_and_its_figures(
         assert (out / "run" / stage).is_dir()
     unknown = pagellm("train", "--snapshot", "latest", "--warm-from", "v9", *common)
     assert unknown.returncode == 2 and b"version: no 'v9'" in unknown.stderr
+
+
+def test_a_failed_retrain_is_recorded_with_its_error(store: EventStore, tmp_path: Path) -> None:
+    write_ratings(store, range(40), range(60), 0)
+    missing = tmp_path / "no-such-model"
+    learner = LearnerSettings.model_validate(TINY | {"pretrained_dir": str(missing)})
+    with pytest.raises(RetrainFailed, match=r"retrain \S+ failed"):
+        retrain(dataclasses.replace(job(store), learner=learner))
+    registry = ModelRegistry.for_store(store.root)
+    (failed,) = read_retrains(registry)
+    assert failed.state == "failed" and "no-such-model" in (failed.error or "")
+    assert registry.versions() == [] and not list((registry.root / "runs").iterdir())
