@@ -243,7 +243,9 @@ def test_a_retrain_killed_around_publishing_leaves_whole_versions_and_the_loop_r
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     killed = read_retrains(registry)[0]
-    assert killed.state == "running"
+    # The kill lands within milliseconds of the step's end: almost always before the retrain
+    # has recorded its outcome; if the retrain won the race, there is nothing to interrupt.
+    assert killed.state in ("running", "registered")
     for v in registry.versions():  # whatever the kill interrupted, a listed version is whole
         assert load_version_models(registry.model_dir(v.version)).vocab.size > 0
 
@@ -255,14 +257,16 @@ def test_a_retrain_killed_around_publishing_leaves_whole_versions_and_the_loop_r
     after = loop.run_once()
     assert after is not None and after.state in ("registered", "skipped"), after
     states = {r.retrain_id: r.state for r in read_retrains(registry)}
-    assert states[killed.retrain_id] == "interrupted"
+    assert states[killed.retrain_id] == (
+        "interrupted" if killed.state == "running" else "registered"
+    )
     assert [p.name for p in (registry.root / "runs").iterdir()] == []
     assert not list((registry.root / "versions").glob(".staging-*"))
     production = registry.state().production
     assert production is not None and load_version_models(registry.model_dir(production))
     status = pagellm("retrain", "status", "--json", "--store", str(store.root))
     doc = json.loads(status.stdout)
-    assert doc["retrains"][0]["state"] == "interrupted"
+    assert doc["retrains"][0]["state"] == states[killed.retrain_id]
 
 
 def test_nothing_to_learn_is_skipped_and_a_bad_snapshot_refused(store: EventStore) -> None:
