@@ -115,9 +115,13 @@ def training_session(
 ) -> Iterator[tuple[StageRunner, StageProgress]]:
     """(runner, on_stage): Ray Train jobs on the Ray the settings name (or a local one started
     for the session and stopped after it), or this process; a live progress bar."""
+    from transformers.utils import logging as transformers_logging
+
     from learner.ray_jobs import RayStageRunner
     from learner.stages import run_in_process
 
+    # Every stage loads and saves models: transformers' per-load bars would bury the stage bars.
+    transformers_logging.disable_progress_bar()
     with contextlib.ExitStack() as stack:
         runner: StageRunner = run_in_process
         if not in_process:
