@@ -73,6 +73,21 @@ def write_ratings(
     return offset
 
 
+def tiny_flags(store: EventStore, tmp_path: Path, **learner: object) -> list[str]:
+    """The command-line flags of a tiny in-process training on ``store``."""
+    settings = tmp_path / "settings.json"
+    settings.write_text(LearnerSettings.model_validate(TINY | learner).model_dump_json())
+    return [
+        "--store",
+        str(store.root),
+        "--settings",
+        str(settings),
+        "--prompt-length",
+        "5",
+        "--in-process",
+    ]
+
+
 def job(store: EventStore, **settings: object) -> RetrainJob:
     learner = LearnerSettings.model_validate(TINY | {"validation_user_share": 0.3})
     # Few users: only the np family has enough validation pairs to compare, and relevance on
@@ -212,21 +227,8 @@ def test_a_retrain_killed_around_publishing_leaves_whole_versions_and_the_loop_r
     store: EventStore, tmp_path: Path, after: str
 ) -> None:
     write_ratings(store, range(40), range(60), 0)
-    settings = tmp_path / "settings.json"
-    learner = LearnerSettings.model_validate(TINY | {"validation_user_share": 0.3})
-    settings.write_text(learner.model_dump_json())
     registry = ModelRegistry.for_store(store.root)
-    command = [
-        "retrain",
-        "now",
-        "--in-process",
-        "--store",
-        str(store.root),
-        "--settings",
-        str(settings),
-        "--prompt-length",
-        "5",
-    ]
+    command = ["retrain", "now", *tiny_flags(store, tmp_path, validation_user_share=0.3)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pagellm", *command],
         cwd=Path(__file__).parent.parent,
@@ -282,19 +284,8 @@ def test_train_from_a_snapshot_writes_a_run_and_its_figures(
     store: EventStore, tmp_path: Path
 ) -> None:
     write_ratings(store, range(40), range(60), 0)
-    settings, out = tmp_path / "settings.json", tmp_path / "train"
-    settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
-    common = (
-        "--store",
-        str(store.root),
-        "--settings",
-        str(settings),
-        "--prompt-length",
-        "5",
-        "--in-process",
-        "--out",
-        str(out),
-    )
+    out = tmp_path / "train"
+    common = (*tiny_flags(store, tmp_path), "--out", str(out))
     trained = pagellm("train", "--snapshot", "latest", *common)
     assert trained.returncode == 0, trained.stderr.decode()[-2000:]
     figures = json.loads((out / "metrics.json").read_text())
