@@ -97,6 +97,30 @@ def _write_durably(path: Path, text: str) -> None:
         os.fsync(sink.fileno())
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` by rename: a reader sees the old content or the new, whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing), or raise ``LockBusy(busy)`` at
+    once when another process holds it. The lock goes with the process, even on kill -9."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockBusy(busy) from exc
+        yield
+
+
+class LockBusy(RuntimeError):
+    """Another process holds the lock."""
+
+
 def _link_or_copy(source: str, target: str) -> None:
     """Artifacts are immutable: a hard link costs nothing; across file systems, a copy."""
     try:

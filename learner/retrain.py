@@ -23,10 +23,8 @@ killed is marked interrupted by the next one, which also removes what it left ha
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import math
-import os
 import shutil
 import time
 import uuid
@@ -34,7 +32,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +40,7 @@ from learner.ablations import Ablation
 from learner.artifacts import policy_directory
 from learner.pipeline import StageRunner, train_all
 from learner.promotion_gates import GateSettings, check_gates
-from learner.registry import ModelRegistry
+from learner.registry import LockBusy, ModelRegistry, exclusive_lock, replace_file
 from learner.settings import LearnerSettings
 from learner.stages import labelled_pairs, prepare_run, validation_users
 from learner.version_eval import (
@@ -62,7 +59,7 @@ from learner.version_eval import (
 from schemas.model_registry import GateResult, RetrainRecord, StageTiming, VersionRecord
 from streams.derived_state import DeriveConfig
 from streams.event_store import EventStore
-from streams.snapshots import SnapshotManifest, create_snapshot, load_snapshot
+from streams.snapshots import SnapshotManifest, load_snapshot, take_snapshot
 from streams.training_snapshot import TrainingSnapshot
 
 log = logging.getLogger(__name__)
@@ -120,9 +117,7 @@ class RetrainJournal:
     def save(self) -> None:
         self.path_dir.mkdir(parents=True, exist_ok=True)
         path = self.path_dir / f"{self.record.retrain_id}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.record.model_dump_json(indent=1))
-        os.replace(tmp, path)
+        replace_file(path, self.record.model_dump_json(indent=1))
 
     def update(self, **fields: object) -> None:
         for name, value in fields.items():
@@ -160,28 +155,24 @@ def read_retrains(registry: ModelRegistry) -> list[RetrainRecord]:
 
 
 @contextlib.contextmanager
-def retrain_lock(registry: ModelRegistry, wait: bool = False) -> Iterator[None]:
+def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
     """Held for a whole retrain. On taking it, whatever a killed retrain left is cleaned up:
     its record is marked interrupted, its run directory and half-published version removed."""
-    registry.root.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(registry.root / RETRAIN_LOCK, "a")  # noqa: SIM115
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as exc:
-            raise RetrainBusy(f"another retrain is running on {registry.root}") from exc
-        for record in read_retrains(registry):
-            if record.state == "running":
-                log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)
-                record.state, record.error = "interrupted", "the process stopped mid-retrain"
-                (registry.retrains_dir / f"{record.retrain_id}.json").write_text(
-                    record.model_dump_json(indent=1)
-                )
-                shutil.rmtree(registry.root / RUNS / record.retrain_id, ignore_errors=True)
-        registry.remove_abandoned_staging()
-        yield
-    finally:
-        handle.close()
+        with exclusive_lock(registry.root / RETRAIN_LOCK, "busy"):
+            for record in read_retrains(registry):
+                if record.state == "running":
+                    log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)
+                    record.state, record.error = "interrupted", "the process stopped mid-retrain"
+                    replace_file(
+                        registry.retrains_dir / f"{record.retrain_id}.json",
+                        record.model_dump_json(indent=1),
+                    )
+                    shutil.rmtree(registry.root / RUNS / record.retrain_id, ignore_errors=True)
+            registry.remove_abandoned_staging()
+            yield
+    except LockBusy as exc:
+        raise RetrainBusy(f"another retrain is running on {registry.root}") from exc
 
 
 def pin_snapshot(
@@ -189,7 +180,7 @@ def pin_snapshot(
 ) -> tuple[SnapshotManifest, TrainingSnapshot]:
     """The given snapshot, or (``None`` / ``latest``) the store as it is now."""
     if snapshot_id in (None, "latest"):
-        snapshot_id = create_snapshot(store, config).snapshot_id
+        return take_snapshot(store, config)
     return load_snapshot(store, snapshot_id)
 
 

@@ -20,7 +20,6 @@ keeps its state in ``registry/loop.json`` for ``retrain status``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -28,11 +27,10 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import duckdb
 
-from learner.registry import ModelRegistry
+from learner.registry import LockBusy, ModelRegistry, exclusive_lock, replace_file
 from learner.retrain import (
     RetrainBusy,
     RetrainFailed,
@@ -87,24 +85,19 @@ def request_retrain(registry: ModelRegistry, who: str) -> Path:
     """Ask the running loop for a retrain (requests made before it starts one coalesce)."""
     registry.root.mkdir(parents=True, exist_ok=True)
     path = registry.root / REQUEST
-    tmp = path.with_name(f".{REQUEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"by": who, "at": datetime.now(UTC).isoformat()}))
-    os.replace(tmp, path)
+    replace_file(path, json.dumps({"by": who, "at": datetime.now(UTC).isoformat()}))
     return path
 
 
 def loop_running(registry: ModelRegistry) -> bool:
-    """Whether a loop holds the registry's loop lock."""
-    path = registry.root / LOOP_LOCK
-    if not path.exists():
+    """Whether a loop holds the registry's loop lock (probed by taking it for an instant)."""
+    if not (registry.root / LOOP_LOCK).exists():
         return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+    try:
+        with exclusive_lock(registry.root / LOOP_LOCK, "a loop runs"):
+            return False
+    except LockBusy:
+        return True
 
 
 def read_loop_state(registry: ModelRegistry) -> dict[str, object] | None:
@@ -122,16 +115,11 @@ class LoopAlreadyRunning(RuntimeError):
 
 @contextlib.contextmanager
 def loop_lock(registry: ModelRegistry) -> Iterator[None]:
-    registry.root.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = open(registry.root / LOOP_LOCK, "a")  # noqa: SIM115
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LoopAlreadyRunning(f"a retrain loop already serves {registry.root}") from exc
-        yield
-    finally:
-        handle.close()
+        with exclusive_lock(registry.root / LOOP_LOCK, "busy"):
+            yield
+    except LockBusy as exc:
+        raise LoopAlreadyRunning(f"a retrain loop already serves {registry.root}") from exc
 
 
 class RetrainLoop:
@@ -151,11 +139,8 @@ class RetrainLoop:
         self.checks = 0
 
     def write_state(self, state: str, **details: object) -> None:
-        path = self.registry.root / LOOP_STATE
         doc = {"pid": os.getpid(), "state": state, "since": datetime.now(UTC).isoformat()}
-        tmp = path.with_name(f".{LOOP_STATE}.tmp")
-        tmp.write_text(json.dumps(doc | details, default=str))
-        os.replace(tmp, path)
+        replace_file(self.registry.root / LOOP_STATE, json.dumps(doc | details, default=str))
 
     def check(self) -> str | None:
         """The trigger that fires now, if any (a pending request is taken)."""
