@@ -12,6 +12,7 @@ from abtest import cli as abtest_cli
 from deploy import cli as deploy_cli
 from learner import cli as learner_cli
 from schemas.events import describe_validation_error
+from serving import cli as serving_cli
 from streams import cli as streams_cli
 
 # Client libraries log every connection at INFO; keep the operator's console readable.
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     streams_cli.register(commands)
     abtest_cli.register(commands)
     learner_cli.register(commands)
+    serving_cli.register(commands)
     return parser
 
 

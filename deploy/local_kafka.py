@@ -205,6 +205,21 @@ class LocalKafka:
         )
         if fmt.returncode != 0:
             raise KafkaStartError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        return self._launch(libs, config, port, controller_port, timeout_s)
+
+    def resume(self, stopped: BrokerState, timeout_s: float = 90.0) -> BrokerState:
+        """Start a broker stopped by ``stop`` again, on its ports and with its data: what a
+        broker restart looks like to clients."""
+        config = self.run_dir / "server.properties"
+        if not config.exists():
+            raise KafkaStartError(f"no broker configuration in {self.run_dir} to resume")
+        return self._launch(
+            ensure_jars(), config, stopped.port, stopped.controller_port, timeout_s
+        )
+
+    def _launch(
+        self, libs: Path, config: Path, port: int, controller_port: int, timeout_s: float
+    ) -> BrokerState:
         with open(self.log_path, "ab") as out:
             proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(config)),

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Status = Literal["candidate", "production", "retired", "failed"]
 STATUSES: tuple[Status, ...] = ("candidate", "production", "retired", "failed")
 Action = Literal["promote", "rollback", "retire", "fail"]
+# What a version's model/ holds: the learned policy's artifacts, or a popularity ranking.
+VersionKind = Literal["pagellm", "popularity"]
 
 
 class GateCheck(BaseModel):
@@ -51,6 +53,7 @@ class VersionRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     version: str
+    kind: VersionKind = "pagellm"
     created_at: datetime
     snapshot_id: str
     stream_position: dict[str, int] = Field(description="highest offset per topic/partition")
