@@ -228,6 +228,9 @@ class ImpressionLog:
         self._thread.join()
         self._spool_queued()
         if self._producer is not None:
-            self._producer.close(timeout=1)
+            try:
+                self._producer.close(timeout=1)
+            except KafkaError as exc:  # unacknowledged records stay in the spool
+                log.warning("Kafka producer closed with records unacknowledged: %s", exc)
             self._forget_delivered()
         return self._pending
