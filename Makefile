@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-retrain clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-retrain bench-serve clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench-quality: $(INSTALLED)
 
 bench-retrain: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_retrain
+
+# wrk (Debian's package) drives the HTTP load from a process of its own.
+bench-serve: $(JARS)
+	command -v wrk > /dev/null || apt-get install -y wrk
+	$(BIN)/python -m tests.benchmarks.bench_serve
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -67,7 +67,11 @@ def unwrap(result: PageResponse | RequestRefused) -> PageResponse:
     return result
 
 
-@serve.deployment(max_ongoing_requests=256, graceful_shutdown_timeout_s=30)
+@serve.deployment(
+    max_ongoing_requests=256,
+    graceful_shutdown_timeout_s=30,
+    logging_config={"enable_access_log": False},
+)
 @serve.ingress(api)
 class PageDeployment:
     def __init__(self, serving: dict[str, Any], streams: dict[str, Any]) -> None:
@@ -105,8 +109,10 @@ class PageDeployment:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def page_batch(self, requests: list[PageRequest]) -> list[PageResponse | RequestRefused]:
-        # Generation runs off the event loop so that requests keep arriving into the next batch.
-        return await asyncio.to_thread(self.service.pages, requests)
+        # Generation runs on the event loop, blocking it: requests queue meanwhile and make the
+        # next batch. Off the loop (asyncio.to_thread) the generation thread held the GIL so
+        # much that the loop admitted one request per batch: 38 pages/s at 16 clients, 74 here.
+        return self.service.pages(requests)
 
     @api.post("/v1/score", response_model=ScoreResponse)
     async def score(self, request: ScoreRequest) -> ScoreResponse:
