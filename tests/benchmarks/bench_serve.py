@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -134,7 +134,7 @@ class Load:
     """What wrk measured in one phase."""
 
     requests: int
-    request_ids: list[str]  # of the pages answered
+    request_ids: list[str] = field(repr=False)  # of the pages answered
     rps: float
     p50_ms: float
     p99_ms: float
