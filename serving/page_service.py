@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from abtest.experiment import Experiment
@@ -48,6 +48,9 @@ from serving.store_context import StoreContext, StoreReader, UserContext
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
+
+# A version that failed to load is tried again after this long, not at every refresh.
+RETRY_FAILED_EVERY = timedelta(seconds=30)
 
 
 class RequestRefused(Exception):
@@ -89,6 +92,7 @@ class PageService:
         self.context = StoreContext(recent_events=serving.recent_events)
         self.reader = StoreReader(store_dir, self.context)
         self.table = RoutingTable()
+        self._retry_failed_at = datetime.now(UTC)
         self.impressions = ImpressionLog(
             serving.spool_dir or store_dir / "serving" / "spool",
             streams.kafka_bootstrap,
@@ -110,6 +114,8 @@ class PageService:
         old = self.table
         live, loaded_at = dict(old.live), dict(old.loaded_at)
         failed = {v: why for v, why in old.failed.items() if v in wanted}
+        if now >= self._retry_failed_at:  # a version named before it was published, say
+            failed, self._retry_failed_at = {}, now + RETRY_FAILED_EVERY
         for version in sorted(wanted - set(live) - set(failed)):
             try:
                 live[version] = load_served_version(self.registry, self.streams.store_dir, version)

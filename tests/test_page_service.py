@@ -19,7 +19,7 @@ from learner.registry import ModelRegistry
 from learner.vocabulary import Vocabulary
 from schemas import Purchase
 from schemas.page_api import PageRequest, PageResponse, ScoreRequest
-from serving.page_service import PageService, RequestRefused
+from serving.page_service import RETRY_FAILED_EVERY, PageService, RequestRefused
 from serving.popularity import load_ranking, popularity_page, register_popularity_version
 from serving.settings import ServingSettings
 from streams.event_store import EventStore
@@ -154,27 +154,35 @@ def test_an_experiment_routes_its_users_to_a_popularity_version(
     }
 
 
-def test_a_variant_whose_version_cannot_load_gets_production_outside_the_experiment(
+def test_a_variant_whose_version_cannot_load_gets_production_until_it_can(
     service: PageService,
 ) -> None:
     ExperimentRegistry(service.streams.store_dir).create(
         Experiment(
-            name="broken",
+            name="early",
             variants=(
                 Variant(name="control", weight=1, model_version="v1"),
-                Variant(name="treatment", weight=1, model_version="v42"),
+                Variant(name="treatment", weight=1, model_version="v2"),  # not published yet
             ),
             start=datetime.now(UTC) - timedelta(minutes=1),
         )
     )
     table = service.refresh_versions()
-    assert "v42" in table.failed and "no 'v42'" in table.failed["v42"]
+    assert "v2" in table.failed and "no 'v2'" in table.failed["v2"]
     answers = [page(service, u) for u in USERS]
     moved = [a for a in answers if a.experiment is None]
-    assert moved and all("v42 of broken/treatment is not available" in (a.fallback_reason or "")
+    assert moved and all("v2 of early/treatment is not available" in (a.fallback_reason or "")
                          for a in moved)  # fmt: skip
     assert all(a.model_version == "v1" for a in answers)
     assert service.health().status == "degraded"
+
+    publish_version(service.registry, USERS, ITEMS, CATEGORIES, seed=2, promote=False)
+    now = datetime.now(UTC)
+    assert "v2" in service.refresh_versions(now).failed  # not retried at every refresh
+    later = service.refresh_versions(now + RETRY_FAILED_EVERY + timedelta(seconds=1))
+    assert "v2" in later.live and not later.failed
+    treated = [a for a in (page(service, u) for u in USERS) if a.variant == "treatment"]
+    assert treated and {a.model_version for a in treated} == {"v2"}
 
 
 def test_without_a_production_version_requests_are_refused_with_503(
