@@ -18,6 +18,8 @@ impressions are dropped and counted (``dropped`` in ``/v1/health``) rather than 
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import logging
 import os
 import queue
@@ -25,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -36,6 +39,26 @@ log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
 WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+def claim_spool_slot(root: Path) -> tuple[Path, IO[str]]:
+    """The first ``root/slot-<n>`` no live process holds, and the open lock that holds it.
+
+    Each replica (each process) spools into a slot of its own, so two never write or delete
+    each other's segments; a replica started after one died claims the free slot and sends the
+    segments the dead one left. The lock goes with the process, even on kill -9.
+    """
+    for n in itertools.count():
+        slot = root / f"slot-{n}"
+        slot.mkdir(parents=True, exist_ok=True)
+        handle = open(slot / ".lock", "a")  # noqa: SIM115 - held for the log's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return slot, handle
+    raise AssertionError("unreachable")
 
 
 def impression_event_id(request_id: str) -> str:
@@ -79,8 +102,7 @@ class ImpressionLog:
         bound: int = 1_000_000,
         poll_s: float = 0.05,
     ) -> None:
-        self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir, self._slot_lock = claim_spool_slot(Path(spool_dir))
         self.bootstrap, self.topic, self.bound, self.poll_s = bootstrap, topic, bound, poll_s
         self._queue: queue.SimpleQueue[Impression] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -233,4 +255,5 @@ class ImpressionLog:
             except KafkaError as exc:  # unacknowledged records stay in the spool
                 log.warning("Kafka producer closed with records unacknowledged: %s", exc)
             self._forget_delivered()
+        self._slot_lock.close()  # only now may another process take the slot and its leftovers
         return self._pending

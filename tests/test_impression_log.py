@@ -82,7 +82,7 @@ def test_every_impression_arrives_once_across_a_broker_restart(
         own_broker.stop()
         for event in sent[100:200]:  # while the broker is down
             assert log.record(event)
-        spooled = lambda: sum(len(read_segment(p)) for p in (tmp_path / "spool").glob("*.jsonl"))  # noqa: E731
+        spooled = lambda: sum(len(read_segment(p)) for p in (tmp_path / "spool").rglob("*.jsonl"))  # noqa: E731
         wait_for(lambda: spooled() == 100, 10, "100 impressions spooled to disk")
         assert log.health().pending == 100
         own_broker.resume(state)
@@ -92,7 +92,7 @@ def test_every_impression_arrives_once_across_a_broker_restart(
     finally:
         left = log.close()
     assert left == 0
-    assert list((tmp_path / "spool").glob("*.jsonl")) == []
+    assert list((tmp_path / "spool").rglob("*.jsonl")) == []
     seen = request_ids(state.bootstrap, "impressions", len(sent))
     assert set(seen) == {e.request_id for e in sent}
     assert max(seen.values()) == 1, [r for r, n in seen.items() if n > 1][:5]
@@ -120,7 +120,7 @@ def test_impressions_spooled_before_a_restart_are_sent_after_it(
     for event in sent:
         offline.record(event)
     assert offline.close(timeout_s=0) == 20
-    spooled = [s for p in sorted((tmp_path / "spool").glob("*.jsonl")) for s in read_segment(p)]
+    spooled = [s for p in sorted((tmp_path / "spool").rglob("*.jsonl")) for s in read_segment(p)]
     assert len(spooled) == 20
 
     online = ImpressionLog(tmp_path / "spool", kafka_bootstrap, topic)
@@ -131,3 +131,27 @@ def test_impressions_spooled_before_a_restart_are_sent_after_it(
         online.close()
     seen = request_ids(kafka_bootstrap, topic, 20)
     assert set(seen) == {e.request_id for e in sent} and max(seen.values()) == 1
+
+
+def test_two_logs_on_one_spool_directory_keep_apart_and_lose_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Replicas of one deployment share the spool setting: each must take a slot of its own."""
+    topic = f"impressions-{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_bootstrap, topic, 2)
+    logs = [ImpressionLog(tmp_path / "spool", kafka_bootstrap, topic) for _ in range(2)]
+    assert logs[0].spool_dir != logs[1].spool_dir
+    sent = [impression(n) for n in range(200)]
+    try:
+        for n, event in enumerate(sent):
+            logs[n % 2].record(event)
+        for log in logs:
+            wait_for(lambda log=log: log.health().pending == 0, 30, "both spools delivered")
+    finally:
+        for log in logs:
+            log.close()
+    seen = request_ids(kafka_bootstrap, topic, len(sent))
+    assert set(seen) == {e.request_id for e in sent} and max(seen.values()) == 1
+    again = ImpressionLog(tmp_path / "spool", "127.0.0.1:1", topic)  # the slots are free again
+    assert again.spool_dir == logs[0].spool_dir
+    again.close(timeout_s=0)

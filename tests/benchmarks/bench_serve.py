@@ -229,6 +229,7 @@ def main() -> None:
     echo = run_wrk(base, "/echo/", users, 1, seconds / 2, work)
     echo16 = run_wrk(base, "/echo/", users, 16, seconds / 2, work)
     console.print(f"echo: {echo}\necho c16: {echo16}")
+    serve.delete("echo")  # its replica holds a CPU the page replicas may need
 
     streams = StreamSettings(
         kafka_bootstrap=state.bootstrap, events_topic=TOPIC, store_dir=store.root
@@ -236,7 +237,9 @@ def main() -> None:
     serving = ServingSettings(port=port, spool_dir=work / "spool", refresh_s=0.5)
 
     def deploy(settings: ServingSettings) -> None:
-        app = PageDeployment.bind(settings.model_dump(mode="json"), streams.model_dump(mode="json"))
+        app = PageDeployment.options(num_replicas=settings.replicas).bind(
+            settings.model_dump(mode="json"), streams.model_dump(mode="json")
+        )
         serve.run(app, name="pagellm", route_prefix="/")
 
     deploy(serving)
