@@ -182,14 +182,29 @@ def main() -> None:
     torch.set_num_threads(1)
     if shutil.which("wrk") is None:
         raise SystemExit("bench-serve needs wrk (Debian: apt-get install wrk)")
-    n_inproc, seconds = (50, 4.0) if args.quick else (300, 20.0)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     broker = LocalKafka(work / "kafka")
-    state = broker.start()
-    create_topic(state.bootstrap, TOPIC, 4)
+    try:
+        summary = measure(args.quick, work, broker.start().bootstrap)
+    finally:  # nothing of the run outlives it, even when it fails
+        import ray
+
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(summary))
+
+
+def measure(quick: bool, work: Path, bootstrap: str) -> dict[str, object]:
+    n_inproc, seconds = (50, 4.0) if quick else (300, 20.0)
+    create_topic(bootstrap, TOPIC, 4)
     store = EventStore(work / "store")
     store.init()
-    users, items, categories = write_dataset(store, 5000 if args.quick else None)
+    users, items, categories = write_dataset(store, 5000 if quick else None)
     registry = ModelRegistry.for_store(store.root)
     publish_version(registry, users, items, categories, BackboneSettings())
     console.print(f"store: {len(users)} users, {len(items)} items; version v1 published")
@@ -231,9 +246,7 @@ def main() -> None:
     console.print(f"echo: {echo}\necho c16: {echo16}")
     serve.delete("echo")  # its replica holds a CPU the page replicas may need
 
-    streams = StreamSettings(
-        kafka_bootstrap=state.bootstrap, events_topic=TOPIC, store_dir=store.root
-    )
+    streams = StreamSettings(kafka_bootstrap=bootstrap, events_topic=TOPIC, store_dir=store.root)
     serving = ServingSettings(port=port, spool_dir=work / "spool", refresh_s=0.5)
 
     def deploy(settings: ServingSettings) -> None:
@@ -267,19 +280,14 @@ def main() -> None:
     deadline = time.monotonic() + 120
     while pending() and time.monotonic() < deadline:
         time.sleep(0.2)
-    seen = request_ids(state.bootstrap, TOPIC, len(answered))
+    seen = request_ids(bootstrap, TOPIC, len(answered))
     impressions_lost = sum(1 for r in answered if seen[r] == 0)
     impressions_doubled = sum(n - 1 for n in seen.values())
 
     deploy(serving.model_copy(update={"max_batch_size": 1}))
     unbatched = run_wrk(base, "/v1/page", users, 16, seconds / 2, work)
     console.print(f"serve c16 unbatched: {unbatched}")
-    serve.shutdown()
-    ray.shutdown()
-    broker.stop()
-    shutil.rmtree(work, ignore_errors=True)
-
-    summary = {
+    return {
         "inproc_p50_ms": round(inproc_p50 * 1e3, 2),
         "inproc_rps": round(inproc_rps, 1),
         "echo_p50_ms": round(echo.p50_ms, 2),
@@ -297,7 +305,6 @@ def main() -> None:
         "impressions_lost": impressions_lost,
         "impressions_doubled": impressions_doubled,
     }
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":
