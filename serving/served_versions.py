@@ -81,6 +81,7 @@ class LearnedVersion:
         self.prompt_length = prompt_length
         self.context_tokens = int(self.policy.config.n_positions)  # type: ignore[union-attr]
         self.users = set(self.vocab.users)
+        self.items = set(self.vocab.items)
 
     @property
     def version(self) -> str:
@@ -95,7 +96,7 @@ class LearnedVersion:
             most = self.context_tokens - PROMPT_FRAME_TOKENS - PAGE_END_TOKENS
             return Fallback(f"k: {self.version} writes pages of at most {most} items")
         history = prompt_history(plan.positives, self.vocab.id_of_item, self.prompt_length, room)
-        left = len(self.vocab.items) - len(set(history) | (plan.banned & set(self.vocab.items)))
+        left = len(self.vocab.items) - len(set(history) | (plan.banned & self.items))
         if left < plan.k:
             return Fallback(f"only {left} of {self.version}'s items are left after the bans")
         return history

@@ -36,7 +36,7 @@ class UserState:
     ratings: RatingAccumulator
     bought: set[str] = field(default_factory=set)
     recent_items: deque[str] = field(default_factory=deque)
-    positives: tuple[str, ...] | None = None  # cached until the user's next event
+    positives: tuple[str, ...] = ()  # recomputed when the user's events change
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,14 @@ class StoreContext:
         with self._lock:
             for item in catalogue:
                 self.catalogue[item.item_id] = item
+            touched: set[str] = set()
             for event in events:
+                touched.add(event.user_id)
                 state = self._users.get(event.user_id)
                 if state is None:
                     state = UserState(RatingAccumulator(event.user_id, self.rule))
                     self._users[event.user_id] = state
                 state.ratings.add(event)
-                state.positives = None
                 if isinstance(event, Purchase):
                     state.bought.add(event.item_id)
                 if isinstance(event, Click | Purchase | Rating):
@@ -86,6 +87,13 @@ class StoreContext:
                         state.recent_items.popleft()
                 if is_positive_signal(event):
                     self.item_popularity[event.item_id] += 1  # type: ignore[union-attr]
+            # Here, in the refresh, not at the user's next request: rebuilding positives makes
+            # an effective rating object per item the user touched, which the benchmark saw add
+            # about 2 ms to a page on ml-100k users' first requests.
+            for user in touched:
+                state = self._users[user]
+                ratings = {i: r for i in state.ratings.items() if (r := state.ratings.rating(i))}
+                state.positives = tuple(r.item_id for r in chronological_positives(ratings))
             self._ranking = None
 
     def user(self, user_id: str) -> UserContext:
@@ -93,9 +101,6 @@ class StoreContext:
             state = self._users.get(user_id)
             if state is None:
                 return UNKNOWN_USER
-            if state.positives is None:
-                ratings = {i: r for i in state.ratings.items() if (r := state.ratings.rating(i))}
-                state.positives = tuple(r.item_id for r in chronological_positives(ratings))
             categories = []
             for item in reversed(state.recent_items):
                 category = self.category_of(item)

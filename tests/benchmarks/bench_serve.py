@@ -7,7 +7,10 @@ layers) over ml-100k's users, items and genres, published untrained: generation 
 whatever the weights learned. K = 10. A local broker takes the impressions.
 
 1. inproc: the version's page generation in this process (no Ray, no HTTP), one request at a
-   time: ``LearnedVersion.pages([plan])``, constrained greedy decoding with the KV cache.
+   time: ``LearnedVersion.pages([plan])``, constrained greedy decoding with the KV cache. And
+   the whole serving logic the same way (``PageService.pages``: routing, the user's context,
+   the plan, generation, the impression queued): service_p50_ms, so that what our own code adds
+   is own_overhead_vs_echo = (service_p50_ms - inproc_p50_ms) / echo_p50_ms.
 2. echo: a bare Ray Serve FastAPI deployment that returns its JSON body, over HTTP: the floor.
 3. serve c1: ``POST /v1/page`` from one client, one request at a time.
 4. serve c16: 16 concurrent clients; halfway through, a new version is published and promoted,
@@ -48,6 +51,8 @@ from rich.console import Console
 from deploy.local_kafka import LocalKafka, free_port
 from learner.backbone import BackboneSettings
 from learner.registry import ModelRegistry
+from schemas.page_api import PageRequest, PageResponse
+from serving.page_service import PageService
 from serving.served_versions import LearnedVersion, PagePlan, load_served_version
 from serving.settings import ServingSettings
 from serving.store_context import StoreContext, StoreReader
@@ -149,6 +154,26 @@ def wrk_figure(output: str, pattern: str) -> float:
     return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "": 1.0}[unit]
 
 
+def measure_service(streams: StreamSettings, work: Path, users: list[str], n: int) -> list[float]:
+    """The serving logic in this process, one request at a time: what ours adds to generation."""
+    service = PageService(ServingSettings(spool_dir=work / "spool-inproc"), streams)
+    service.refresh_context()
+    service.refresh_versions()
+    rng = random.Random(3)
+    latencies = []
+    try:
+        for n_request in range(n + 20):
+            request = PageRequest(user_id=rng.choice(users), k=K)
+            start = time.perf_counter()
+            (answer,) = service.pages([request])
+            if n_request >= 20:  # the first 20 warm up
+                latencies.append(time.perf_counter() - start)
+            assert isinstance(answer, PageResponse)
+    finally:
+        service.close()
+    return latencies
+
+
 def run_wrk(
     url: str, path: str, users: list[str], clients: int, seconds: float, work: Path
 ) -> Load:
@@ -219,6 +244,11 @@ def measure(quick: bool, work: Path, bootstrap: str) -> dict[str, object]:
     inproc_rps = 1 / statistics.mean(inproc)
     console.print(f"inproc: p50 {inproc_p50 * 1e3:.2f} ms, {inproc_rps:.1f} pages/s")
     del version
+    streams = StreamSettings(kafka_bootstrap=bootstrap, events_topic=TOPIC, store_dir=store.root)
+    service_p50 = statistics.median(measure_service(streams, work, users, n_inproc))
+    console.print(
+        f"service (routing, context, plan, generation, impression): {service_p50 * 1e3:.2f} ms"
+    )
 
     import ray
     from fastapi import FastAPI
@@ -246,7 +276,6 @@ def measure(quick: bool, work: Path, bootstrap: str) -> dict[str, object]:
     console.print(f"echo: {echo}\necho c16: {echo16}")
     serve.delete("echo")  # its replica holds a CPU the page replicas may need
 
-    streams = StreamSettings(kafka_bootstrap=bootstrap, events_topic=TOPIC, store_dir=store.root)
     serving = ServingSettings(port=port, spool_dir=work / "spool", refresh_s=0.5)
 
     def deploy(settings: ServingSettings) -> None:
@@ -298,6 +327,8 @@ def measure(quick: bool, work: Path, bootstrap: str) -> dict[str, object]:
         "serve_p99_ms_c16": round(c16.p99_ms, 2),
         "rps_c16": round(c16.rps, 1),
         "rps_c16_unbatched": round(unbatched.rps, 1),
+        "service_p50_ms": round(service_p50 * 1e3, 2),
+        "own_overhead_vs_echo": round((service_p50 - inproc_p50) * 1e3 / echo.p50_ms, 3),
         "overhead_vs_echo": round((c1.p50_ms - inproc_p50 * 1e3) / echo.p50_ms, 3),
         "concurrency_gain": round(c16.rps / inproc_rps, 3),
         "failed_during_swap": c16.failed,
