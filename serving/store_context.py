@@ -20,13 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-
 from schemas import CatalogueItem, Click, Impression, Purchase, Rating
 from streams.event_store import EventStore
 from streams.feedback_ratings import RatingAccumulator, RatingRule
 from streams.golden_list import chronological_positives
-from streams.ledger import catalogue_item_from_row, event_from_row
+from streams.snapshots import read_stream
 
 Event = Impression | Click | Purchase | Rating
 
@@ -140,18 +138,7 @@ class StoreReader:
         new = [f for f in self.store.ledger_files() if f not in self._read]
         if not new:
             return 0
-        with duckdb.connect() as con:
-            table = con.sql(
-                "SELECT * FROM read_parquet(?, union_by_name = true) WHERE reject_reason IS NULL "
-                "ORDER BY kafka_topic, kafka_partition, kafka_offset",
-                params=[[str(self.store.root / f) for f in new]],
-            ).to_arrow_table()
-        events, catalogue = [], []
-        for row in table.to_pylist():
-            if row["type"] == "catalogue":
-                catalogue.append(catalogue_item_from_row(row))
-            else:
-                events.append(event_from_row(row))
-        self.context.fold(events, catalogue)
+        events, catalogue = read_stream(self.store, tuple(new))
+        self.context.fold(events, catalogue.values())
         self._read.update(new)
         return len(events)
