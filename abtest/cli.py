@@ -91,7 +91,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.add_argument("name")
     create.add_argument(
         "--variant", dest="variants", action="append", type=parse_variant, required=True,
-        help="NAME:MODEL_VERSION[:WEIGHT], once per variant; the first is the control",
+        help="NAME:MODEL_VERSION[:WEIGHT], once per variant; the first is the control; "
+             "MODEL_VERSION may be production or candidate, to follow that registry alias",
     )  # fmt: skip
     create.add_argument("--start", type=_time, help="ISO-8601 start (default: now)")
     create.add_argument("--end", type=_time, help="ISO-8601 end (default: until stopped)")
@@ -127,6 +128,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     report.add_argument("name")
     report.add_argument("--out", type=Path, help="directory of the JSON and PNG")
     report.add_argument("--now", type=_time, help="report as of this time (default: now)")
+    decide = action(
+        "decide", "promote or roll back the treatment's version by the report", run_decide
+    )
+    decide.add_argument("name")
+    decide.add_argument(
+        "--metric", type=MetricName, help="the metric that decides (the first primary one)"
+    )
 
 
 def _refusing(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -248,3 +256,26 @@ def run_report(args: argparse.Namespace) -> int:
     if report.srm_flagged:
         return 3  # scripts must not miss it either
     return 0 if report.sufficient_data else 4
+
+
+def run_decide(args: argparse.Namespace) -> int:
+    """Exit 0 when the experiment decided (promote or roll back), 5 while it goes on."""
+    from abtest.decision_actions import decide_and_act
+    from abtest.report_table import report_table
+    from learner.registry import RegistryError
+
+    store_dir = _store_dir(args)
+    with err.status(f"computing the report of {args.name} over {store_dir} ..."):
+        try:
+            record, report, files = decide_and_act(store_dir, args.name, args.metric)
+        except RegistryError as exc:
+            raise ExperimentError(str(exc)) from exc
+    console.print(report_table(report))
+    decision = record.decision
+    console.print(
+        f"decision on {decision.treatment} ({record.treatment_version}) by {decision.metric}: "
+        f"{decision.action.upper()}: {decision.reason}\n{record.taken}",
+        markup=False,
+    )
+    err.print(f"JSON: {files.json}" + (f"\nPNG:  {files.png}" if files.png else ""))
+    return 5 if decision.action == "continue" else 0

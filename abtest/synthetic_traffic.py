@@ -80,8 +80,10 @@ def _user_chunk(
     start_s = experiment.start.timestamp()
     pre_s = experiment.pre_start.timestamp()
     end_s = window_end.timestamp() - 600  # room for the session's later events
+    # Without a pre-period no session falls before the start; the bounds must still be ordered.
+    pre_end_s = max(pre_s, start_s - 600)
     session_ts = np.where(
-        in_window, rng.uniform(start_s, end_s, s), rng.uniform(pre_s, start_s - 600, s)
+        in_window, rng.uniform(start_s, end_s, s), rng.uniform(pre_s, pre_end_s, s)
     )
     pages = 1 + rng.poisson(shape.extra_pages_per_session, s)
     clicks = rng.binomial(pages, click_taste[session_user])

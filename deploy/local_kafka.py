@@ -213,9 +213,7 @@ class LocalKafka:
         config = self.run_dir / "server.properties"
         if not config.exists():
             raise KafkaStartError(f"no broker configuration in {self.run_dir} to resume")
-        return self._launch(
-            ensure_jars(), config, stopped.port, stopped.controller_port, timeout_s
-        )
+        return self._launch(ensure_jars(), config, stopped.port, stopped.controller_port, timeout_s)
 
     def _launch(
         self, libs: Path, config: Path, port: int, controller_port: int, timeout_s: float

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from abtest.experiment import Experiment
 from abtest.registry import ExperimentRegistry
-from learner.registry import ModelRegistry
+from learner.registry import ALIASES, ModelRegistry
 from schemas import Impression, PageSlot
 from schemas.page_api import (
     Health,
@@ -34,7 +34,13 @@ from schemas.page_api import (
 )
 from serving.impression_log import ImpressionLog, impression_event_id
 from serving.popularity import popularity_page
-from serving.routing import Route, route, serving_experiments, versions_to_serve
+from serving.routing import (
+    Route,
+    follow_aliases,
+    route,
+    serving_experiments,
+    versions_to_serve,
+)
 from serving.served_versions import (
     Fallback,
     LearnedVersion,
@@ -109,7 +115,11 @@ class PageService:
         """Load what routing now needs, then swap the table; returns the new table."""
         now = now or datetime.now(UTC)
         state = self.registry.state()
-        experiments = tuple(serving_experiments(self.experiment_registry.list(), now))
+        aliases = {name: state.alias(name) for name in ALIASES}
+        experiments = tuple(
+            follow_aliases(e, aliases)
+            for e in serving_experiments(self.experiment_registry.list(), now)
+        )
         wanted = versions_to_serve(experiments, state.production)
         old = self.table
         live, loaded_at = dict(old.live), dict(old.loaded_at)

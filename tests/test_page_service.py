@@ -120,23 +120,27 @@ def test_a_promoted_version_serves_once_loaded_and_the_retired_one_is_unloaded(
     assert service.versions().versions[0].status == "production"
 
 
+def running_experiment(service: PageService, name: str, **versions: str) -> Experiment:
+    """An experiment started a minute ago: variant name -> the version it serves, control first."""
+    variants = tuple(Variant(name=n, weight=1, model_version=v) for n, v in versions.items())
+    return ExperimentRegistry(service.streams.store_dir).create(
+        Experiment(name=name, variants=variants, start=datetime.now(UTC) - timedelta(minutes=1))
+    )
+
+
+def register_popularity(service: PageService, work: Path) -> str:
+    ranking = service.context.popular_items()
+    category_of = {i: c.category for i, c in service.context.catalogue.items()}
+    popular = register_popularity_version(service.registry, ranking, category_of, work)
+    assert popular.kind == "popularity"
+    return popular.version
+
+
 def test_an_experiment_routes_its_users_to_a_popularity_version(
     service: PageService, tmp_path: Path
 ) -> None:
-    ranking = service.context.popular_items()
-    category_of = {i: c.category for i, c in service.context.catalogue.items()}
-    popular = register_popularity_version(service.registry, ranking, category_of, tmp_path / "w")
-    assert popular.version == "v2" and popular.kind == "popularity"
-    exp = ExperimentRegistry(service.streams.store_dir).create(
-        Experiment(
-            name="pop-vs-llm",
-            variants=(
-                Variant(name="control", weight=1, model_version="v1"),
-                Variant(name="popularity", weight=1, model_version="v2"),
-            ),
-            start=datetime.now(UTC) - timedelta(minutes=1),
-        )
-    )
+    assert register_popularity(service, tmp_path / "w") == "v2"
+    exp = running_experiment(service, "pop-vs-llm", control="v1", popularity="v2")
     service.refresh_versions()
     frozen, _ = load_ranking(service.registry.model_dir("v2") / "popularity")
     for user in USERS:
@@ -154,19 +158,25 @@ def test_an_experiment_routes_its_users_to_a_popularity_version(
     }
 
 
+def test_a_variant_naming_production_serves_each_promoted_version_in_turn(
+    service: PageService, tmp_path: Path
+) -> None:
+    assert register_popularity(service, tmp_path / "w") == "v2"
+    exp = running_experiment(service, "pop-vs-llm", popularity="v2", pagellm="production")
+    treated = [u for u in USERS if assign(exp, u) == "pagellm"]
+    service.refresh_versions()
+    assert {page(service, u).model_version for u in treated} == {"v1"}
+    publish_version(service.registry, USERS, ITEMS, CATEGORIES, seed=1)  # v3, promoted
+    service.refresh_versions()
+    answers = [page(service, u) for u in treated]
+    assert {(a.model_version, a.variant) for a in answers} == {("v3", "pagellm")}
+    assert sorted(service.table.live) == ["v2", "v3"]
+
+
 def test_a_variant_whose_version_cannot_load_gets_production_until_it_can(
     service: PageService,
 ) -> None:
-    ExperimentRegistry(service.streams.store_dir).create(
-        Experiment(
-            name="early",
-            variants=(
-                Variant(name="control", weight=1, model_version="v1"),
-                Variant(name="treatment", weight=1, model_version="v2"),  # not published yet
-            ),
-            start=datetime.now(UTC) - timedelta(minutes=1),
-        )
-    )
+    running_experiment(service, "early", control="v1", treatment="v2")  # v2: not published yet
     table = service.refresh_versions()
     assert "v2" in table.failed and "no 'v2'" in table.failed["v2"]
     answers = [page(service, u) for u in USERS]

@@ -10,7 +10,13 @@ from abtest.assignment import assign
 from abtest.experiment import Experiment, Variant
 from abtest.registry import ExperimentRegistry
 from serving.popularity import popularity_page
-from serving.routing import Route, route, serving_experiments, versions_to_serve
+from serving.routing import (
+    Route,
+    follow_aliases,
+    route,
+    serving_experiments,
+    versions_to_serve,
+)
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -84,3 +90,12 @@ def test_popularity_page_prefers_the_users_categories_then_fills_by_popularity()
     assert popularity_page(ranking, 3, {"a", "b"}) == ["c", "d", "e"]
     assert popularity_page(ranking, 2, set(), ("x", "y"), category) == ["a", "b"]
     assert popularity_page(ranking, 9, {"f"}) == ["a", "b", "c", "d", "e"]  # fewer than k left
+
+
+def test_a_variant_naming_an_alias_follows_what_it_points_at() -> None:
+    exp = experiment("llm-vs-pop", ("v2", "production"))
+    followed = follow_aliases(exp, {"production": "v7", "candidate": None})
+    assert [v.model_version for v in followed.variants] == ["v2", "v7"]
+    assert followed.allocation == exp.allocation  # the same users in the same variants
+    nowhere = follow_aliases(experiment("x", ("candidate", "v1")), {"candidate": None})
+    assert [v.model_version for v in nowhere.variants] == ["candidate", "v1"]
