@@ -1,4 +1,4 @@
-"""``pagellm`` subcommands that start things: the local broker and the demo."""
+"""``pagellm`` subcommands that start things: the local broker and the main job (the demo)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     kafka.add_argument("--port", type=int, help="broker port (default: a free one)")
     kafka.set_defaults(run=run_kafka)
 
-    demo = commands.add_parser("demo", help="run the main job on an embedded default")
-    demo.add_argument("--events", type=int, default=20_000)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument(
-        "--invalid-every",
-        type=int,
-        default=250,
-        help="make every Nth event invalid (0: none) to show the dead-letter path",
+    demo = commands.add_parser(
+        "demo",
+        help="the closed loop: broker, workers, training, serving, simulated users, A/B decision",
     )
-    demo.add_argument("--root", type=Path, default=Path("var/demo"))
-    demo.add_argument("--timeout", type=float, default=300.0)
+    demo.add_argument("--root", type=Path, help="store, registry and logs (var/demo)")
+    demo.add_argument("--budget-s", type=float, help="the whole run at most, seconds (570)")
+    demo.add_argument("--retrain-every-s", type=float, help="retrain interval in traffic (90)")
+    demo.add_argument("--users", type=int, help="simulated users (400)")
+    demo.add_argument("--seed", type=int, help="the simulated world's seed (7)")
+    demo.add_argument("--ratings", type=Path, help="tastes and history from a ratings file")
+    demo.add_argument(
+        "--ratings-format", choices=["movielens", "generic", "amazon"], help="(movielens)"
+    )
+    demo.add_argument("--settings", type=Path, help="LearnerSettings JSON (the paper's)")
     demo.set_defaults(run=run_demo_command)
 
 
@@ -53,6 +56,27 @@ def run_kafka(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    from deploy.closed_loop import LoopSettings
     from deploy.demo import run_demo
+    from deploy.simulated_users import SimulatorSettings
 
-    return run_demo(args.events, args.workers, args.invalid_every, args.root, args.timeout)
+    def given(**flags: object) -> dict[str, object]:
+        return {name: value for name, value in flags.items() if value is not None}
+
+    loop = LoopSettings(
+        **given(
+            root=args.root,
+            budget_s=args.budget_s,
+            retrain_every_s=args.retrain_every_s,
+            learner_settings=args.settings,
+        )
+    )
+    users = SimulatorSettings(
+        **given(
+            users=args.users,
+            seed=args.seed,
+            ratings_path=args.ratings,
+            ratings_format=args.ratings_format,
+        )
+    )
+    return run_demo(loop, users)

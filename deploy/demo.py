@@ -1,136 +1,119 @@
-"""The main job on an embedded default: broker, ingest workers, a live feed, analyst queries.
+"""``make demo``: the closed loop (``deploy.closed_loop``) with its results on the console.
 
-With ``PAGELLM_KAFKA_BOOTSTRAP`` set it uses that cluster; otherwise it starts a local broker
-under ``var/demo/kafka`` and stops it at the end. The event store stays in ``var/demo/store``
-for the analyst to query afterwards.
+Library logging goes to ``ROOT/logs/loop.log`` while it runs, so the progress bars stay
+readable; the workers, the server and Ray's workers write logs of their own beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import shutil
-import time
-from contextlib import ExitStack
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
-from deploy.local_kafka import LocalKafka
+from abtest.report_table import report_table
+from deploy.closed_loop import ClosedLoop, LoopFailed, LoopOutcome, LoopSettings
+from deploy.simulated_users import SimulatorSettings
 from streams.cli import print_query
-from streams.feed import CORRUPTIONS, FeedConfig, FeedGenerator
-from streams.producer import EventProducer
-from streams.progress_bars import progress_bar
-from streams.settings import StreamSettings
 from streams.store_views import connect_store
-from streams.topics import ensure_topics
-from streams.worker_process import spawn_worker, stop_worker
 
-log = logging.getLogger(__name__)
-console = Console(soft_wrap=True)
+# Piped output (a file, a CI log) gets room for the report table instead of 80 columns.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 ANALYST_QUERIES = {
     "Events by type": "SELECT type, count(*) AS events FROM events GROUP BY 1 ORDER BY 2 DESC",
-    "CTR and GMV by model version": """
-        WITH shown AS (SELECT model_version, count(*) AS impressed FROM impressed_items GROUP BY 1),
+    "Pages, CTR and GMV by model version": """
+        WITH shown AS (SELECT model_version, count(*) AS pages FROM impressions GROUP BY 1),
              clicked AS (SELECT i.model_version, count(*) AS clicks FROM clicks c
                          JOIN impressions i USING (request_id) GROUP BY 1),
              bought AS (SELECT i.model_version, sum(p.gmv) AS gmv FROM purchases p
                         JOIN impressions i USING (request_id) GROUP BY 1)
-        SELECT model_version, impressed, clicks, round(clicks / impressed, 4) AS ctr, gmv
+        SELECT model_version, pages, clicks, round(clicks / pages, 4) AS ctr, gmv
         FROM shown LEFT JOIN clicked USING (model_version) LEFT JOIN bought USING (model_version)
         ORDER BY model_version""",
-    "Dead-lettered records by reason": """
-        SELECT split_part(reason, ':', 1) AS field, count(*) AS records,
-               any_value(reason) AS example
-        FROM rejected_events GROUP BY 1 ORDER BY records DESC""",
 }
 
 
-def run_demo(events: int, workers: int, invalid_every: int, root: Path, timeout_s: float) -> int:
-    """Stream ``events`` generated events through ingestion and show the analysts' view."""
-    with ExitStack() as cleanup:
-        bootstrap = os.environ.get("PAGELLM_KAFKA_BOOTSTRAP")
-        if bootstrap is None:
-            kafka = LocalKafka(root / "kafka")
-            console.print("starting a local Kafka broker (first run fetches its jars) ...")
-            bootstrap = kafka.start().bootstrap
-            cleanup.callback(kafka.stop)
-            # A fresh broker restarts offsets at 0, so a store from an earlier broker would
-            # take the new events for replays: start the demo's store afresh too.
-            shutil.rmtree(root / "store", ignore_errors=True)
-        settings = StreamSettings(kafka_bootstrap=bootstrap, store_dir=root / "store")
-        ensure_topics(settings)
-        console.print(
-            f"Kafka at {bootstrap}; topic {settings.events_topic} "
-            f"({settings.partitions} partitions); store {settings.store_dir}"
-        )
+@contextlib.contextmanager
+def logging_to(path: Path) -> Iterator[None]:
+    """Every log record to ``path`` instead of the console, for the run's length."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    console_handlers = list(root.handlers)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for handler in console_handlers:
+        root.removeHandler(handler)
+    root.addHandler(to_file)
+    try:
+        yield
+    finally:
+        root.removeHandler(to_file)
+        to_file.close()
+        for handler in console_handlers:
+            root.addHandler(handler)
 
-        procs = [
-            spawn_worker(settings, f"demo-w{i}", root / "logs" / f"worker-{i}.log")
-            for i in range(workers)
-        ]
-        for proc in procs:
-            cleanup.callback(stop_worker, proc)
 
-        expected_before = _stored(settings.store_dir)
-        generator = FeedGenerator(FeedConfig(seed=int(time.time())))
-        kinds = sorted(CORRUPTIONS)
-        with (
-            progress_bar(console) as progress,
-            EventProducer(bootstrap, settings.events_topic) as producer,
-        ):
-            task = progress.add_task("producing events", total=events)
-            for n, event in enumerate(generator.events(events), start=1):
-                if invalid_every and n % invalid_every == 0:
-                    raw = generator.corrupt(event, kinds[(n // invalid_every) % len(kinds)])
-                    producer.send_raw(event.user_id.encode(), raw)
-                else:
-                    producer.send(event)
-                progress.advance(task)
-        if producer.report.failed:
-            console.print(f"[red]{producer.report.failed} events were not acknowledged[/red]")
-            return 1
-
-        target = expected_before + producer.report.sent
-        if not _wait_until_stored(settings.store_dir, target, timeout_s, procs):
-            console.print(
-                f"[red]ingestion did not catch up within {timeout_s:.0f} s;[/red] "
-                f"worker logs are in {root / 'logs'}"
-            )
-            return 1
-
-        con = connect_store(settings.store_dir)
-        for title, query in ANALYST_QUERIES.items():
-            print_query(con, query, title=title)
-        console.print(
-            f"\nThe store stays at {settings.store_dir.resolve()}. Query it with\n"
-            f"  .venv/bin/pagellm store sql --store {settings.store_dir} "
-            '"SELECT type, count(*) FROM events GROUP BY 1"\n'
-            f"or open {settings.store_dir.resolve() / 'catalog.duckdb'} read-only in DuckDB."
-        )
+def run_demo(settings: LoopSettings, users: SimulatorSettings) -> int:
+    console.print(
+        f"The closed loop on this machine, in at most {settings.budget_s:.0f} s: "
+        f"{users.users} simulated users, a popularity policy against PageLLM, "
+        f"retraining every {settings.retrain_every_s:.0f} s. Logs: {settings.root / 'logs'}"
+    )
+    loop = ClosedLoop(settings, users, console)
+    try:
+        with logging_to(settings.root / "logs" / "loop.log"):
+            outcome = loop.run()
+    except LoopFailed as exc:
+        console.print(f"[red]the loop stopped:[/red] {exc}", markup=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted: everything the loop started is stopped")
+        return 130
+    show(outcome, settings)
     return 0
 
 
-def _stored(store_dir: Path) -> int:
-    try:
-        return int(connect_store(store_dir).execute("SELECT count(*) FROM ingested").fetchone()[0])
-    except FileNotFoundError:
-        return 0
+def show(outcome: LoopOutcome, settings: LoopSettings) -> None:
+    stages = Table("stage", "seconds", title="Stages", title_justify="left")
+    for name, seconds in outcome.stage_seconds.items():
+        stages.add_row(name, f"{seconds:.1f}")
+    stages.add_row("total", f"{sum(outcome.stage_seconds.values()):.1f}")
+    console.print(stages)
 
+    retrains = Table("retrain", "trigger", "state", "version", "promoted", "gate",
+                     title="Retrains", title_justify="left")  # fmt: skip
+    for r in outcome.retrains:
+        why = r.gate_reason or r.error or ""
+        retrains.add_row(r.retrain_id, r.trigger, r.state, r.version or "", str(r.promoted), why)
+    console.print(retrains)
 
-def _wait_until_stored(store_dir: Path, target: int, timeout_s: float, procs: list) -> bool:
-    """Poll the analysts' view until it holds ``target`` records (the live count is shown)."""
-    deadline = time.monotonic() + timeout_s
-    with progress_bar(console) as progress:
-        task = progress.add_task("visible in DuckDB", total=target)
-        while time.monotonic() < deadline:
-            stored = _stored(store_dir)
-            progress.update(task, completed=stored)
-            if stored >= target:
-                return True
-            if any(p.poll() is not None for p in procs):
-                console.print("[red]an ingest worker exited[/red]")
-                return False
-            time.sleep(0.25)
-    return False
+    store = settings.root / "store"
+    con = connect_store(store)
+    for title, query in ANALYST_QUERIES.items():
+        print_query(con, query, title=title)
+    produced = len(outcome.produced)
+    console.print(
+        f"Simulated clicks and purchases: {produced} produced, {outcome.stored_feedback} "
+        f"stored, {produced - outcome.stored_feedback} lost."
+    )
+    if outcome.report is not None and outcome.decision is not None:
+        console.print(report_table(outcome.report))
+        verdict = outcome.decision.decision
+        console.print(
+            f"ab decide {settings.experiment}: {verdict.action.upper()}: {verdict.reason}\n"
+            f"{outcome.decision.taken}",
+            markup=False,
+        )
+    if outcome.report_png:
+        console.print(f"The lifts as a plot: {outcome.report_png}")
+    console.print(
+        f"The store, the registry and the experiment stay in {store}. Query them with\n"
+        f"  .venv/bin/pagellm store sql --store {store} "
+        '"SELECT type, count(*) FROM events GROUP BY 1"\n'
+        f"  .venv/bin/pagellm registry list --store {store}"
+    )

@@ -124,6 +124,17 @@ class NotEnoughResources(ValueError):
     """The Ray cluster cannot place the workers the settings ask for."""
 
 
+def ray_init_options(settings: RaySettings) -> dict[str, Any]:
+    """``ray.init``'s arguments for training: the cluster, quiet workers, Train's polling."""
+    interval = str(settings.health_check_interval_s)
+    return {
+        "address": settings.address,
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}},
+    }
+
+
 class RayStageRunner:
     """Runs stages as Ray Train jobs. It joins the Ray cluster the settings name (or
     RAY_ADDRESS), else starts a local Ray when the first stage needs one; as a context manager
@@ -151,13 +162,7 @@ class RayStageRunner:
         import ray
 
         if not ray.is_initialized():
-            interval = str(self.settings.health_check_interval_s)
-            ray.init(
-                address=self.settings.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}},
-            )
+            ray.init(**ray_init_options(self.settings))
             self.started_ray = True
         resources = ray.cluster_resources()
         self.use_gpu = (

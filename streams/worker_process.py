@@ -1,4 +1,4 @@
-"""Ingest workers as child processes (the demo, the tests and the benchmarks run them so)."""
+"""Workers as child processes (the demo, the tests and the benchmarks run them so)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,17 @@ def spawn_worker(
     settings: StreamSettings, writer_id: str, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """Start ``pagellm worker`` with ``settings``; its output goes to ``log_path``."""
+    return spawn_pagellm(settings, ["worker", "--id", writer_id], log_path)
+
+
+def spawn_pagellm(
+    settings: StreamSettings, argv: list[str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start ``pagellm ARGV...`` with ``settings``; its output goes to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "pagellm", "worker", "--id", writer_id],
+            [sys.executable, "-m", "pagellm", *argv],
             env=settings_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
