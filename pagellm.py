@@ -15,8 +15,8 @@ from schemas.events import describe_validation_error
 from serving import cli as serving_cli
 from streams import cli as streams_cli
 
-# Client libraries log every connection at INFO; keep the operator's console readable.
-_CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode")
+# Client libraries log every connection (httpx: every request) at INFO; keep logs readable.
+_CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode", "httpx")
 
 
 def configure_logging(verbose: bool) -> None:

@@ -17,6 +17,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     kafka.add_argument("--port", type=int, help="broker port (default: a free one)")
     kafka.set_defaults(run=run_kafka)
 
+    status = commands.add_parser(
+        "status", help="broker, workers and their lag, retrains, versions, experiments, serving"
+    )
+    status.add_argument("--store", dest="store_dir", type=Path, help="event store (var/store)")
+    status.add_argument("--bootstrap", dest="kafka_bootstrap", help="Kafka bootstrap servers")
+    status.add_argument("--run-dir", type=Path, help="the server's state (PAGELLM_SERVE_RUN_DIR)")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    status.set_defaults(run=run_status)
+
     demo = commands.add_parser(
         "demo",
         help="the closed loop: broker, workers, training, serving, simulated users, A/B decision",
@@ -53,6 +62,25 @@ def run_kafka(args: argparse.Namespace) -> int:
         console.print(f"running at {state.bootstrap} (pid {state.pid})" if state else "not running")
         return 0 if state else 1
     return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Exit 1 when a part that has run is down (the broker, the derive worker, the server)."""
+    import logging
+
+    from deploy.platform_status import as_json, collect_status, render
+    from serving.settings import ServingSettings
+    from streams.cli import settings_from
+
+    # A broker that is down is an answer here; the client's reconnect errors are not news.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+    status = collect_status(settings_from(args), args.run_dir or ServingSettings().run_dir)
+    if args.json:
+        print(as_json(status))
+    else:
+        render(status, console)
+    return 1 if status.problems else 0
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -9,9 +9,12 @@ events, touching only their users and items, and appends their new rows. Every
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from streams.derived_state import DeriveConfig, DerivedState
 from streams.derived_tables import derived_tables, init_derived
@@ -19,6 +22,8 @@ from streams.event_store import EventStore
 from streams.snapshots import read_stream
 
 log = logging.getLogger(__name__)
+
+WORKERS_DIR = "workers"
 
 
 @dataclass
@@ -60,6 +65,21 @@ class DeriveWorker:
         self.seen.update(files)
         return PollReport(len(files), len(events), len(users), time.perf_counter() - start)
 
+    def write_heartbeat(self, report: PollReport) -> None:
+        """``STORE/workers/<id>.json``: when it last polled and how far it has folded in (what
+        ``pagellm status`` shows as the derive worker's lag)."""
+        doc = {
+            "pid": os.getpid(),
+            "polled_at": datetime.now(UTC).isoformat(),
+            "files_folded": len(self.seen),
+            "events_last_poll": report.events,
+        }
+        path = self.store.root / WORKERS_DIR / f"{self.writer_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+
     def refresh(self) -> int:
         """Rebuild and rewrite the stale users; returns how many there were."""
         stale = self.state.refresh()
@@ -88,6 +108,7 @@ class DeriveWorker:
                     report.files,
                     report.seconds,
                 )
+            self.write_heartbeat(report)
             if time.monotonic() - last_refresh >= refresh_every_s:
                 log.info("refreshed %d stale users", self.refresh())
                 last_refresh = time.monotonic()

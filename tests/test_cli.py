@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pagellm(
-    *args: str, stdin: bytes | None = None, timeout_s: float = 120
+    *args: str,
+    stdin: bytes | None = None,
+    timeout_s: float = 120,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "pagellm", *args],
@@ -24,6 +28,7 @@ def pagellm(
         cwd=ROOT,
         timeout=timeout_s,
         check=False,
+        env=os.environ | (env or {}),
     )
 
 

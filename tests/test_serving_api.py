@@ -234,6 +234,31 @@ class ClientLoop:
             t.join()
 
 
+def test_status_shows_the_broker_its_partitions_the_versions_and_the_spool(
+    server: Server,
+) -> None:
+    for user in USERS[:8]:
+        assert server.page(user, k=3).status_code == 200
+    flags = ["--store", str(server.store.root), "--bootstrap", server.state.bootstrap]
+    flags += ["--run-dir", str(server.run_dir)]
+    shown = pagellm("status", "--json", *flags, env={"PAGELLM_EVENTS_TOPIC": TOPIC})
+    assert shown.returncode == 0, shown.stderr.decode()[-2000:]
+    status = json.loads(shown.stdout)
+    assert status["broker"] == "up" and status["problems"] == []
+    partitions = status["ingest"]["partitions"]
+    assert [p["partition"] for p in partitions] == [0, 1, 2, 3]
+    assert sum(p["end"] for p in partitions) >= 8  # the impressions, on the topic
+    assert all(p["committed"] is None and p["lag"] == p["end"] for p in partitions)  # no worker
+    assert status["production"] in {v["version"] for v in status["serving"]["versions"]}
+    assert status["serving"]["health"]["impressions"]["dropped"] == 0
+    table = pagellm("status", *flags, env={"PAGELLM_EVENTS_TOPIC": TOPIC}).stdout.decode()
+    assert "impression spool" in table and f"production {status['production']}" in table
+    down = pagellm("status", "--json", "--store", str(server.store.root), "--bootstrap",
+                   "127.0.0.1:1", "--run-dir", str(server.run_dir))  # fmt: skip
+    assert down.returncode == 1
+    assert json.loads(down.stdout)["broker"].startswith("unreachable")
+
+
 def test_a_version_swap_under_continuous_traffic_fails_no_request(server: Server) -> None:
     registry = ModelRegistry.for_store(server.store.root)
     with ClientLoop(server) as loop:
