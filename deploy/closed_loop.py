@@ -88,6 +88,7 @@ class LoopSettings(BaseSettings):
     sequential_tau: float = Field(
         0.3, gt=0, description="prior sd of the lift in the always-valid p: tens of percent"
     )
+    min_users_per_variant: int = Field(100, ge=2, description="below it, results are withheld")
     learner_settings: Path | None = Field(None, description="LearnerSettings JSON (paper's)")
     server_timeout_s: float = Field(240.0, gt=0, description="for serving to come up")
 
@@ -104,6 +105,8 @@ class LoopOutcome:
     decision: DecisionRecord | None = None
     report: Report | None = None
     report_png: Path | None = None
+    started_pids: list[int] = field(default_factory=list)  # every process it started
+    ray_session_dir: str = ""  # every process of its Ray names it on its command line
 
 
 class LoopFailed(RuntimeError):
@@ -190,7 +193,9 @@ class ClosedLoop:
         bootstrap = os.environ.get("PAGELLM_KAFKA_BOOTSTRAP")
         if bootstrap is None:
             kafka = LocalKafka(self.root / "kafka")
-            bootstrap = kafka.start().bootstrap
+            broker = kafka.start()
+            self.outcome.started_pids.append(broker.pid)
+            bootstrap = broker.bootstrap
             cleanup.callback(kafka.stop)
         # A fresh broker starts offsets at 0: an old store would take new events for replays.
         for old in ("store", "serve"):
@@ -204,12 +209,14 @@ class ClosedLoop:
         EventStore(streams.store_dir).init()  # the derive worker reads the ledger from the start
         for n in range(self.settings.ingest_workers):
             proc = spawn_worker(streams, f"loop-w{n}", logs / f"ingest-{n}.log")
+            self.outcome.started_pids.append(proc.pid)
             cleanup.callback(stop_worker, proc)
         derive = spawn_pagellm(
             streams,
             ["derive", "--prompt-length", str(self.settings.prompt_length)],
             logs / "derive.log",
         )
+        self.outcome.started_pids.append(derive.pid)
         cleanup.callback(stop_worker, derive)
 
     def bootstrap(self, streams: StreamSettings) -> Population:
@@ -242,6 +249,7 @@ class ClosedLoop:
         # one, and on two cores they must share rather than wait for each other.
         options = ray_init_options(self.learner.ray) | {"num_cpus": 2 * (os.cpu_count() or 2)}
         context = ray.init(**options)
+        self.outcome.ray_session_dir = str(context.address_info["session_dir"])
         cleanup.callback(ray.shutdown)
         return str(context.address_info["gcs_address"])
 
@@ -264,6 +272,7 @@ class ClosedLoop:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
             )
+        self.outcome.started_pids.append(server.pid)
         cleanup.callback(stop_worker, server, 60.0)
         return server
 
@@ -315,6 +324,7 @@ class ClosedLoop:
                 primary_metrics=(MetricName.CTR, MetricName.GMV_PER_USER),
                 guardrails=(MetricName.SESSION_FAILURE_RATE,),
                 sequential_tau=self.settings.sequential_tau,
+                min_users_per_variant=self.settings.min_users_per_variant,
             )
         )
         log.info("experiment: %s (popularity) against production (%s)", popularity.version, first)

@@ -165,8 +165,12 @@ class RayStageRunner:
             ray.init(**ray_init_options(self.settings))
             self.started_ray = True
         resources = ray.cluster_resources()
+        # The cluster's GPUs, not this process's: a driver on a CPU node (a KubeRay head, a
+        # cron job) still trains on the cluster's GPU workers.
         self.use_gpu = (
-            torch.cuda.is_available() if self.settings.use_gpu is None else self.settings.use_gpu
+            resources.get("GPU", 0) >= self.settings.workers
+            if self.settings.use_gpu is None
+            else self.settings.use_gpu
         )
         kind = "GPU" if self.use_gpu else "CPU"
         if self.settings.workers > resources.get(kind, 0):

@@ -16,7 +16,9 @@ class RaySettings(BaseModel):
     """Where the training stages run when they run as Ray Train jobs."""
 
     workers: int = Field(1, ge=1, description="data-parallel workers per stage, a CPU each")
-    use_gpu: bool | None = Field(None, description="a GPU per worker; None: when one is present")
+    use_gpu: bool | None = Field(
+        None, description="a GPU per worker; None: when the Ray cluster has one per worker"
+    )
     address: str | None = Field(
         None, description="a Ray cluster to join; None: RAY_ADDRESS, else a local Ray for the run"
     )

@@ -46,7 +46,7 @@ def serve_until_stopped(serving: ServingSettings, streams: StreamSettings) -> in
     import ray
     from ray import serve
 
-    from serving.app import PageDeployment
+    from serving.app import build_app
 
     port = serving.port or free_port()
     serving = serving.model_copy(update={"port": port})
@@ -58,9 +58,7 @@ def serve_until_stopped(serving: ServingSettings, streams: StreamSettings) -> in
     state_path = serving.run_dir / STATE_FILE
     try:
         serve.start(http_options={"host": serving.host, "port": port})
-        app = PageDeployment.options(num_replicas=serving.replicas).bind(
-            serving.model_dump(mode="json"), streams.model_dump(mode="json")
-        )
+        app = build_app(serving.model_dump(mode="json") | streams.model_dump(mode="json"))
         serve.run(app, name=APP_NAME, route_prefix="/")
         url = f"http://{serving.host}:{port}"
         serving.run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
             "events_topic",
             "catalogue_topic",
             "partitions",
+            "replication_factor",
         )
         if getattr(args, name, None) is not None
     }
@@ -93,6 +94,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     _add_common(topics)
     topics.add_argument("--partitions", type=int, help="partitions of each topic")
+    topics.add_argument(
+        "--replication-factor", type=int, help="replicas of each partition (1; 3 in production)"
+    )
     topics.set_defaults(run=run_topics)
 
     produce = commands.add_parser("produce", help="send events from a JSONL file or stdin")

@@ -23,7 +23,10 @@ class StreamSettings(BaseSettings):
     catalogue_topic: str = Field(
         "pagellm.catalogue", description="catalogue items keyed by item id (compacted)"
     )
-    partitions: int = Field(4, ge=1, description="partitions of the events topic when created")
+    partitions: int = Field(4, ge=1, description="partitions of each topic when created")
+    replication_factor: int = Field(
+        1, ge=1, description="replicas of each topic's partitions when created (3 in production)"
+    )
     store_dir: Path = Field(Path("var/store"), description="root of the event store's files")
     consumer_group: str = Field("pagellm-ingest", description="the ingest workers' group id")
     batch_max_events: int = Field(

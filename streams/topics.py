@@ -54,8 +54,11 @@ def topic_id(bootstrap: str, name: str) -> str:
 
 def ensure_topics(settings: StreamSettings) -> None:
     """Create the events, dead-letter and catalogue topics if they are missing."""
-    create_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
-    create_topic(settings.kafka_bootstrap, settings.dead_letter_topic, settings.partitions)
-    create_topic(
-        settings.kafka_bootstrap, settings.catalogue_topic, settings.partitions, compacted=True
+    bootstrap, partitions, replicas = (
+        settings.kafka_bootstrap,
+        settings.partitions,
+        settings.replication_factor,
     )
+    create_topic(bootstrap, settings.events_topic, partitions, replicas)
+    create_topic(bootstrap, settings.dead_letter_topic, partitions, replicas)
+    create_topic(bootstrap, settings.catalogue_topic, partitions, replicas, compacted=True)
