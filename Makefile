@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-retrain bench-serve clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-retrain bench-serve bench-loop clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-retrain: $(JARS)
 bench-serve: $(JARS)
 	command -v wrk > /dev/null || apt-get install -y wrk
 	$(BIN)/python -m tests.benchmarks.bench_serve
+
+bench-loop: $(JARS)
+	$(BIN)/python -m tests.benchmarks.bench_loop
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -100,6 +100,7 @@ class LoopOutcome:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     produced: dict[str, float] = field(default_factory=dict)  # feedback event id -> unix time
     stored_feedback: int = 0
+    pages_served: int = 0  # answered page requests: each is an impression serving must write
     bootstrap_events: int = 0
     retrains: list[RetrainRecord] = field(default_factory=list)
     decision: DecisionRecord | None = None
@@ -181,7 +182,7 @@ class ClosedLoop:
         with self.stage("serving", progress):
             url = self.wait_for_server(server)
         with self.stage("traffic", progress):
-            pages = self.run_traffic(population, url, streams, progress)
+            pages = self.outcome.pages_served = self.run_traffic(population, url, streams, progress)
         with self.stage("drain", progress):
             self.drain(streams, url, pages)
         with self.stage("decision", progress):
