@@ -51,6 +51,7 @@ from deploy.simulated_users import Population, SimulatorSettings, build_populati
 from deploy.user_simulator import UserSimulator
 from learner.command_options import stage_progress
 from learner.registry import ModelRegistry
+from learner.retrain_loop import RetrainLoop
 from learner.settings import LearnerSettings
 from schemas.model_registry import RetrainRecord
 from serving.server import LOG_FILE, read_state
@@ -155,6 +156,10 @@ class ClosedLoop:
         progress.update(task, total=1, completed=1)
 
     def run(self) -> LoopOutcome:
+        from transformers.utils import logging as transformers_logging
+
+        # Every retrain loads and saves models: transformers' bars would bury the stages'.
+        transformers_logging.disable_progress_bar()
         interrupt = signal.getsignal(signal.SIGINT)
         with contextlib.ExitStack() as cleanup:
             try:
@@ -358,15 +363,7 @@ class ClosedLoop:
         self, population: Population, url: str, streams: StreamSettings, progress: Progress
     ) -> int:
         """Simulated users until the budget's end, retraining meanwhile; the pages served."""
-        from learner.ray_jobs import RayStageRunner
-        from learner.retrain import RetrainJob, RetrainSettings
-        from learner.retrain_loop import RetrainLoop
-
         end = self.started + self.settings.budget_s - self.settings.finish_reserve_s
-        retrain_settings = RetrainSettings(
-            interval_s=self.settings.retrain_every_s, min_new_pairs=0, poll_s=1.0
-        )
-        runner = RayStageRunner(self.learner.ray)
         estimate = [self.outcome.stage_seconds["training"]]  # of a retrain; warm ones are faster
 
         def on_retrain(record: RetrainRecord) -> None:
@@ -374,20 +371,7 @@ class ClosedLoop:
             if record.finished_at:
                 estimate[0] = (record.finished_at - record.started_at).total_seconds()
 
-        loop = RetrainLoop(
-            streams.store_dir,
-            retrain_settings,
-            lambda trigger: RetrainJob(
-                store_dir=streams.store_dir,
-                learner=self.learner,
-                settings=retrain_settings,
-                runner=runner,
-                trigger=trigger,
-                derive=self.derive,
-                on_stage=stage_progress(progress),
-            ),
-            on_retrain=on_retrain,
-        )
+        loop = self.retrain_loop(streams, progress, on_retrain)
         loop_stop, traffic_stop = threading.Event(), threading.Event()
 
         def retrain_when_due() -> None:
@@ -425,6 +409,35 @@ class ClosedLoop:
         self.outcome.produced = dict(simulator.log.produced_at)
         with simulator.log.lock:
             return sum(t.pages for t in simulator.log.tallies.values())
+
+    def retrain_loop(
+        self,
+        streams: StreamSettings,
+        progress: Progress,
+        on_retrain: Callable[[RetrainRecord], None],
+    ) -> RetrainLoop:
+        """The continuous-learning loop on the interval trigger alone, training on our Ray."""
+        from learner.ray_jobs import RayStageRunner
+        from learner.retrain import RetrainJob, RetrainSettings
+
+        settings = RetrainSettings(
+            interval_s=self.settings.retrain_every_s, min_new_pairs=0, poll_s=1.0
+        )
+        runner = RayStageRunner(self.learner.ray)
+        return RetrainLoop(
+            streams.store_dir,
+            settings,
+            lambda trigger: RetrainJob(
+                store_dir=streams.store_dir,
+                learner=self.learner,
+                settings=settings,
+                runner=runner,
+                trigger=trigger,
+                derive=self.derive,
+                on_stage=stage_progress(progress),
+            ),
+            on_retrain=on_retrain,
+        )
 
     def _traffic_line(self, simulator: UserSimulator) -> str:
         traffic = simulator.log
