@@ -132,6 +132,13 @@ def count(store_dir: Path, sql: str) -> int:
         return 0
 
 
+def _or_error(call: Callable[[], RetrainRecord]) -> RetrainRecord | BaseException:
+    try:
+        return call()
+    except BaseException as exc:  # handed to the waiting thread, which raises it
+        return exc
+
+
 class ClosedLoop:
     """One run; ``run()`` is the ten stages in order, each timed into ``outcome``."""
 
@@ -160,15 +167,28 @@ class ClosedLoop:
 
         # Every retrain loads and saves models: transformers' bars would bury the stages'.
         transformers_logging.disable_progress_bar()
-        interrupt = signal.getsignal(signal.SIGINT)
+        before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.stop_on_signals()
         with contextlib.ExitStack() as cleanup:
             try:
                 with progress_bar(self.console) as progress:
                     self.run_stages(progress, cleanup)
             finally:  # cleanup runs to its end: a second Ctrl-C must not leave half of it up
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, interrupt)
+                for sig in before:
+                    signal.signal(sig, signal.SIG_IGN)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
         return self.outcome
+
+    @staticmethod
+    def stop_on_signals() -> None:
+        """Ctrl-C and SIGTERM (a supervisor's stop) both end the run through its cleanup."""
+
+        def interrupt(signum: int, _frame: object) -> None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, interrupt)
 
     def run_stages(self, progress: Progress, cleanup: contextlib.ExitStack) -> None:
         with self.stage("broker", progress):
@@ -247,16 +267,22 @@ class ClosedLoop:
         return population
 
     def start_ray(self, cleanup: contextlib.ExitStack) -> str:
+        """A local Ray for this run (its processes block SIGINT: a Ctrl-C reaches them through
+        our cleanup, after the server has drained its spool); its GCS address."""
         import ray
 
         from learner.ray_jobs import ray_init_options
 
         # Logical CPUs above the cores: the serving replica and a training worker each ask for
         # one, and on two cores they must share rather than wait for each other.
-        options = ray_init_options(self.learner.ray) | {"num_cpus": 2 * (os.cpu_count() or 2)}
+        options = ray_init_options(self.learner.ray) | {
+            "address": "local",  # a new Ray, whatever cluster `ray start` may have left named
+            "num_cpus": 2 * (os.cpu_count() or 2),
+        }
         context = ray.init(**options)
-        self.outcome.ray_session_dir = str(context.address_info["session_dir"])
+        self.stop_on_signals()  # ray.init put in a SIGTERM handler that would exit at once
         cleanup.callback(ray.shutdown)
+        self.outcome.ray_session_dir = str(context.address_info["session_dir"])
         return str(context.address_info["gcs_address"])
 
     # --- 5-7: serving, the first version, the experiment ---------------------------------
@@ -296,7 +322,18 @@ class ClosedLoop:
             derive=self.derive,
             on_stage=stage_progress(progress),
         )
-        record = retrain(job)
+        # In a thread of its own: Ray Train takes over SIGINT when it fits in the main thread,
+        # and a Ctrl-C must stop the whole loop, not abort this job alone.
+        outcome: list[RetrainRecord | BaseException] = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(_or_error(lambda: retrain(job))), name="first-version"
+        )
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.5)
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        record = outcome[0]
         self.outcome.retrains.append(record)
         if not (record.state == "registered" and record.promoted and record.version):
             raise LoopFailed(f"the first version was not promoted: {record.state} {record.error}")

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -228,12 +229,17 @@ class RayStageRunner:
         poller = threading.Thread(target=follow_progress, args=(progress, on_stage, stop))
         poller.start()
         started = time.time()
+        # fit() in the main thread installs Ray Train's own SIGINT handler and leaves it there,
+        # bound to this job's controller: a later Ctrl-C would abort a job long gone.
+        sigint = signal.getsignal(signal.SIGINT)
         try:
             result = trainer.fit()
         except Exception as exc:  # Ray wraps the worker's error; name the stage
             failed = (ProgressFile.read(progress) or {}).get("stage") or stages[0]
             raise StageFailed(f"stage {failed}: its Ray Train job failed: {exc}") from exc
         finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
             stop.set()
             poller.join()
         ended = time.time()
