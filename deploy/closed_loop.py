@@ -66,6 +66,8 @@ from streams.worker_process import settings_env, spawn_pagellm, spawn_worker, st
 
 log = logging.getLogger(__name__)
 
+MIN_TRAFFIC_S = 30.0  # less is no experiment: too few users would be exposed
+
 STORED_FEEDBACK = """SELECT count(DISTINCT event_id) FROM events
     WHERE event_id LIKE 'sim-click-%' OR event_id LIKE 'sim-buy-%'"""
 
@@ -401,6 +403,12 @@ class ClosedLoop:
     ) -> int:
         """Simulated users until the budget's end, retraining meanwhile; the pages served."""
         end = self.started + self.settings.budget_s - self.settings.finish_reserve_s
+        if end - time.monotonic() < MIN_TRAFFIC_S:
+            raise LoopFailed(
+                f"budget_s: {self.settings.budget_s:.0f} s leaves {end - time.monotonic():.0f} s "
+                f"of traffic after {time.monotonic() - self.started:.0f} s of setup (at least "
+                f"{MIN_TRAFFIC_S:.0f} s needed); raise --budget-s (PAGELLM_DEMO_BUDGET_S)"
+            )
         estimate = [self.outcome.stage_seconds["training"]]  # of a retrain; warm ones are faster
 
         def on_retrain(record: RetrainRecord) -> None:

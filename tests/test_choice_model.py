@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,24 @@ def test_a_synthetic_history_follows_each_users_favourite_category() -> None:
 def test_a_bad_history_range_is_refused_naming_the_field() -> None:
     with pytest.raises(ValueError, match="history_min"):
         build_population(SimulatorSettings(history_min=50, history_max=10), NOW)
+
+
+def test_tastes_and_history_come_from_a_ratings_file(tmp_path: Path) -> None:
+    ratings = tmp_path / "ratings.csv"
+    rows = ["user_id,item_id,rating,timestamp,category,price"]
+    for n, (user, item, rating, category) in enumerate(
+        [("a", "x1", 5, "books"), ("a", "x2", 5, "books"), ("a", "y1", 1, "games"),
+         ("b", "y1", 5, "games"), ("b", "y2", 4, "games"), ("b", "x1", 2, "books")]
+    ):  # fmt: skip
+        rows.append(f"{user},{item},{rating},{1_700_000_000 + n},{category},9.5")
+    ratings.write_text("\n".join(rows) + "\n")
+    settings = SimulatorSettings(ratings_path=ratings, ratings_format="generic")
+    world = build_population(settings, NOW)
+    assert [r.item_id for r in world.history] == ["x1", "x2", "y1", "y1", "y2", "x1"]
+    assert world.catalogue.category_names == ["books", "games"]
+    assert list(world.catalogue.prices) == [9.5] * 4
+    a, b = world.users  # a liked two books, b two games: (positives + 0.3) / (2 + 0.6)
+    assert a.affinities == pytest.approx([2.3 / 2.6, 0.3 / 2.6])
+    assert b.affinities == pytest.approx([0.3 / 2.6, 2.3 / 2.6])
+    u = world.utilities(a)
+    assert u[world.index["x2"]] > u[world.index["y2"]]  # a book beats a game for a

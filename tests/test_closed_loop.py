@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from learner.registry import ModelRegistry
 from learner.settings import LearnerSettings
 from streams.store_views import connect_store
 from streams.worker_process import process_alive
+from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 
 USERS = SimulatorSettings(
@@ -38,13 +43,10 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def loop_run(
-    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[LoopOutcome, LoopSettings]:
-    root = tmp_path_factory.mktemp("loop")
+def loop_env(kafka_bootstrap: str) -> dict[str, str]:
+    """Topics and a consumer group of the loop's own on the session's broker."""
     name = uuid.uuid4().hex[:10]
-    env = {
+    return {
         "PAGELLM_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "PAGELLM_EVENTS_TOPIC": f"loop-{name}",
         "PAGELLM_DEAD_LETTER_TOPIC": f"loop-{name}.dlq",
@@ -52,19 +54,44 @@ def loop_run(
         "PAGELLM_CONSUMER_GROUP": f"loop-{name}",
         "PAGELLM_BATCH_MAX_WAIT_S": "0.2",
     }
-    learner = root / "learner.json"
-    learner.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
+
+
+def tiny_learner(path: Path) -> Path:
+    path.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
+    return path
+
+
+def descendants(root: int) -> set[int]:
+    """Every process whose chain of parents leads to ``root``."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while we looked
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.fixture(scope="module")
+def loop_run(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LoopOutcome, LoopSettings]:
+    root = tmp_path_factory.mktemp("loop")
     settings = LoopSettings(
         root=root / "run",
         budget_s=130,
         finish_reserve_s=15,
         retrain_every_s=15,
-        learner_settings=learner,
+        learner_settings=tiny_learner(root / "learner.json"),
         prompt_length=5,
         min_users_per_variant=30,
     )
     with pytest.MonkeyPatch.context() as patch:
-        for variable, value in env.items():
+        for variable, value in loop_env(kafka_bootstrap).items():
             patch.setenv(variable, value)
         outcome = ClosedLoop(settings, USERS, Console(file=io.StringIO())).run()
     return outcome, settings
@@ -134,3 +161,46 @@ def test_nothing_the_loop_started_runs_after_it(
     assert not [pid for pid in outcome.started_pids if process_alive(pid)]
     assert not ray.is_initialized()
     assert outcome.ray_session_dir and not processes_naming(Path(outcome.ray_session_dir).name)
+
+
+@pytest.mark.kafka
+def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap: str, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    env = loop_env(kafka_bootstrap) | {
+        "PAGELLM_DEMO_ROOT": str(root),
+        "PAGELLM_DEMO_LEARNER_SETTINGS": str(tiny_learner(tmp_path / "learner.json")),
+        "PAGELLM_DEMO_PROMPT_LENGTH": "5",
+        "PAGELLM_SIM_USERS": "60",
+        "PAGELLM_SIM_CATEGORIES": "4",
+        "PAGELLM_SIM_ITEMS_PER_CATEGORY": "10",
+        "PAGELLM_SIM_HISTORY_MIN": "14",
+        "PAGELLM_SIM_HISTORY_MAX": "22",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "pagellm", "demo"],
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a process group of its own, as a terminal's job has
+    )
+    try:
+        # Serving up and the experiment created: the broker's clients, the workers, Ray and
+        # the server all run, and traffic is starting.
+        wait_for(
+            lambda: (
+                (root / "serve" / "server.json").exists()
+                and (root / "store" / "experiments").exists()
+            ),
+            240,
+            "the loop serving",
+        )
+        started = descendants(demo.pid)
+        assert len(started) >= 5  # the workers, the server, Ray's processes
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        output = demo.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    assert demo.returncode == 130, output[-3000:]
+    assert "interrupted: everything the loop started is stopped" in output
+    assert not [pid for pid in started if process_alive(pid)]
