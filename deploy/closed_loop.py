@@ -104,6 +104,9 @@ class LoopOutcome:
     produced: dict[str, float] = field(default_factory=dict)  # feedback event id -> unix time
     stored_feedback: int = 0
     pages_served: int = 0  # answered page requests: each is an impression serving must write
+    failed_requests: int = 0
+    last_request_error: str = ""
+    exhausted_requests: int = 0  # 422: the user had nothing left to be shown
     bootstrap_events: int = 0
     retrains: list[RetrainRecord] = field(default_factory=list)
     decision: DecisionRecord | None = None
@@ -452,6 +455,9 @@ class ClosedLoop:
         if producer.report.failed:
             raise LoopFailed(f"traffic: {producer.report.failed} events were not acknowledged")
         self.outcome.produced = dict(simulator.log.produced_at)
+        self.outcome.failed_requests = simulator.log.failed_requests
+        self.outcome.exhausted_requests = simulator.log.exhausted
+        self.outcome.last_request_error = simulator.log.last_error
         with simulator.log.lock:
             return sum(t.pages for t in simulator.log.tallies.values())
 
@@ -491,8 +497,9 @@ class ClosedLoop:
                 f"{variant} {t.pages} pages CTR {t.ctr:.3f} GMV {t.gmv:,.0f}"
                 for variant, t in sorted(traffic.tallies.items())
             ]
-        versions = ModelRegistry.for_store(self.root / "store").state().production
-        return f"users: {' | '.join(parts) or 'starting'} | production {versions}"
+            failed = f" | {traffic.failed_requests} failed" if traffic.failed_requests else ""
+        production = ModelRegistry.for_store(self.root / "store").state().production
+        return f"users: {' | '.join(parts) or 'starting'} | production {production}{failed}"
 
     # --- 9-10: drain, report, decide -----------------------------------------------------
 

@@ -99,7 +99,11 @@ def show(outcome: LoopOutcome, settings: LoopSettings) -> None:
     produced = len(outcome.produced)
     console.print(
         f"Simulated clicks and purchases: {produced} produced, {outcome.stored_feedback} "
-        f"stored, {produced - outcome.stored_feedback} lost."
+        f"stored, {produced - outcome.stored_feedback} lost; {outcome.pages_served} pages served, "
+        f"{outcome.exhausted_requests} refused because the user had seen everything, "
+        f"{outcome.failed_requests} failed"
+        + (f" (the last: {outcome.last_request_error})" if outcome.failed_requests else "")
+        + "."
     )
     if outcome.report is not None and outcome.decision is not None:
         console.print(report_table(outcome.report))

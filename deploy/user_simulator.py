@@ -52,6 +52,7 @@ class TrafficLog:
     produced_at: dict[str, float] = field(default_factory=dict)  # event id -> unix time
     sessions: int = 0
     failed_requests: int = 0
+    exhausted: int = 0  # page requests refused because the user had nothing left to be shown
     last_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,6 +101,10 @@ class UserSimulator:
             request = {"user_id": user.user_id, "session_id": session_id, "k": s.page_size}
             try:
                 answer = client.post(self.page_url, json=request | {"exclude": shown})
+                if answer.status_code == 422 and "items are left" in answer.text:
+                    with self.log.lock:  # this user has been shown all there is: session over
+                        self.log.exhausted += 1
+                    return True
                 answer.raise_for_status()
             except httpx.HTTPError as exc:
                 with self.log.lock:

@@ -107,6 +107,8 @@ def test_feedback_flows_through_kafka_into_the_store_and_nothing_is_lost(
     assert counts["rating"] == outcome.bootstrap_events > 0
     assert counts["impression"] > 0 and counts["click"] > 0
     assert len(outcome.produced) == outcome.stored_feedback  # every click and purchase
+    assert outcome.failed_requests == 0, outcome.last_request_error
+    assert counts["impression"] == outcome.pages_served  # every page served, once
     served = con.execute(
         "SELECT count(DISTINCT user_id), count(DISTINCT variant) FROM impressions "
         "WHERE experiment = 'pagellm-vs-popularity'"

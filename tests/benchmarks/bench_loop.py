@@ -96,6 +96,8 @@ def main() -> None:
         "lost_events": produced - sum(stored.values()),
         "lost_feedback": len(outcome.produced) - outcome.stored_feedback,
         "lost_impressions": outcome.pages_served - stored.get("impression", 0),
+        "failed_page_requests": outcome.failed_requests,
+        "exhausted_page_requests": outcome.exhausted_requests,
         "retrains": sum(r.state == "registered" for r in during_traffic),
         "promotions": sum(bool(r.promoted) for r in during_traffic),
         "event_to_model_s_p50": round(statistics.median(latencies), 1) if latencies else None,
