@@ -144,13 +144,13 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """The page application, bound to its settings: ``ServingSettings`` and ``StreamSettings``
     from the environment (``PAGELLM_*``), overridden by ``args`` (a RayService's
     ``serveConfigV2`` imports ``serving.app:build_app`` and may pass its fields)."""
+    unknown = set(args) - set(ServingSettings.model_fields) - set(StreamSettings.model_fields)
+    if unknown:
+        raise ValueError(f"args: unknown settings {sorted(unknown)}")
     serving = ServingSettings(
         **{k: v for k, v in args.items() if k in ServingSettings.model_fields}
     )
     streams = StreamSettings(**{k: v for k, v in args.items() if k in StreamSettings.model_fields})
-    unknown = set(args) - set(ServingSettings.model_fields) - set(StreamSettings.model_fields)
-    if unknown:
-        raise ValueError(f"args: unknown settings {sorted(unknown)}")
     return PageDeployment.options(num_replicas=serving.replicas).bind(
         serving.model_dump(mode="json"), streams.model_dump(mode="json")
     )
