@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +53,7 @@ from learner.registry import ModelRegistry
 from learner.retrain_loop import RetrainLoop
 from learner.settings import LearnerSettings
 from schemas.model_registry import RetrainRecord
-from serving.server import LOG_FILE, read_state
+from serving.server import LOG_FILE, read_state, spawn_server
 from streams.derived_state import DeriveConfig
 from streams.event_store import EventStore
 from streams.producer import EventProducer
@@ -158,6 +157,7 @@ class ClosedLoop:
         )
         self.derive = DeriveConfig(prompt_length=settings.prompt_length)
         self.started = time.monotonic()
+        self.retrain_s = 0.0  # how long a retrain takes (see run_traffic)
 
     @contextlib.contextmanager
     def stage(self, name: str, progress: Progress) -> Iterator[None]:
@@ -296,19 +296,10 @@ class ClosedLoop:
         self, streams: StreamSettings, ray_address: str, cleanup: contextlib.ExitStack
     ) -> subprocess.Popen[bytes]:
         run_dir = (self.root / "serve").resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
         env = settings_env(streams.model_copy(update={"store_dir": streams.store_dir.resolve()}))
         env |= {"PAGELLM_SERVE_PORT": "0", "PAGELLM_SERVE_RUN_DIR": str(run_dir)}
         env |= {"RAY_ADDRESS": ray_address}
-        with open(run_dir / LOG_FILE, "ab") as out:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "serving.server"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # stopped by us, in order, not by the terminal's Ctrl-C
-            )
+        server = spawn_server(env, run_dir)  # stopped by us, in order, after the traffic
         self.outcome.started_pids.append(server.pid)
         cleanup.callback(stop_worker, server, 60.0)
         return server
@@ -345,21 +336,9 @@ class ClosedLoop:
         return record.version
 
     def start_experiment(self, store_dir: Path, first: str) -> None:
-        import tempfile
+        from serving.popularity import register_store_popularity
 
-        from serving.popularity import register_popularity_version
-        from serving.store_context import StoreContext, StoreReader
-
-        context = StoreContext()
-        StoreReader(store_dir, context).refresh()
-        category_of = {i: c.category for i, c in context.catalogue.items()}
-        with tempfile.TemporaryDirectory() as work:
-            popularity = register_popularity_version(
-                ModelRegistry.for_store(store_dir),
-                context.popular_items(),
-                category_of,
-                Path(work),
-            )
+        popularity = register_store_popularity(store_dir)
         ExperimentRegistry(store_dir).create(
             Experiment(
                 name=self.settings.experiment,
@@ -412,12 +391,14 @@ class ClosedLoop:
                 f"of traffic after {time.monotonic() - self.started:.0f} s of setup (at least "
                 f"{MIN_TRAFFIC_S:.0f} s needed); raise --budget-s (PAGELLM_DEMO_BUDGET_S)"
             )
-        estimate = [self.outcome.stage_seconds["training"]]  # of a retrain; warm ones are faster
+        # How long a retrain takes: the first version's training until a retrain has finished
+        # (warm retrains are faster, so the first guess errs on the safe side).
+        self.retrain_s = self.outcome.stage_seconds["training"]
 
         def on_retrain(record: RetrainRecord) -> None:
             self.outcome.retrains.append(record)
             if record.finished_at:
-                estimate[0] = (record.finished_at - record.started_at).total_seconds()
+                self.retrain_s = (record.finished_at - record.started_at).total_seconds()
 
         loop = self.retrain_loop(streams, progress, on_retrain)
         loop_stop, traffic_stop = threading.Event(), threading.Event()
@@ -437,7 +418,7 @@ class ClosedLoop:
             finished = False
             try:
                 while time.monotonic() < end:
-                    if time.monotonic() + estimate[0] >= end:
+                    if time.monotonic() + self.retrain_s >= end:
                         loop_stop.set()  # a retrain started now would not finish in time
                     progress.update(
                         task,

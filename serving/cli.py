@@ -6,9 +6,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from learner.command_options import CommandError, add_store_flag, refusing
-from serving.server import LOG_FILE, ServerState, read_state
+from serving.server import LOG_FILE, ServerState, read_state, spawn_server
 from serving.settings import ServingSettings
 from streams.cli import settings_from
 from streams.worker_process import process_alive
@@ -101,16 +98,7 @@ def run_start(args: argparse.Namespace) -> int:
     run_dir = serving_settings(args).run_dir
     if (state := running_server(run_dir)) is not None:
         raise CommandError(f"a server already runs at {state.url} (pid {state.pid})", code=1)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOG_FILE, "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.server"],
-            env=server_env(args),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    proc = spawn_server(server_env(args), run_dir)
     deadline = time.monotonic() + args.timeout
     with console.status("starting Ray Serve and loading the live versions..."):
         while True:
@@ -189,22 +177,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_register_popularity(args: argparse.Namespace) -> int:
     from learner.command_options import store_dir_from
-    from learner.registry import ModelRegistry
-    from serving.popularity import register_popularity_version
-    from serving.store_context import StoreContext, StoreReader
+    from serving.popularity import register_store_popularity
 
-    store_dir = store_dir_from(args)
-    context = StoreContext()
-    StoreReader(store_dir, context).refresh()
-    category_of = {i: c.category for i, c in context.catalogue.items()}
-    with tempfile.TemporaryDirectory() as work:
-        try:
-            record = register_popularity_version(
-                ModelRegistry.for_store(store_dir), context.popular_items(), category_of, Path(work)
-            )
-        except ValueError as exc:
-            raise CommandError(str(exc), code=1) from None
-    out.print(f"registered {record.version} (popularity over {len(context.popular_items())} items)")
+    try:
+        record = register_store_popularity(store_dir_from(args))
+    except ValueError as exc:
+        raise CommandError(str(exc), code=1) from None
+    out.print(f"registered {record.version} (popularity over {record.metrics['items']:.0f} items)")
     return 0
 
 

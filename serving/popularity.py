@@ -10,6 +10,7 @@ experiment compares two fixed policies.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,3 +73,16 @@ def register_popularity_version(
         metrics={"items": float(len(ranking))},
     )
     return registry.publish(record, {POPULARITY: work_dir / POPULARITY})
+
+
+def register_store_popularity(store_dir: Path) -> VersionRecord:
+    """The store's popularity ranking as it is now, registered as a new candidate version."""
+    from serving.store_context import StoreContext, StoreReader
+
+    context = StoreContext()
+    StoreReader(store_dir, context).refresh()
+    category_of = {i: c.category for i, c in context.catalogue.items()}
+    with tempfile.TemporaryDirectory() as work:
+        return register_popularity_version(
+            ModelRegistry.for_store(store_dir), context.popular_items(), category_of, Path(work)
+        )

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -40,6 +41,21 @@ def read_state(run_dir: Path) -> ServerState | None:
     if not path.exists():
         return None
     return ServerState(**json.loads(path.read_text()))
+
+
+def spawn_server(env: dict[str, str], run_dir: Path) -> subprocess.Popen[bytes]:
+    """This module as a process of its own session (stopped by whoever started it, not by a
+    terminal's Ctrl-C), configured by ``env``, logging to ``run_dir/server.log``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOG_FILE, "ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "serving.server"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def serve_until_stopped(serving: ServingSettings, streams: StreamSettings) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from abtest.assignment import assign
 from abtest.registry import ExperimentRegistry
-from abtest.synthetic_traffic import as_ledger_rows, synthetic_traffic
+from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
 from streams.event_store import LEDGER_DIR, EventStore
 from streams.settings import StreamSettings
 from streams.store_views import connect_store
@@ -79,11 +79,18 @@ def test_create_simulate_ingest_and_report(
     assert (out / "ranking.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def bulk_load(store: Path, name: str, users: int, drop_treatment_share: float = 0.0) -> None:
-    """Synthetic traffic written straight into the store; some treatment users lost if asked."""
+def bulk_load(
+    store: Path,
+    name: str,
+    users: int,
+    drop_treatment_share: float = 0.0,
+    shape: TrafficShape | None = None,
+) -> None:
+    """Synthetic traffic written straight into the store, up to the experiment's end (a running
+    one: a minute ago); some treatment users lost if asked."""
     experiment = ExperimentRegistry(store).get(name)
-    end = experiment.end or datetime.now(UTC)
-    for chunk in synthetic_traffic(experiment, users, window_end=end):
+    end = experiment.end or datetime.now(UTC) - timedelta(minutes=1)
+    for chunk in synthetic_traffic(experiment, users, shape=shape, window_end=end):
         if drop_treatment_share:
             every = round(1 / drop_treatment_share)
             keep = [

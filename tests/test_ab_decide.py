@@ -13,10 +13,11 @@ from abtest.analysis import MetricResult, Report
 from abtest.decision import decide, significantly
 from abtest.metrics import MetricName
 from abtest.registry import ExperimentRegistry
-from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
+from abtest.synthetic_traffic import TrafficShape
 from learner.registry import ModelRegistry
-from streams.event_store import LEDGER_DIR, EventStore
+from streams.event_store import EventStore
 from tests.serving_fixtures import publish_version
+from tests.test_ab_cli import bulk_load
 from tests.test_cli import pagellm
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -84,11 +85,7 @@ def planted(store: Path, name: str, treatment: str, gmv_lift: float, users: int 
         "--primary", "gmv_per_user", "--pre-period-days", "0", "--sequential-tau", "0.5",
     )  # fmt: skip
     assert created.returncode == 0, created.stderr.decode()
-    experiment = ExperimentRegistry(store).get(name)
-    shape = TrafficShape(gmv_lift=gmv_lift)
-    end = datetime.now(UTC) - timedelta(minutes=1)
-    for chunk in synthetic_traffic(experiment, users, shape=shape, window_end=end, seed=3):
-        EventStore(store).write_table(LEDGER_DIR, as_ledger_rows(chunk, 0), "planted")
+    bulk_load(store, name, users, shape=TrafficShape(gmv_lift=gmv_lift))
 
 
 def versions(store: Path, n: int) -> ModelRegistry:
