@@ -8,14 +8,19 @@ relies on: too few users withholds the results, and a sample-ratio mismatch is f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from pydantic import BaseModel
 
 from abtest.estimators import (
+    Estimate,
     adjusted_estimate,
+    cuped_degenerate,
     cuped_theta,
     pooled_pre_value,
+    undefined_part,
     variance_reduction,
     variant_stats,
 )
@@ -30,6 +35,7 @@ from abtest.significance import (
     two_sided_p_value,
 )
 from abtest.srm import SRM_ALPHA, sample_ratio_p_value
+from abtest.sufficient_stats import Moments
 
 
 class MetricResult(BaseModel):
@@ -37,16 +43,18 @@ class MetricResult(BaseModel):
     label: str
     role: str  # "primary", "guardrail" or "secondary"
     variant: str
-    control_value: float
-    variant_value: float
-    difference: float
-    lift: float
-    lift_ci: tuple[float, float]
-    p_value: float
+    control_value: float | None  # None: undefined (a ratio over a zero total)
+    variant_value: float | None
+    difference: float | None
+    lift: float | None  # None with the reason in ``no_result``
+    lift_ci: tuple[float, float] | None
+    p_value: float  # 1 where nothing could be tested
     always_valid_p: float
     significant: bool
     better: bool | None  # None when not significant
-    cuped_variance_reduction: float | None
+    cuped_variance_reduction: float | None  # None: unadjusted
+    no_result: str | None = None  # why there is no lift to test, e.g. "baseline zero: ..."
+    notes: list[str] = []  # e.g. why CUPED was not applied
 
 
 class Report(BaseModel):
@@ -72,34 +80,85 @@ def _role(experiment: Experiment, name: MetricName) -> str:
     return "guardrail" if name in experiment.guardrails else "secondary"
 
 
+@dataclass(frozen=True)
+class PairEstimates:
+    """The control's and the treatment's estimates, as the comparison will use them."""
+
+    control: Estimate
+    treatment: Estimate
+    cuped_variance_reduction: float | None
+    notes: list[str]
+
+
+def pair_estimates(
+    experiment: Experiment, metric: Metric, moments: Sequence[Moments], names: Sequence[str]
+) -> PairEstimates:
+    """CUPED-adjusted estimates, or unadjusted ones with the reason when the pre-period fails."""
+    if experiment.pre_period_days <= 0:
+        pair = [variant_stats(m, metric, with_pre_period=False) for m in moments]
+        return PairEstimates(*(v.as_estimate() for v in pair), None, [])
+    missing = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
+               if (why := undefined_part(m, metric, pre_period=True))]  # fmt: skip
+    pair = [variant_stats(m, metric, with_pre_period=not missing) for m in moments]
+    plain = PairEstimates(*(v.as_estimate() for v in pair), None, [])
+    if missing:
+        return replace(plain, notes=[f"CUPED off: {' and '.join(missing)}"])
+    theta, g_bar = cuped_theta(pair), pooled_pre_value(pair)
+    adjusted = [adjusted_estimate(v, theta, g_bar) for v in pair]
+    degenerate = cuped_degenerate(pair, adjusted)
+    if degenerate:
+        return replace(plain, notes=[f"CUPED off: {degenerate}"])
+    reduction = variance_reduction(pair[1], adjusted[1])
+    return PairEstimates(adjusted[0], adjusted[1], reduction, [])
+
+
+def _values(a: Estimate, b: Estimate) -> dict[str, float]:
+    return {"control_value": a.value, "variant_value": b.value,
+            "difference": absolute_difference(a, b).value}  # fmt: skip
+
+
 def compare_metric(
     experiment: Experiment, data: VariantData, metric: Metric, variant: str
 ) -> MetricResult:
-    """One metric of one treatment variant against the control."""
-    control = experiment.control.name
-    with_pre = experiment.pre_period_days > 0
-    pair = [variant_stats(data.moments(v, metric), metric, with_pre) for v in (control, variant)]
-    theta = cuped_theta(pair) if with_pre else 0.0
-    g_bar = pooled_pre_value(pair) if with_pre else 0.0
-    a, b = (adjusted_estimate(v, theta, g_bar) for v in pair)
+    """One metric of one treatment variant against the control; no lift where none is defined."""
+    names = (experiment.control.name, variant)
+    moments = [data.moments(v, metric) for v in names]
+    result = MetricResult(
+        metric=metric.name, label=metric.label, role=_role(experiment, metric.name),
+        variant=variant, control_value=None, variant_value=None, difference=None, lift=None,
+        lift_ci=None, p_value=1.0, always_valid_p=1.0, significant=False, better=None,
+        cuped_variance_reduction=None,
+    )  # fmt: skip
+    undefined = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
+                 if (why := undefined_part(m, metric))]  # fmt: skip
+    if undefined:
+        return result.model_copy(update={"no_result": f"undefined: {' and '.join(undefined)}"})
+    # Zero before any adjustment: CUPED would turn it into a tiny baseline and a huge "lift".
+    plain = [variant_stats(m, metric, with_pre_period=False).as_estimate() for m in moments]
+    if plain[0].value == 0:
+        why = f"baseline zero: the {names[0]}'s {metric.label} is 0, so no lift is relative to it"
+        return result.model_copy(update=_values(*plain) | {"no_result": why})
+    est = pair_estimates(experiment, metric, moments, names)
+    a, b = est.control, est.treatment
+    result = result.model_copy(
+        update=_values(a, b)
+        | {"cuped_variance_reduction": est.cuped_variance_reduction, "notes": est.notes}
+    )
     lift = relative_lift(a, b)
+    if lift.variance <= 0:
+        why = f"no variance: every user of both variants has the same {metric.label}"
+        return result.model_copy(update={"lift": lift.value, "no_result": why})
     p = two_sided_p_value(lift)
     significant = p < experiment.alpha
-    return MetricResult(
-        metric=metric.name,
-        label=metric.label,
-        role=_role(experiment, metric.name),
-        variant=variant,
-        control_value=a.value,
-        variant_value=b.value,
-        difference=absolute_difference(a, b).value,
-        lift=lift.value,
-        lift_ci=confidence_interval(lift, experiment.alpha),
-        p_value=p,
-        always_valid_p=always_valid_p_value(lift, experiment.sequential_tau),
-        significant=significant,
-        better=(lift.value > 0) == metric.higher_is_better if significant else None,
-        cuped_variance_reduction=variance_reduction(pair[1], b) if with_pre else None,
+    return result.model_copy(
+        update={
+            "lift": lift.value,
+            "lift_ci": confidence_interval(lift, experiment.alpha),
+            "p_value": p,
+            "always_valid_p": always_valid_p_value(lift, experiment.sequential_tau),
+            "significant": significant,
+            "better": (lift.value > 0) == metric.higher_is_better if significant else None,
+        }
     )
 
 

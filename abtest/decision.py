@@ -36,7 +36,7 @@ class Decision(BaseModel):
 
 def significantly(result: MetricResult, alpha: float) -> Literal["better", "worse"] | None:
     """The direction of a result whose always-valid p is below alpha, else None."""
-    if result.always_valid_p >= alpha:
+    if result.lift is None or result.always_valid_p >= alpha:
         return None
     good = (result.lift > 0) == METRICS[result.metric].higher_is_better
     return "better" if good else "worse"
@@ -65,6 +65,8 @@ def decide(report: Report, treatment: str, metric: MetricName) -> Decision:
     primary = next((r for r in mine if r.metric == metric), None)
     if primary is None:
         return verdict("continue", f"the report has no {metric} for {treatment}")
+    if primary.lift is None or primary.lift_ci is None:
+        return verdict("continue", f"{primary.label} has no result: {primary.no_result}", primary)
     worse = [r for r in mine if r.role == "guardrail" and significantly(r, report.alpha) == "worse"]
     figures = (
         f"{primary.label} {primary.lift:+.2%} [{primary.lift_ci[0]:+.2%}, "

@@ -40,6 +40,18 @@ def metric_gradient(mean: np.ndarray, ratio: bool) -> tuple[float, np.ndarray]:
     return num / den, np.array([1.0 / den, -num / den**2])
 
 
+def undefined_part(moments: Moments, metric: Metric, pre_period: bool = False) -> str | None:
+    """Why f(m) has no value for these users (no users, or a ratio over a zero total), or None."""
+    if moments.n < 2:
+        return f"{moments.n} users"
+    if not metric.is_ratio:
+        return None
+    denominator = f"pre_{metric.denominator}" if pre_period else str(metric.denominator)
+    if moments.sums[moments.columns.index(denominator)] != 0:
+        return None
+    return f"no {metric.denominator}" + (" in the pre-period" if pre_period else "")
+
+
 def delta_method_covariance(moments: Moments, grad_f: np.ndarray, grad_g: np.ndarray) -> float:
     """Cov(f(m), g(m)) ~ grad f^T C grad g / n."""
     return float(grad_f @ moments.covariance() @ grad_g) / moments.n
@@ -111,3 +123,20 @@ def adjusted_estimate(v: VariantStats, theta: float, g_bar: float) -> Estimate:
 def variance_reduction(v: VariantStats, adjusted: Estimate) -> float:
     """1 - Var f_adj / Var f: the share of variance CUPED removed."""
     return 1.0 - adjusted.variance / v.var_f if v.var_f > 0 else 0.0
+
+
+# Real pre-periods never explain a metric to within one part in a billion; a fit that close means
+# the covariate is a copy of the metric (a logging or join error), whose variance is zero.
+EXACT_FIT = 1.0 - 1e-9
+
+
+def cuped_degenerate(pair: Sequence[VariantStats], adjusted: Sequence[Estimate]) -> str | None:
+    """Why CUPED's adjustment of this pair cannot be used (the unadjusted one can), or None."""
+    if sum(v.var_g for v in pair) <= 0:
+        return "the pre-period values do not vary"
+    fits = [variance_reduction(v, a) for v, a in zip(pair, adjusted, strict=True) if v.var_f > 0]
+    if any(fit >= EXACT_FIT for fit in fits):
+        return "the pre-period predicts the metric exactly"
+    if pair[0].f > 0 >= adjusted[0].value:
+        return f"it moves the control's value to {adjusted[0].value:.4g}, where no lift is relative"
+    return None

@@ -25,8 +25,19 @@ def _lift_style(result: MetricResult) -> str:
     return "green" if result.better else "red"
 
 
-def _number(value: float) -> str:
-    return f"{value:.4g}"
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _lift_cells(result: MetricResult, alpha: float) -> tuple[Text, str]:
+    """The lift with its significance marks, and its interval; "n/a" where there is none."""
+    if result.lift is None:
+        return Text("n/a"), "-"
+    marks = significance_marks(result.p_value, alpha)
+    interval = "-" if result.lift_ci is None else (
+        f"[{result.lift_ci[0]:+.2%}, {result.lift_ci[1]:+.2%}]"
+    )  # fmt: skip
+    return Text(f"{result.lift:+.2%}{marks}", style=_lift_style(result)), interval
 
 
 def report_table(report: Report) -> Group:
@@ -53,7 +64,6 @@ def report_table(report: Report) -> Group:
                    "p", "always-valid p", "CUPED var. cut"):  # fmt: skip
         table.add_column(header, justify="left" if header in ("metric", "role") else "right")
     for r in report.results:
-        marks = significance_marks(r.p_value, report.alpha)
         reduction = (
             "-" if r.cuped_variance_reduction is None else f"{r.cuped_variance_reduction:.0%}"
         )
@@ -63,13 +73,15 @@ def report_table(report: Report) -> Group:
             _number(r.control_value),
             r.variant,
             _number(r.variant_value),
-            Text(f"{r.lift:+.2%}{marks}", style=_lift_style(r)),
-            f"[{r.lift_ci[0]:+.2%}, {r.lift_ci[1]:+.2%}]",
+            *_lift_cells(r, report.alpha),
             f"{r.p_value:.3g}",
             f"{r.always_valid_p:.3g}",
             reduction,
         )
     parts.append(table)
+    for r in report.results:
+        for why in ([r.no_result] if r.no_result else []) + r.notes:
+            parts.append(Text(f"{r.label} ({r.variant}): {why}", style="yellow"))
     parts.append(
         Text(
             f"*** p < 0.001, ** p < 0.01, * p < {report.alpha}. Lift is relative to "

@@ -43,9 +43,9 @@ def relative_lift(a: Estimate, b: Estimate) -> Estimate:
 
 
 def two_sided_p_value(estimate: Estimate) -> float:
-    """p = 2 P(T_df > |value| / se)."""
+    """p = 2 P(T_df > |value| / se); 1 when se = 0, where there is nothing to test against."""
     if estimate.variance <= 0:
-        return 1.0 if estimate.value == 0 else 0.0
+        return 1.0
     t = abs(estimate.value) / estimate.std_error
     return float(2 * stats.t.sf(t, estimate.df))
 
@@ -57,10 +57,10 @@ def confidence_interval(estimate: Estimate, alpha: float) -> tuple[float, float]
 
 
 def always_valid_p_value(estimate: Estimate, tau: float) -> float:
-    """p = min(1, 1/Lambda), Lambda = sqrt(V/(V+tau^2)) exp(tau^2 x^2 / (2 V (V+tau^2)))."""
+    """p = min(1, 1/L), L = sqrt(V/(V+tau^2)) exp(tau^2 x^2 / (2 V (V+tau^2))); 1 if V = 0."""
     v = estimate.variance
     if v <= 0:
-        return 1.0 if estimate.value == 0 else 0.0
+        return 1.0
     log_lambda = 0.5 * math.log(v / (v + tau**2)) + tau**2 * estimate.value**2 / (
         2 * v * (v + tau**2)
     )
