@@ -24,7 +24,7 @@ def build_report(
     now = now or datetime.now(UTC)
     con = connect_store(store_dir)
     if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute("SET memory_limit = $limit", {"limit": memory_limit})
     data = query_variant_data(con, experiment, now)
     return analyze(experiment, data, experiment.window_end(now))
 

@@ -37,6 +37,7 @@ import duckdb
 
 from schemas.model_registry import Action, Status, Transition, VersionRecord
 from streams.event_store import fsync_dir
+from streams.sql_literals import sql_literal
 from streams.store_views import connect_store
 from streams.worker_process import process_alive
 
@@ -322,7 +323,7 @@ def registry_views(registry: ModelRegistry) -> dict[str, str]:
     views: dict[str, str] = {}
     if list((root / VERSIONS).glob(f"v*/{RECORD}")):
         views["model_versions"] = (
-            f"SELECT * FROM read_json('{root}/{VERSIONS}/v*/{RECORD}', columns = {{"
+            f"SELECT * FROM read_json({sql_literal(f'{root}/{VERSIONS}/v*/{RECORD}')}, columns = {{"
             "version: 'VARCHAR', created_at: 'TIMESTAMPTZ', snapshot_id: 'VARCHAR', "
             "stream_position: 'JSON', parent: 'VARCHAR', retrain_id: 'VARCHAR', "
             "warm_start: 'BOOLEAN', ablation: 'VARCHAR', settings: 'JSON', metrics: 'JSON', "
@@ -330,13 +331,13 @@ def registry_views(registry: ModelRegistry) -> dict[str, str]:
         )
     if list((root / TRANSITIONS).glob("*.json")):
         views["model_transitions"] = (
-            f"SELECT * FROM read_json('{root}/{TRANSITIONS}/*.json', columns = {{"
+            f"SELECT * FROM read_json({sql_literal(f'{root}/{TRANSITIONS}/*.json')}, columns = {{"
             "seq: 'BIGINT', \"at\": 'TIMESTAMPTZ', action: 'VARCHAR', version: 'VARCHAR', "
             "changes: 'JSON', production: 'VARCHAR', reason: 'VARCHAR', actor: 'VARCHAR'})"
         )
     if list((root / RETRAINS).glob("*.json")):
         views["retrains"] = (
-            f"SELECT * FROM read_json('{root}/{RETRAINS}/*.json', columns = {{"
+            f"SELECT * FROM read_json({sql_literal(f'{root}/{RETRAINS}/*.json')}, columns = {{"
             "retrain_id: 'VARCHAR', trigger: 'VARCHAR', state: 'VARCHAR', "
             "started_at: 'TIMESTAMPTZ', finished_at: 'TIMESTAMPTZ', snapshot_id: 'VARCHAR', "
             "stream_position: 'JSON', parent: 'VARCHAR', warm_start: 'BOOLEAN', "

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from streams.derived_state import DerivedState
 from streams.event_store import EventStore
+from streams.sql_literals import sql_literal
 
 GOLDEN_LISTS = "derived/golden_lists"
 PAIRS = "derived/preference_pairs"
@@ -115,7 +116,10 @@ def derived_tables(
 
 def derived_view_definitions(store: EventStore) -> dict[str, str]:
     """Analyst views: the latest version per user (golden lists, pairs) or item (stats)."""
-    src = {d: f"read_parquet('{store.dataset_glob(d)}', union_by_name = true)" for d in SCHEMAS}
+    src = {
+        d: f"read_parquet({sql_literal(store.dataset_glob(d))}, union_by_name = true)"
+        for d in SCHEMAS
+    }
     latest_user = (
         f"SELECT user_id, max(version) AS version FROM {src[GOLDEN_LISTS]} GROUP BY user_id"
     )

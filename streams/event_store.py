@@ -136,10 +136,10 @@ class EventStore:
         with duckdb.connect() as con:
             rows = con.execute(
                 f"""SELECT kafka_partition, max(kafka_offset)
-                    FROM read_parquet('{self.ledger_glob}')
+                    FROM read_parquet(?)
                     WHERE kafka_topic = ? AND kafka_partition IN ({",".join("?" * len(partitions))})
                     GROUP BY kafka_partition""",
-                [topic, *partitions],
+                [self.ledger_glob, topic, *partitions],
             ).fetchall()
         for partition, offset in rows:
             marks[int(partition)] = int(offset)

@@ -17,6 +17,7 @@ import duckdb
 
 from streams.derived_tables import SCHEMAS, derived_view_definitions
 from streams.event_store import EventStore
+from streams.sql_literals import sql_literal
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ def view_definitions(store: EventStore) -> dict[str, str]:
     """Name -> SELECT of every analyst view, in dependency order."""
     return {
         "ingested": (
-            f"SELECT * FROM read_parquet('{store.ledger_glob}', hive_partitioning = true, "
-            "union_by_name = true)"
+            f"SELECT * FROM read_parquet({sql_literal(store.ledger_glob)}, "
+            "hive_partitioning = true, union_by_name = true)"
         ),
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "

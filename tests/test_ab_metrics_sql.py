@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import duckdb
 import pytest
 
 from abtest.experiment import Experiment
 from abtest.metrics import METRICS, MetricName
 from abtest.metrics_sql import query_variant_data
+from abtest.registry import ExperimentRegistry
+from abtest.report import build_report
 from schemas import Click, Impression, PageSlot, Purchase
 from streams.event_store import EventStore
 from streams.ledger import LedgerBatch, SourceRecord
+from streams.sql_literals import sql_literal
 from streams.store_views import connect_store
 from tests.ab_simulation import two_variant_experiment
 
@@ -74,15 +79,19 @@ TOY_EVENTS = [
 ]
 
 
-@pytest.fixture
-def toy_store(tmp_path) -> EventStore:
-    store = EventStore(tmp_path / "store")
+def write_toy_store(root: Path) -> EventStore:
+    store = EventStore(root)
     store.init()
     batch = LedgerBatch()
     for offset, event in enumerate(TOY_EVENTS):
         batch.add_accepted(event, SourceRecord("t", 0, offset, event.user_id.encode(), T0))
     store.write_batch(batch, "w1")
     return store
+
+
+@pytest.fixture
+def toy_store(tmp_path) -> EventStore:
+    return write_toy_store(tmp_path / "store")
 
 
 def toy_experiment() -> Experiment:
@@ -121,3 +130,15 @@ def test_the_window_ends_now_while_the_experiment_runs(toy_store: EventStore) ->
     # At T0+2h only u1's first exposure and u2's exposure have happened (u3 still one variant).
     assert data.users("control") == 2 and data.users("treatment") == 1
     assert data.aggregates["control"]["sum_clicks"] == 0  # u1's click at T0+2h is not before now
+
+
+def test_a_store_whose_path_holds_a_quote_reports_under_a_memory_limit(tmp_path) -> None:
+    # Paths reach DuckDB quoted (views take no parameters), the memory limit as a parameter.
+    store = write_toy_store(tmp_path / "shop's 'store'")
+    ExperimentRegistry(store.root).create(toy_experiment())
+    report = build_report(store.root, "exp", now=T0 + 30 * D, memory_limit="500MB")
+    assert report.users == {"control": 1, "treatment": 2}
+    assert store.stored_watermarks("t", [0, 1]) == {0: len(TOY_EVENTS) - 1, 1: -1}
+    assert duckdb.sql(f"SELECT {sql_literal(store.root)}").fetchall() == [(str(store.root),)]
+    with pytest.raises(duckdb.Error, match="memory"):
+        build_report(store.root, "exp", now=T0 + 30 * D, memory_limit="500MB'; DROP VIEW x; '")
