@@ -12,8 +12,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
@@ -21,25 +19,13 @@ from abtest.assignment import assign
 from abtest.experiment import Experiment, Variant
 from abtest.metrics import MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
+from abtest.settings import AbSettings
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
 # Piped output (a file, a CI log) gets room for the whole report table instead of 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
-
-
-class ReportSettings(BaseSettings):
-    """How reports run, read from ``PAGELLM_AB_*`` environment variables."""
-
-    model_config = SettingsConfigDict(env_prefix="PAGELLM_AB_", extra="ignore")
-
-    memory_limit: str | None = Field(
-        None,
-        pattern=r"^\d+(\.\d+)?\s*(K|M|G|T)i?B$",
-        description="DuckDB's memory cap for a report, e.g. '4GB' (default: DuckDB's own, 80% "
-        "of RAM); beyond it DuckDB spills to disk, which costs time",
-    )
 
 
 def _store_dir(args: argparse.Namespace) -> Path:
@@ -248,7 +234,7 @@ def run_report(args: argparse.Namespace) -> int:
     store_dir = _store_dir(args)
     with err.status(f"computing the report of {args.name} over {store_dir} ..."):
         report = build_report(
-            store_dir, args.name, args.now, memory_limit=ReportSettings().memory_limit
+            store_dir, args.name, args.now, memory_limit=AbSettings().memory_limit
         )
     console.print(report_table(report))
     files = write_report(report, args.out or store_dir / "experiments" / "reports")

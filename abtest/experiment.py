@@ -90,6 +90,16 @@ class Experiment(BaseModel):
         """Data counts until the earliest of its end, its stop and now."""
         return min(t for t in (self.end, self.stopped_at, now or datetime.now(UTC)) if t)
 
+    @property
+    def released_at(self) -> datetime | None:
+        """When it gave its layer buckets back: its stop or its end (None: never, yet)."""
+        return min((t for t in (self.stopped_at, self.end) if t), default=None)
+
+    def holds_layer_buckets(self, now: datetime, cooldown: timedelta) -> bool:
+        """Running, or released less than ``cooldown`` ago: its users still carry its effect."""
+        released = self.released_at
+        return released is None or now < released + cooldown
+
     def is_running(self, now: datetime | None = None) -> bool:
         """Not stopped and not past its end: it holds its layer buckets (also before start)."""
         now = now or datetime.now(UTC)

@@ -12,11 +12,12 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
 from abtest.experiment import Experiment
+from abtest.settings import AbSettings
 
 
 class ExperimentError(ValueError):
@@ -30,8 +31,13 @@ def free_layer_buckets(taken: list[Ranges]) -> list[int]:
 
 
 class ExperimentRegistry:
-    def __init__(self, store_dir: Path | str) -> None:
+    """The store's experiments; a stopped one's layer buckets rest for ``bucket_cooldown``."""
+
+    def __init__(self, store_dir: Path | str, bucket_cooldown: timedelta | None = None) -> None:
         self.dir = Path(store_dir) / "experiments"
+        if bucket_cooldown is None:
+            bucket_cooldown = timedelta(days=AbSettings().bucket_cooldown_days)
+        self.bucket_cooldown = bucket_cooldown
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -66,16 +72,21 @@ class ExperimentRegistry:
             raise ExperimentError(f"no experiment named {name!r} (known: {known})")
         return Experiment.model_validate_json(path.read_text())
 
-    def create(self, experiment: Experiment) -> Experiment:
+    def create(self, experiment: Experiment, now: datetime | None = None) -> Experiment:
         """Store a new experiment, giving it the lowest free buckets of its layer."""
+        now = now or datetime.now(UTC)
         with self._locked():
             if self._path(experiment.name).exists():
                 raise ExperimentError(f"name: an experiment named {experiment.name!r} exists")
-            rivals = [e for e in self.list() if e.layer == experiment.layer and e.is_running()]
+            rivals = [
+                e
+                for e in self.list()
+                if e.layer == experiment.layer and e.holds_layer_buckets(now, self.bucket_cooldown)
+            ]
             free = free_layer_buckets([e.layer_ranges for e in rivals])
             need = bucket_counts({"in": experiment.traffic, "out": 1 - experiment.traffic})["in"]
             if need > len(free):
-                holders = ", ".join(f"{e.name} ({e.traffic:.0%})" for e in rivals)
+                holders = ", ".join(f"{e.name} ({e.traffic:.0%}{self._resting(e)})" for e in rivals)
                 raise ExperimentError(
                     f"traffic: layer {experiment.layer!r} has {len(free) / BUCKETS:.1%} of its "
                     f"users free ({holders} hold the rest); lower traffic or use another layer"
@@ -84,8 +95,14 @@ class ExperimentRegistry:
             self._write(Experiment.model_validate(created.model_dump()))
             return created
 
+    def _resting(self, experiment: Experiment) -> str:
+        released = experiment.released_at
+        if released is None:
+            return ""
+        return f", resting until {released + self.bucket_cooldown:%Y-%m-%d %H:%M} UTC"
+
     def stop(self, name: str, at: datetime | None = None) -> Experiment:
-        """End the experiment now (its layer buckets become free for later experiments)."""
+        """End the experiment now (its layer buckets are free again after the cooldown)."""
         with self._locked():
             experiment = self.get(name)
             if experiment.stopped_at is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import numpy as np
@@ -136,13 +136,25 @@ def test_growing_the_treatment_keeps_everyone_already_in_it() -> None:
 
 def test_changing_one_experiment_moves_no_user_of_another(tmp_path) -> None:
     registry = ExperimentRegistry(tmp_path)
-    registry.create(experiment("ranking", layer="ranking"))
+    ranking = registry.create(experiment("ranking", layer="ranking"))
     other = registry.create(experiment("pricing", layer="pricing"))
-    ids = [f"u{i}" for i in range(5000)]
+    ids = [f"u{i}" for i in range(20_000)]
     before = [assign(other, u) for u in ids]
+    ranking_before = [assign(ranking, u) for u in ids]
     registry.reweight("ranking", {"control": 1, "treatment": 3})
+    ranking_after = [assign(registry.get("ranking"), u) for u in ids]
+    moved = [u for u, was, now in zip(ids, ranking_before, ranking_after, strict=True)
+             if was != now]  # fmt: skip
+    # 1:1 to 1:3 moves a quarter of the users, all into the treatment...
+    assert len(moved) / len(ids) == pytest.approx(0.25, abs=0.015)
+    assert {ranking_after[ids.index(u)] for u in moved[:200]} == {"treatment"}
+    # ...and whom it moves is independent of the other layer's variants.
+    pricing_of_moved = [assign(other, u) for u in moved]
+    share = pricing_of_moved.count("treatment") / len(moved)
+    assert stats.binomtest(pricing_of_moved.count("treatment"), len(moved)).pvalue > 1e-3, share
     registry.stop("ranking")
-    registry.create(experiment("ranking-2", layer="ranking", salt="new-salt"))
+    later = datetime.now(UTC) + timedelta(days=15)
+    registry.create(experiment("ranking-2", layer="ranking", salt="new-salt"), now=later)
     assert [assign(registry.get("pricing"), u) for u in ids] == before
 
 
@@ -158,8 +170,25 @@ def test_experiments_of_one_layer_exclude_each_other(tmp_path) -> None:
     assert len(in_second) / len(ids) == pytest.approx(0.5, abs=0.02)
     with pytest.raises(ExperimentError, match=r"traffic: layer 'default' has 20.0% .* free"):
         registry.create(experiment("third", traffic=0.25))
-    registry.stop("first")
-    assert registry.create(experiment("third", traffic=0.25)).layer_ranges[0][0] == 0
+    stopped = registry.stop("first").stopped_at
+    # Its users carry its effect for a while: its buckets rest for the cooldown (14 days).
+    with pytest.raises(ExperimentError, match=r"first \(30%, resting until .*\), second \(50%\)"):
+        registry.create(experiment("third", traffic=0.25), now=stopped + timedelta(days=13.9))
+    third = registry.create(experiment("third", traffic=0.25), now=stopped + timedelta(days=14))
+    assert third.layer_ranges[0][0] == 0
+    quick = ExperimentRegistry(tmp_path, bucket_cooldown=timedelta(0))
+    assert quick.create(experiment("fourth", traffic=0.05)).layer_ranges == ((2500, 3000),)
+
+
+def test_an_ended_experiment_rests_from_its_end(tmp_path) -> None:
+    registry = ExperimentRegistry(tmp_path, bucket_cooldown=timedelta(days=2))
+    registry.create(experiment("ended", end=START + timedelta(days=7)), now=START)
+    late = START + timedelta(days=8, hours=23)
+    with pytest.raises(ExperimentError, match="resting until 2026-11-10 00:00 UTC"):
+        registry.create(experiment("next"), now=late)
+    assert registry.create(experiment("next"), now=START + timedelta(days=9)).layer_ranges == (
+        (0, BUCKETS),
+    )
 
 
 def test_registry_refuses_a_duplicate_and_names_the_unknown(tmp_path) -> None:

@@ -34,7 +34,7 @@ from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 import streams.topics
-from abtest.cli import ReportSettings
+from abtest.settings import AbSettings
 from learner.ray_jobs import NotEnoughResources, RayStageRunner
 from learner.retrain import RetrainSettings
 from learner.settings import LearnerSettings
@@ -58,7 +58,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     StreamSettings,
     ServingSettings,
     RetrainSettings,
-    ReportSettings,
+    AbSettings,
 )
 SHELLS = {"sh", "bash"}
 SHELL_OPERATORS = {"&&", "||", ";", "|", "&"}
