@@ -49,7 +49,8 @@ class MetricResult(BaseModel):
     lift: float | None  # None with the reason in ``no_result``
     lift_ci: tuple[float, float] | None
     p_value: float  # 1 where nothing could be tested
-    always_valid_p: float
+    always_valid_p: float  # the running minimum over the experiment's looks (``abtest.looks``)
+    always_valid_p_this_look: float  # from this look's data alone
     significant: bool
     better: bool | None  # None when not significant
     cuped_variance_reduction: float | None  # None: unadjusted
@@ -71,6 +72,7 @@ class Report(BaseModel):
     sufficient_data: bool
     warnings: list[str]
     alpha: float
+    looks: int = 1  # reports of this experiment so far, this one included
     results: list[MetricResult]
 
 
@@ -126,7 +128,8 @@ def compare_metric(
     result = MetricResult(
         metric=metric.name, label=metric.label, role=_role(experiment, metric.name),
         variant=variant, control_value=None, variant_value=None, difference=None, lift=None,
-        lift_ci=None, p_value=1.0, always_valid_p=1.0, significant=False, better=None,
+        lift_ci=None, p_value=1.0, always_valid_p=1.0, always_valid_p_this_look=1.0,
+        significant=False, better=None,
         cuped_variance_reduction=None,
     )  # fmt: skip
     undefined = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
@@ -149,13 +152,15 @@ def compare_metric(
         why = f"no variance: every user of both variants has the same {metric.label}"
         return result.model_copy(update={"lift": lift.value, "no_result": why})
     p = two_sided_p_value(lift)
+    valid_p = always_valid_p_value(lift, experiment.sequential_tau)
     significant = p < experiment.alpha
     return result.model_copy(
         update={
             "lift": lift.value,
             "lift_ci": confidence_interval(lift, experiment.alpha),
             "p_value": p,
-            "always_valid_p": always_valid_p_value(lift, experiment.sequential_tau),
+            "always_valid_p": valid_p,
+            "always_valid_p_this_look": valid_p,
             "significant": significant,
             "better": (lift.value > 0) == metric.higher_is_better if significant else None,
         }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from abtest.analysis import Report, analyze
 from abtest.lift_plot import plot_lifts
+from abtest.looks import LookLog
 from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
 from streams.store_views import connect_store
@@ -26,7 +27,8 @@ def build_report(
     if memory_limit:
         con.execute("SET memory_limit = $limit", {"limit": memory_limit})
     data = query_variant_data(con, experiment, now)
-    return analyze(experiment, data, experiment.window_end(now))
+    report = analyze(experiment, data, experiment.window_end(now))
+    return LookLog(store_dir, name).record(report, taken_at=datetime.now(UTC))
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,8 @@ def report_table(report: Report) -> Group:
         Text(
             f"*** p < 0.001, ** p < 0.01, * p < {report.alpha}. Lift is relative to "
             f"{report.control}; values are CUPED-adjusted where a pre-period exists. The "
-            "always-valid p may be read at any time; the fixed p only at the planned end."
+            f"always-valid p is the lowest of the {report.looks} looks (reports) so far and may "
+            "be read at any time; the fixed p only at the planned end."
         )
     )
     return Group(*parts)

@@ -27,7 +27,8 @@ def result(metric: MetricName, lift: float, always_valid_p: float, role: str) ->
     return MetricResult(
         metric=metric, label=metric.value, role=role, variant="treatment", control_value=1.0,
         variant_value=1.0 + lift, difference=lift, lift=lift, lift_ci=(lift - 0.1, lift + 0.1),
-        p_value=always_valid_p / 10, always_valid_p=always_valid_p, significant=True,
+        p_value=always_valid_p / 10, always_valid_p=always_valid_p,
+        always_valid_p_this_look=always_valid_p, significant=True,
         better=None, cuped_variance_reduction=None,
     )  # fmt: skip
 

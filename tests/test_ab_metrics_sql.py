@@ -142,3 +142,5 @@ def test_a_store_whose_path_holds_a_quote_reports_under_a_memory_limit(tmp_path)
     assert duckdb.sql(f"SELECT {sql_literal(store.root)}").fetchall() == [(str(store.root),)]
     with pytest.raises(duckdb.Error, match="memory"):
         build_report(store.root, "exp", now=T0 + 30 * D, memory_limit="500MB'; DROP VIEW x; '")
+    # Each report is a look; the failed one above was not recorded.
+    assert (report.looks, build_report(store.root, "exp", now=T0 + 30 * D).looks) == (1, 2)
