@@ -27,6 +27,7 @@ from abtest.estimators import (
 from abtest.experiment import Experiment
 from abtest.metrics import METRICS, Metric, MetricName
 from abtest.metrics_sql import VariantData
+from abtest.multiple_testing import Correction, adjust
 from abtest.significance import (
     absolute_difference,
     always_valid_p_value,
@@ -51,7 +52,9 @@ class MetricResult(BaseModel):
     p_value: float  # 1 where nothing could be tested
     always_valid_p: float  # the running minimum over the experiment's looks (``abtest.looks``)
     always_valid_p_this_look: float  # from this look's data alone
-    significant: bool
+    p_value_adjusted: float | None = None  # by the experiment's multiple_testing; None: not
+    # in the family (off, a primary metric, or nothing tested)
+    significant: bool  # p < alpha, the adjusted p where there is one
     better: bool | None  # None when not significant
     cuped_variance_reduction: float | None  # None: unadjusted
     no_result: str | None = None  # why there is no lift to test, e.g. "baseline zero: ..."
@@ -72,6 +75,8 @@ class Report(BaseModel):
     sufficient_data: bool
     warnings: list[str]
     alpha: float
+    multiple_testing: Correction = "none"
+    tests_in_family: int = 0  # how many p-values the correction adjusted together
     looks: int = 1  # reports of this experiment so far, this one included
     results: list[MetricResult]
 
@@ -112,6 +117,11 @@ def pair_estimates(
         return replace(plain, notes=[f"CUPED off: {degenerate}"])
     reduction = variance_reduction(pair[1], adjusted[1])
     return PairEstimates(adjusted[0], adjusted[1], reduction, [])
+
+
+def is_better(metric: Metric, lift: float, significant: bool) -> bool | None:
+    """Whether a significant lift goes the metric's good way; None when not significant."""
+    return (lift > 0) == metric.higher_is_better if significant else None
 
 
 def _values(a: Estimate, b: Estimate) -> dict[str, float]:
@@ -162,9 +172,32 @@ def compare_metric(
             "always_valid_p": valid_p,
             "always_valid_p_this_look": valid_p,
             "significant": significant,
-            "better": (lift.value > 0) == metric.higher_is_better if significant else None,
+            "better": is_better(metric, lift.value, significant),
         }
     )
+
+
+def correct_for_multiple_tests(
+    experiment: Experiment, results: list[MetricResult]
+) -> tuple[list[MetricResult], int]:
+    """The results with adjusted p and significance for the family; the family's size."""
+    if experiment.multiple_testing == "none":
+        return results, 0
+    family = [
+        i
+        for i, r in enumerate(results)
+        if r.no_result is None and (experiment.correct_primary or r.role != "primary")
+    ]
+    adjusted = adjust([results[i].p_value for i in family], experiment.multiple_testing)
+    corrected = list(results)
+    for i, p in zip(family, adjusted, strict=True):
+        r = results[i]
+        significant = p < experiment.alpha
+        better = is_better(METRICS[r.metric], r.lift or 0.0, significant)
+        corrected[i] = r.model_copy(
+            update={"p_value_adjusted": p, "significant": significant, "better": better}
+        )
+    return corrected, len(family)
 
 
 def analyze(experiment: Experiment, data: VariantData, window_end: datetime) -> Report:
@@ -200,6 +233,7 @@ def analyze(experiment: Experiment, data: VariantData, window_end: datetime) -> 
         for variant in names[1:]:
             for metric in METRICS.values():
                 results.append(compare_metric(experiment, data, metric, variant))
+    results, family = correct_for_multiple_tests(experiment, results)
     for r in results:
         if r.role == "guardrail" and r.better is False:
             warnings.append(
@@ -220,5 +254,7 @@ def analyze(experiment: Experiment, data: VariantData, window_end: datetime) -> 
         sufficient_data=not short,
         warnings=warnings,
         alpha=experiment.alpha,
+        multiple_testing=experiment.multiple_testing,
+        tests_in_family=family,
         results=results,
     )

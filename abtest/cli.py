@@ -91,6 +91,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     create.add_argument("--alpha", type=float, help="significance level (0.05)")
     create.add_argument("--min-users", type=int, help="exposed users a variant needs (100)")
     create.add_argument(
+        "--multiple-testing", choices=["none", "holm", "bh"],
+        help="adjust p over metrics x variants: holm (family-wise) or bh (false discovery rate)",
+    )  # fmt: skip
+    create.add_argument(
+        "--correct-primary", action="store_true", default=None,
+        help="include the primary metrics in the adjusted family (default: left out)",
+    )  # fmt: skip
+    create.add_argument(
         "--sequential-tau", type=float, help="prior sd of the lift, always-valid p (0.02)"
     )
 
@@ -151,6 +159,8 @@ def run_create(args: argparse.Namespace) -> int:
         "alpha": args.alpha,
         "min_users_per_variant": args.min_users,
         "sequential_tau": args.sequential_tau,
+        "multiple_testing": args.multiple_testing,
+        "correct_primary": args.correct_primary,
     }
     experiment = Experiment.model_validate({k: v for k, v in fields.items() if v is not None})
     created = _registry(args).create(experiment)

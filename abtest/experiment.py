@@ -15,6 +15,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from abtest.bucketing import BUCKETS, initial_allocation, ranges_size
 from abtest.metrics import MetricName
+from abtest.multiple_testing import Correction
 from schemas.events import Identifier
 
 Range = tuple[Annotated[int, Field(ge=0, le=BUCKETS)], Annotated[int, Field(ge=0, le=BUCKETS)]]
@@ -54,6 +55,16 @@ class Experiment(BaseModel):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level (two-sided)")
     min_users_per_variant: int = Field(
         100, ge=2, description="below this many exposed users a variant's results are withheld"
+    )
+    multiple_testing: Correction = Field(
+        "none",
+        description="adjust the fixed-horizon p of the family of metrics x treatment variants: "
+        "'holm' (family-wise error) or 'bh' (false discovery rate, Benjamini-Hochberg)",
+    )
+    correct_primary: bool = Field(
+        False,
+        description="include the primary metrics in the family (default: they are the "
+        "pre-registered hypotheses and keep their own p)",
     )
     sequential_tau: float = Field(
         0.02, gt=0, description="prior sd of the relative lift in the always-valid p-value"

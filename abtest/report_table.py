@@ -9,6 +9,8 @@ from rich.text import Text
 
 from abtest.analysis import MetricResult, Report
 
+CORRECTIONS = {"holm": "Holm's procedure", "bh": "Benjamini-Hochberg"}
+
 
 def significance_marks(p_value: float, alpha: float) -> str:
     """*** p < 0.001, ** p < 0.01, * p < alpha, else nothing."""
@@ -33,7 +35,8 @@ def _lift_cells(result: MetricResult, alpha: float) -> tuple[Text, str]:
     """The lift with its significance marks, and its interval; "n/a" where there is none."""
     if result.lift is None:
         return Text("n/a"), "-"
-    marks = significance_marks(result.p_value, alpha)
+    p = result.p_value if result.p_value_adjusted is None else result.p_value_adjusted
+    marks = significance_marks(p, alpha)
     interval = "-" if result.lift_ci is None else (
         f"[{result.lift_ci[0]:+.2%}, {result.lift_ci[1]:+.2%}]"
     )  # fmt: skip
@@ -59,9 +62,11 @@ def report_table(report: Report) -> Group:
     if not report.results:
         return Group(*parts)
     pct = 100 * (1 - report.alpha)
+    corrected = report.multiple_testing != "none"
     table = Table(show_lines=False)
     for header in ("metric", "role", report.control, "variant", "value", "lift", f"{pct:.0f}% CI",
-                   "p", "always-valid p", "CUPED var. cut"):  # fmt: skip
+                   "p", *(["adj. p"] if corrected else []), "always-valid p",
+                   "CUPED var. cut"):  # fmt: skip
         table.add_column(header, justify="left" if header in ("metric", "role") else "right")
     for r in report.results:
         reduction = (
@@ -75,6 +80,7 @@ def report_table(report: Report) -> Group:
             _number(r.variant_value),
             *_lift_cells(r, report.alpha),
             f"{r.p_value:.3g}",
+            *([_number(r.p_value_adjusted)] if corrected else []),
             f"{r.always_valid_p:.3g}",
             reduction,
         )
@@ -82,12 +88,18 @@ def report_table(report: Report) -> Group:
     for r in report.results:
         for why in ([r.no_result] if r.no_result else []) + r.notes:
             parts.append(Text(f"{r.label} ({r.variant}): {why}", style="yellow"))
+    family = (
+        f" {CORRECTIONS[report.multiple_testing]} adjusted the p of {report.tests_in_family} "
+        "tests together; marks and colours follow it."
+        if corrected
+        else ""
+    )
     parts.append(
         Text(
             f"*** p < 0.001, ** p < 0.01, * p < {report.alpha}. Lift is relative to "
             f"{report.control}; values are CUPED-adjusted where a pre-period exists. The "
             f"always-valid p is the lowest of the {report.looks} looks (reports) so far and may "
-            "be read at any time; the fixed p only at the planned end."
+            "be read at any time; the fixed p only at the planned end." + family
         )
     )
     return Group(*parts)
