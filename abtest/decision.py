@@ -18,7 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from abtest.analysis import MetricResult, Report
+from abtest.analysis import Report
+from abtest.comparison import MetricResult
 from abtest.metrics import METRICS, MetricName
 
 Action = Literal["promote", "rollback", "continue"]

@@ -32,6 +32,23 @@ class Estimate:
         return math.sqrt(max(self.variance, 0.0))
 
 
+def satterthwaite_df(variances: Sequence[float], dfs: Sequence[float]) -> float:
+    """df = (sum_i V_i)^2 / sum_i (V_i^2 / df_i), the degrees of freedom of a sum of variances."""
+    denominator = sum(v**2 / df for v, df in zip(variances, dfs, strict=True))
+    return sum(variances) ** 2 / denominator if denominator > 0 else math.inf
+
+
+def stratified_estimate(estimates: Sequence[Estimate], weights: Sequence[float]) -> Estimate:
+    """x = sum_p pi_p x_p, Var = sum_p pi_p^2 Var_p, pi_p = w_p / sum w (independent strata)."""
+    shares = [w / sum(weights) for w in weights]
+    parts = [s**2 * e.variance for s, e in zip(shares, estimates, strict=True)]
+    return Estimate(
+        sum(s * e.value for s, e in zip(shares, estimates, strict=True)),
+        sum(parts),
+        satterthwaite_df(parts, [e.df for e in estimates]) if len(parts) > 1 else estimates[0].df,
+    )
+
+
 def metric_gradient(mean: np.ndarray, ratio: bool) -> tuple[float, np.ndarray]:
     """f and grad f at m: f = m_0 (mean), or f = m_0/m_1 with grad (1/m_1, -m_0/m_1^2) (ratio)."""
     if not ratio:

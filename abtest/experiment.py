@@ -8,6 +8,7 @@ salts, so they are orthogonal), and the experiment's salt picks the variant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -27,6 +28,23 @@ class Variant(BaseModel):
     name: Identifier
     weight: float = Field(gt=0, description="share of the experiment's users, relative")
     model_version: Identifier = Field(description="the policy version this variant serves")
+
+
+class Phase(BaseModel):
+    """An allocation period: from ``start`` until the next phase, users split by ``weights``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: AwareDatetime
+    weights: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PhaseWindow:
+    index: int
+    start: datetime
+    end: datetime
+    weights: dict[str, float]
 
 
 class Experiment(BaseModel):
@@ -70,6 +88,9 @@ class Experiment(BaseModel):
         0.02, gt=0, description="prior sd of the relative lift in the always-valid p-value"
     )
     stopped_at: AwareDatetime | None = None
+    phases: tuple[Phase, ...] = Field(
+        (), description="allocation periods, oldest first; each reweight starts one"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -87,6 +108,14 @@ class Experiment(BaseModel):
             raise ValueError("allocation: must name exactly the variants")
         elif sum(ranges_size(r) for r in self.allocation.values()) != BUCKETS:
             raise ValueError(f"allocation: the variants' ranges must cover all {BUCKETS} buckets")
+        if not self.phases:
+            weights = {v.name: v.weight for v in self.variants}
+            object.__setattr__(self, "phases", (Phase(start=self.start, weights=weights),))
+        starts = [p.start for p in self.phases]
+        if starts[0] != self.start or starts != sorted(set(starts)):
+            raise ValueError("phases: the first starts with the experiment, each after the last")
+        if any(set(p.weights) != set(names) for p in self.phases):
+            raise ValueError("phases: each phase must weigh exactly the variants")
         return self
 
     @property
@@ -96,6 +125,16 @@ class Experiment(BaseModel):
     @property
     def pre_start(self) -> datetime:
         return self.start - timedelta(days=self.pre_period_days)
+
+    def phase_windows(self, window_end: datetime) -> list[PhaseWindow]:
+        """The phases that began before ``window_end``, each ending where the next begins."""
+        # The first phase always, so that a window ending before the start selects nothing.
+        starts = [self.start] + [p.start for p in self.phases[1:] if p.start < window_end]
+        ends = [*starts[1:], window_end]
+        return [
+            PhaseWindow(i, start, end, self.phases[i].weights)
+            for i, (start, end) in enumerate(zip(starts, ends, strict=True))
+        ]
 
     def window_end(self, now: datetime | None = None) -> datetime:
         """Data counts until the earliest of its end, its stop and now."""

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
-from abtest.analysis import MetricResult, Report
+from abtest.analysis import Report
+from abtest.comparison import MetricResult
 
 
 def look_key(result: MetricResult) -> str:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
-from abtest.experiment import Experiment
+from abtest.experiment import Experiment, Phase
 from abtest.settings import AbSettings
 
 
@@ -111,8 +111,11 @@ class ExperimentRegistry:
             self._write(stopped)
             return stopped
 
-    def reweight(self, name: str, weights: Mapping[str, float]) -> Experiment:
-        """New variant weights; users move only into variants whose share grows."""
+    def reweight(
+        self, name: str, weights: Mapping[str, float], now: datetime | None = None
+    ) -> Experiment:
+        """New variant weights from ``now`` on, a new phase; users move only into growing ones."""
+        now = now or datetime.now(UTC)
         with self._locked():
             experiment = self.get(name)
             try:
@@ -122,8 +125,12 @@ class ExperimentRegistry:
             variants = tuple(
                 v.model_copy(update={"weight": weights[v.name]}) for v in experiment.variants
             )
+            phase = Phase(start=max(now, experiment.start), weights=dict(weights))
+            # A reweight before the start, or twice at one instant, replaces that phase.
+            phases = [p for p in experiment.phases if p.start < phase.start] + [phase]
             changed = Experiment.model_validate(
-                experiment.model_dump() | {"variants": variants, "allocation": allocation}
+                experiment.model_dump()
+                | {"variants": variants, "allocation": allocation, "phases": phases}
             )
             self._write(changed)
             return changed

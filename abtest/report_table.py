@@ -7,7 +7,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from abtest.analysis import MetricResult, Report
+from abtest.analysis import Report
+from abtest.comparison import MetricResult
 
 CORRECTIONS = {"holm": "Holm's procedure", "bh": "Benjamini-Hochberg"}
 
@@ -43,17 +44,32 @@ def _lift_cells(result: MetricResult, alpha: float) -> tuple[Text, str]:
     return Text(f"{result.lift:+.2%}{marks}", style=_lift_style(result)), interval
 
 
+def _shares(users: dict[str, int], expected: dict[str, float]) -> str:
+    total = max(sum(users.values()), 1)
+    return ", ".join(
+        f"{name} {n:,} ({n / total:.2%} of users, {expected[name]:.2%} allocated)"
+        for name, n in users.items()
+    )
+
+
 def report_table(report: Report) -> Group:
     title = (
         f"Experiment {report.experiment}: {report.window_start:%Y-%m-%d %H:%M} to "
         f"{report.window_end:%Y-%m-%d %H:%M} UTC"
     )
-    users = ", ".join(
-        f"{name} {n:,} ({n / max(sum(report.users.values()), 1):.2%} of users, "
-        f"{report.expected_share[name]:.2%} allocated)"
-        for name, n in report.users.items()
-    )
-    parts: list[Panel | Table | Text] = [Text(title, style="bold"), Text(f"Exposed: {users}")]
+    parts: list[Panel | Table | Text] = [
+        Text(title, style="bold"),
+        Text(f"Exposed: {_shares(report.users, report.expected_share)}"),
+    ]
+    if len(report.phases) > 1:
+        for i, phase in enumerate(report.phases, 1):
+            srm = "" if phase.srm_p_value is None else f"; sample ratio p = {phase.srm_p_value:.3g}"
+            parts.append(
+                Text(
+                    f"  phase {i}, {phase.start:%Y-%m-%d %H:%M} to {phase.end:%Y-%m-%d %H:%M}: "
+                    f"{_shares(phase.users, phase.expected_share)}{srm}"
+                )
+            )
     for warning in report.warnings:
         style = "bold white on red" if report.srm_flagged and "RATIO" in warning else "yellow"
         parts.append(Panel(Text(warning, style=style), title="warning", border_style="red"))

@@ -13,13 +13,12 @@ import math
 
 from scipy import stats
 
-from abtest.estimators import Estimate
+from abtest.estimators import Estimate, satterthwaite_df
 
 
 def welch_satterthwaite_df(v_a: float, df_a: float, v_b: float, df_b: float) -> float:
     """df = (v_a + v_b)^2 / (v_a^2 / df_a + v_b^2 / df_b)."""
-    denominator = v_a**2 / df_a + v_b**2 / df_b
-    return (v_a + v_b) ** 2 / denominator if denominator > 0 else math.inf
+    return satterthwaite_df([v_a, v_b], [df_a, df_b])
 
 
 def absolute_difference(a: Estimate, b: Estimate) -> Estimate:

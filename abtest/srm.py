@@ -23,3 +23,16 @@ def sample_ratio_chi_square(observed: Sequence[int], weights: Sequence[float]) -
 def sample_ratio_p_value(observed: Sequence[int], weights: Sequence[float]) -> float:
     """p = P(chi^2_{k-1} > chi^2)."""
     return float(stats.chi2.sf(sample_ratio_chi_square(observed, weights), len(observed) - 1))
+
+
+def phased_sample_ratio_p_value(
+    observed: Sequence[Sequence[int]], weights: Sequence[Sequence[float]]
+) -> float:
+    """p = P(chi^2_D > sum_p chi^2_p), D = sum_p (k - 1) over the phases with users.
+
+    Each phase is checked against its own weights; the phases' users are independent, so their
+    statistics add up to one test whose false-alarm rate stays at the level it is read at.
+    """
+    used = [(o, w) for o, w in zip(observed, weights, strict=True) if sum(o) > 0]
+    chi_square = sum(sample_ratio_chi_square(o, w) for o, w in used)
+    return float(stats.chi2.sf(chi_square, sum(len(o) - 1 for o, _ in used)))

@@ -30,13 +30,14 @@ class Moments:
 
     @classmethod
     def from_aggregates(cls, columns: Sequence[str], row: Mapping[str, float]) -> Moments:
-        """From a row holding n, sum_<c> and the cross products named by ``cross_name``."""
+        """From a row holding n, sum_<c> and the cross products named by ``cross_name``
+        (missing ones are 0: a variant without users)."""
         k = len(columns)
-        sums = np.array([float(row[f"sum_{c}"] or 0.0) for c in columns])
+        sums = np.array([float(row.get(f"sum_{c}") or 0.0) for c in columns])
         cross = np.empty((k, k))
         for i, a in enumerate(columns):
             for j, b in enumerate(columns):
-                cross[i, j] = float(row[cross_name(a, b)] or 0.0)
+                cross[i, j] = float(row.get(cross_name(a, b)) or 0.0)
         return cls(tuple(columns), int(row["n"]), sums, cross)
 
     @classmethod

@@ -66,4 +66,5 @@ def aggregate(columns: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def variant_data(control: dict, treatment: dict) -> VariantData:
-    return VariantData({"control": aggregate(control), "treatment": aggregate(treatment)}, 0, {})
+    rows = {"control": aggregate(control), "treatment": aggregate(treatment)}
+    return VariantData((rows,), 0, {})

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from abtest.analysis import MetricResult, Report
+from abtest.analysis import Report
+from abtest.comparison import MetricResult
 from abtest.decision import decide, significantly
 from abtest.metrics import MetricName
 from abtest.registry import ExperimentRegistry

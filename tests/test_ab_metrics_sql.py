@@ -102,7 +102,7 @@ def test_variant_totals_match_the_hand_count(toy_store: EventStore) -> None:
     data = query_variant_data(connect_store(toy_store.root), toy_experiment(), now=T0 + 30 * D)
     assert data.ambiguous_users == 1
     assert data.unknown_variants == {"treatmnet": 1}
-    control, treatment = data.aggregates["control"], data.aggregates["treatment"]
+    control, treatment = data.phases[0]["control"], data.phases[0]["treatment"]
     assert control["n"] == 1
     assert {c: control[f"sum_{c}"] for c in ("gmv", "purchases", "clicks", "impressions")} == {
         "gmv": 10, "purchases": 1, "clicks": 1, "impressions": 2,
@@ -119,7 +119,7 @@ def test_variant_totals_match_the_hand_count(toy_store: EventStore) -> None:
     )  # fmt: skip
     assert (treatment["sum_sessions"], treatment["sum_failed_sessions"]) == (2, 1)
     assert treatment["sum_pre_gmv"] == 0  # u5's purchase lies before the pre-period
-    moments = data.moments("treatment", METRICS[MetricName.CTR])
+    moments = data.moments("treatment", METRICS[MetricName.CTR], phase=0)
     # per user (clicks, impressions): u2 (2, 1), u5 (0, 1)
     assert moments.cross[0, 0] == 4 and moments.cross[0, 1] == 2 and moments.cross[1, 1] == 2
 
@@ -129,7 +129,7 @@ def test_the_window_ends_now_while_the_experiment_runs(toy_store: EventStore) ->
     data = query_variant_data(connect_store(toy_store.root), running, now=T0 + 2 * H)
     # At T0+2h only u1's first exposure and u2's exposure have happened (u3 still one variant).
     assert data.users("control") == 2 and data.users("treatment") == 1
-    assert data.aggregates["control"]["sum_clicks"] == 0  # u1's click at T0+2h is not before now
+    assert data.phases[0]["control"]["sum_clicks"] == 0  # u1's click at T0+2h is not before now
 
 
 def test_a_store_whose_path_holds_a_quote_reports_under_a_memory_limit(tmp_path) -> None:

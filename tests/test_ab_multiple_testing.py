@@ -37,7 +37,7 @@ def three_variants(**settings: object) -> Experiment:
 
 def draw(rng: np.random.Generator, users: int) -> VariantData:
     rows = {name: aggregate(draw_users(rng, (users,))) for name in ("control", "a", "b")}
-    return VariantData(rows, 0, {})
+    return VariantData((rows,), 0, {})
 
 
 def test_holm_keeps_the_family_wise_error_of_an_a_a_a_experiment_at_alpha() -> None:
