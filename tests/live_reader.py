@@ -3,6 +3,9 @@
 Each query checks what an analyst must never see: an error, a count that goes backwards, or
 a user whose visible events are not a prefix of what that user sent (a torn or reordered
 batch). Rating events carry ``event_id = <user>-<seq>`` for the prefix check.
+
+Each count that differs from the last one seen is also printed at once on stdout, one a line,
+so that the test can pace production by what the reader has observed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def main(store: str, out: str, target: int, deadline_s: float) -> None:
         report["gaps"] += int(gaps > 0)
         report["backwards"] += int(count < last)
         report["counts"].append(count)
+        if count != last or report["queries"] == 1:
+            print(count, flush=True)
         last = count
         if count >= target:
             break

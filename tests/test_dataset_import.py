@@ -156,6 +156,7 @@ def test_amazon_2018_and_2023_lines_with_metadata(tmp_path: Path) -> None:
     assert reader.catalogue["B01"].category == "Books"
 
 
+@pytest.mark.kafka
 def test_import_replays_through_kafka_into_the_store(
     settings: StreamSettings, workers: Callable, tmp_path: Path
 ) -> None:
@@ -191,6 +192,7 @@ def test_import_replays_through_kafka_into_the_store(
     assert sorted(json.loads(r.value)["category"] for r in items) == ["books", "toys"]
 
 
+@pytest.mark.kafka
 def test_imported_ratings_become_live_golden_lists(
     settings: StreamSettings, workers: Callable, tmp_path: Path
 ) -> None:

@@ -67,6 +67,7 @@ def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]
     broker.stop()
 
 
+@pytest.mark.kafka
 def test_every_impression_arrives_once_across_a_broker_restart(
     own_broker: LocalKafka, tmp_path: Path
 ) -> None:
@@ -110,6 +111,7 @@ def test_a_full_spool_drops_new_impressions_and_counts_them(tmp_path: Path) -> N
     assert left == 5
 
 
+@pytest.mark.kafka
 def test_impressions_spooled_before_a_restart_are_sent_after_it(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -133,6 +135,7 @@ def test_impressions_spooled_before_a_restart_are_sent_after_it(
     assert set(seen) == {e.request_id for e in sent} and max(seen.values()) == 1
 
 
+@pytest.mark.kafka
 def test_two_logs_on_one_spool_directory_keep_apart_and_lose_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from schemas import parse_event
 from streams.dead_letter import read_dead_letter_headers
 from streams.feed import CORRUPTIONS, FeedGenerator
@@ -13,6 +15,8 @@ from streams.settings import StreamSettings
 from streams.store_views import connect_store
 from tests.conftest import read_topic, wait_for
 from tests.test_schemas import VALID
+
+pytestmark = pytest.mark.kafka
 
 
 def stored_count(settings: StreamSettings, view: str = "ingested") -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from deploy.local_kafka import LocalKafka, accepts_connections, free_port
 
 
@@ -14,6 +16,7 @@ def test_free_port_is_bindable() -> None:
         s.bind(("127.0.0.1", port))
 
 
+@pytest.mark.kafka
 def test_start_twice_is_harmless_and_stop_is_clean(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path / "kafka", heap="384m")
     first = broker.start()

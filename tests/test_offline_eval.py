@@ -53,8 +53,11 @@ def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
     for ablation in ("sft", "page", "item", "both"):
         metrics = json.loads((out / f"metrics_{ablation}.json").read_text())
         assert metrics["users"] == 60
-        for name in ("recall@20", "recall@40", "ndcg@100", "was", "pwkt", "ild"):
-            assert 0.0 <= metrics[name] <= 1.0 or name == "pwkt"
+        for name in ("recall@20", "recall@40", "ndcg@100", "was", "dpa", "ild"):
+            assert 0.0 <= metrics[name] <= 1.0, (name, metrics[name])
+        # PWKT is a Kendall tau over the pairs of a page's golden-list items: +1 all in golden
+        # order, -1 all reversed (and 0 for a page with fewer than 2 golden items), averaged.
+        assert -1.0 <= metrics["pwkt"] <= 1.0, metrics["pwkt"]
         with open(out / f"recommendations_{ablation}.csv") as source:
             rows = list(csv.DictReader(source))
         assert len(rows) == 60

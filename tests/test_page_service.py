@@ -29,6 +29,8 @@ from tests.conftest import read_topic
 from tests.serving_fixtures import publish_version
 from tests.test_retrain import T0, write_ratings
 
+pytestmark = pytest.mark.kafka  # every test's service logs impressions to the broker
+
 USERS = [f"u{u}" for u in range(30)]  # the version knows u0-u29; the store has u0-u39
 ITEMS = [f"i{i}" for i in range(60)]
 CATEGORIES = [f"c{c}" for c in range(4)]

@@ -37,6 +37,8 @@ from tests.test_impression_log import request_ids
 from tests.test_page_service import CATEGORIES, ITEMS, USERS
 from tests.test_retrain import write_ratings
 
+pytestmark = pytest.mark.kafka  # the module's own broker
+
 TOPIC = "events"
 
 
