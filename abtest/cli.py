@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from abtest.assignment import assign
 from abtest.experiment import Experiment, Variant
-from abtest.metrics import MetricName
+from abtest.metrics import METRICS, MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
 from abtest.settings import AbSettings
 from streams.progress_bars import progress_bar
@@ -61,6 +62,31 @@ def _metrics(value: str) -> tuple[MetricName, ...]:
     except ValueError:
         known = ", ".join(m.value for m in MetricName)
         raise argparse.ArgumentTypeError(f"{value!r}: metrics are {known}") from None
+
+
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = math.nan
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number in (0, 1]")
+    return share
+
+
+def _weights(value: str) -> dict[str, float]:
+    """'50,50' -> control 50, treatment 50; more than two: treatment-1, treatment-2, ..."""
+    try:
+        numbers = [float(w) for w in value.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) < 2 or any(not w > 0 for w in numbers):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected two or more positive weights, "
+                                         "control first, e.g. 50,50")  # fmt: skip
+    treatments = ["treatment"] if len(numbers) == 2 else [
+        f"treatment-{i}" for i in range(1, len(numbers))
+    ]  # fmt: skip
+    return dict(zip(["control", *treatments], numbers, strict=True))
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -122,6 +148,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     report.add_argument("name")
     report.add_argument("--out", type=Path, help="directory of the JSON and PNG")
     report.add_argument("--now", type=_time, help="report as of this time (default: now)")
+    plan = action("plan", "users and days needed to detect a lift, from recent traffic", run_plan)
+    plan.add_argument("--metric", type=MetricName, default=MetricName.GMV_PER_USER,
+                      help="the metric to power (gmv_per_user)")  # fmt: skip
+    plan.add_argument("--lift", type=float, required=True,
+                      help="smallest relative lift that matters, e.g. 0.02 for +2%%")  # fmt: skip
+    plan.add_argument("--power", type=_share, default=0.8, help="chance to detect it (0.8)")
+    plan.add_argument("--alpha", type=_share, default=0.05, help="significance level (0.05)")
+    plan.add_argument("--weights", type=_weights, default={"control": 1.0, "treatment": 1.0},
+                      help="variant weights, control first: 50,50 (default) or 90,10")  # fmt: skip
+    plan.add_argument("--traffic", type=_share, default=1.0,
+                      help="share of the layer's users the experiment takes (1.0)")  # fmt: skip
+    plan.add_argument("--history-days", type=int, default=14,
+                      help="days of recent traffic the plan reads (14)")  # fmt: skip
+    plan.add_argument("--now", type=_time, help="plan as of this time (default: now)")
+    plan.add_argument("--json", action="store_true", help="one JSON document instead of text")
     decide = action(
         "decide", "promote or roll back the treatment's version by the report", run_decide
     )
@@ -252,6 +293,48 @@ def run_report(args: argparse.Namespace) -> int:
     if report.srm_flagged:
         return 3  # scripts must not miss it either
     return 0 if report.sufficient_data else 4
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from abtest.planning import plan_experiment
+
+    if args.lift == 0 or args.lift <= -1:
+        raise ExperimentError(f"lift: {args.lift} cannot be detected; give e.g. 0.02 for +2%")
+    if args.power >= 1:
+        raise ExperimentError("power: 1 would need infinitely many users; give e.g. 0.8")
+    if args.history_days < 1:
+        raise ExperimentError(f"history-days: {args.history_days} is not a positive number")
+    plan = plan_experiment(
+        _store_dir(args), args.metric, args.lift, alpha=args.alpha, power=args.power,
+        weights=args.weights, traffic=args.traffic, history_days=args.history_days, now=args.now,
+    )  # fmt: skip
+    if args.json:
+        print(plan.model_dump_json(indent=2))
+        return 0
+    label = METRICS[plan.metric].label
+    per_variant = ", ".join(f"{name} {n:,}" for name, n in plan.users_per_variant.items())
+    if plan.days is None:
+        days = (
+            f"never at the recent traffic: {args.history_days} days of it reached no more users "
+            f"than {args.history_days - 1}"
+        )
+    else:
+        where = "within" if plan.days_within_history else "extrapolated beyond"
+        days = f"about {math.ceil(plan.days)} ({where} the {args.history_days} days of history)"
+    console.print(
+        f"Plan for {label}: detect a {plan.lift:+.2%} relative lift at alpha {plan.alpha:g} "
+        f"with {plan.power:.0%} power\n"
+        f"History: {plan.history_users:,} users with impressions from "
+        f"{plan.history_since:%Y-%m-%d %H:%M} to {plan.history_until:%Y-%m-%d %H:%M} UTC: "
+        f"{label} {plan.baseline:.4g}, per-user sd {plan.per_user_sd:.4g}\n"
+        f"Users needed: {per_variant} ({plan.users_total:,} in all; power "
+        f"{plan.achieved_power:.1%})\n"
+        f"Days at {plan.traffic:.0%} of the layer's users: {days}\n"
+        "Without CUPED: a pre-period that explains a share rho^2 of the variance needs that "
+        "share fewer users.",
+        markup=False,
+    )
+    return 0
 
 
 def run_decide(args: argparse.Namespace) -> int:

@@ -57,15 +57,18 @@ def moment_columns() -> tuple[str, ...]:
     return USER_COLUMNS + tuple(f"pre_{c}" for c in USER_COLUMNS)
 
 
-def _moment_aggregates() -> list[str]:
-    """sum(c) for every column and sum(a * b) for the pairs some metric reads together."""
-    sums = [f"sum(u.{c})::DOUBLE AS sum_{c}" for c in moment_columns()]
+def _moment_aggregates(pre_period: bool = True) -> list[str]:
+    """sum(c) for every column and sum(a * b) for the pairs some metric reads together (only
+    the period's own columns when not ``pre_period``)."""
+    columns = moment_columns() if pre_period else USER_COLUMNS
+    sums = [f"sum(u.{c})::DOUBLE AS sum_{c}" for c in columns]
     pairs = sorted(
         {
             tuple(sorted((a, b)))
             for metric in METRICS.values()
             for a in metric.columns
             for b in metric.columns
+            if a in columns and b in columns
         }
     )
     crosses = [f"sum(u.{a}::DOUBLE * u.{b}) AS {cross_name(a, b)}" for a, b in pairs]
@@ -121,6 +124,34 @@ SELECT x.phase, x.variant, x.ambiguous, count(*) AS n, {", ".join(_moment_aggreg
 FROM exposure x LEFT JOIN users u ON u.user_key = x.user_key
 GROUP BY x.phase, x.variant, x.ambiguous
 ORDER BY x.phase, x.variant
+"""
+
+
+def history_sql() -> str:
+    """Per-user totals of every user with an impression in [$since, $until), as moments (one
+    row: n, sums, cross products), and how many of them had their last impression each day
+    before $until (two lists: users, and whole days ago)."""
+    return f"""
+WITH sessions AS (
+    SELECT hash(e.user_id) AS user_key, hash(e.session_id) AS session_key,
+           max(e.ts) FILTER (WHERE e.type = 'impression') AS last_impression, {_SESSION_TOTALS}
+    FROM events e
+    WHERE e.ts >= $since AND e.ts < $until
+    GROUP BY ALL
+),
+users AS (
+    SELECT user_key, max(last_impression) AS last_seen,
+           {_user_totals("", "true")}
+    FROM sessions GROUP BY user_key HAVING sum(impressions) > 0
+),
+days_ago AS (
+    SELECT floor(epoch($until - last_seen) / 86400)::BIGINT AS days, count(*) AS users
+    FROM users GROUP BY days
+)
+SELECT count(*) AS n, {", ".join(_moment_aggregates(pre_period=False))},
+       (SELECT list(users ORDER BY days) FROM days_ago) AS users_by_days_ago,
+       (SELECT list(days ORDER BY days) FROM days_ago) AS days_ago
+FROM users u
 """
 
 

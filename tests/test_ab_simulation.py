@@ -11,6 +11,7 @@ from scipy import stats
 from abtest.analysis import analyze
 from abtest.estimators import Estimate
 from abtest.metrics import MetricName
+from abtest.power import users_needed
 from abtest.significance import always_valid_p_value, relative_lift, two_sided_p_value
 from tests.ab_simulation import START, draw_users, two_variant_experiment, variant_data
 
@@ -39,10 +40,14 @@ def test_a_a_false_positive_rate_is_alpha_for_every_metric(pre_period_days: floa
 
 
 def test_a_planted_lift_is_found_as_often_as_theory_predicts() -> None:
-    # Normal users (mean 100, sd 30), 1,000 per arm, a planted lift of 3.83% on the mean:
-    # se(L) = sqrt(sd^2/n (1 + (1+d)^2)) / mean, power = Phi(d/se - z) + Phi(-d/se - z).
+    # Normal users (mean 100, sd 30), a planted lift of 3.83% on the mean, as many users per arm
+    # as `ab plan` asks for 80% power: se(L) = sqrt(sd^2/n (1 + (1+d)^2)) / mean,
+    # power = Phi(d/se - z) + Phi(-d/se - z).
     rng = np.random.default_rng(4)
-    n, mean, sd, lift, runs = 1000, 100.0, 30.0, 0.0383, 2000
+    mean, sd, lift, runs = 100.0, 30.0, 0.0383, 2000
+    planned = users_needed((sd / mean) ** 2, lift, ALPHA, 0.8, {"control": 1, "treatment": 1})
+    n = planned["control"]
+    assert planned == {"control": 1001, "treatment": 1001}
     se = math.sqrt(sd**2 / n * (1 + (1 + lift) ** 2)) / mean
     z = stats.norm.ppf(1 - ALPHA / 2)
     predicted = stats.norm.cdf(lift / se - z) + stats.norm.cdf(-lift / se - z)
