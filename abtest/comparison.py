@@ -103,6 +103,27 @@ def pair_estimates(
     return PairEstimates(*adjusted, True, [])
 
 
+def phase_label(data: VariantData, index: int) -> str:
+    return f"phase {index + 1}: " if len(data.phases) > 1 else ""
+
+
+def usable_phases(
+    data: VariantData, metric: Metric, names: Sequence[str]
+) -> tuple[list[tuple[int, list[Moments]]], list[str]]:
+    """The phases where ``metric`` is defined in both variants, with their moments; and why
+    each other phase is not."""
+    usable, left_out = [], []
+    for i in range(len(data.phases)):
+        moments = [data.moments(v, metric, i) for v in names]
+        undefined = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
+                     if (why := undefined_part(m, metric))]  # fmt: skip
+        if undefined:
+            left_out.append(phase_label(data, i) + " and ".join(undefined))
+        else:
+            usable.append((i, moments))
+    return usable, left_out
+
+
 def _values(a: Estimate, b: Estimate) -> dict[str, float]:
     return {"control_value": a.value, "variant_value": b.value,
             "difference": absolute_difference(a, b).value}  # fmt: skip
@@ -119,24 +140,14 @@ def compare_metric(
         lift_ci=None, p_value=1.0, always_valid_p=1.0, always_valid_p_this_look=1.0,
         significant=False, better=None, cuped_variance_reduction=None,
     )  # fmt: skip
-    in_phase = (lambda i: f"phase {i + 1}: ") if len(data.phases) > 1 else (lambda i: "")
-    usable: list[tuple[int, list[Moments]]] = []
-    left_out: list[str] = []
-    for i in range(len(data.phases)):
-        moments = [data.moments(v, metric, i) for v in names]
-        undefined = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
-                     if (why := undefined_part(m, metric))]  # fmt: skip
-        if undefined:
-            left_out.append(in_phase(i) + " and ".join(undefined))
-        else:
-            usable.append((i, moments))
+    usable, left_out = usable_phases(data, metric, names)
     if not usable:
         return result.model_copy(update={"no_result": f"undefined: {'; '.join(left_out)}"})
     weights = [sum(m.n for m in moments) for _, moments in usable]
 
-    def combined(per_phase: Sequence[Sequence[Estimate]]) -> tuple[Estimate, Estimate]:
-        a, b = (stratified_estimate([pair[v] for pair in per_phase], weights) for v in (0, 1))
-        return a, b
+    def combined(per_phase: Sequence[Sequence[Estimate]]) -> list[Estimate]:
+        """The control's and the treatment's estimates over the phases."""
+        return [stratified_estimate([pair[v] for pair in per_phase], weights) for v in (0, 1)]
 
     plain = combined([[variant_stats(m, metric, False).as_estimate() for m in moments]
                       for _, moments in usable])  # fmt: skip
@@ -148,7 +159,7 @@ def compare_metric(
     a, b = combined([(p.control, p.treatment) for _, p in phases])
     adjusted = any(p.adjusted for _, p in phases)
     notes = [f"{why}, so that phase is left out" for why in left_out]
-    notes += [in_phase(i) + note for i, p in phases for note in p.notes]
+    notes += [phase_label(data, i) + note for i, p in phases for note in p.notes]
     reduction = 1.0 - b.variance / plain[1].variance if adjusted and plain[1].variance else None
     result = result.model_copy(
         update=_values(a, b) | {"cuped_variance_reduction": reduction, "notes": notes}

@@ -147,3 +147,20 @@ def test_a_reweighted_a_a_experiment_keeps_its_error_rates() -> None:
     assert pooled_rejected[MetricName.CTR] / 200 > 0.5
     assert pooled_rejected[MetricName.GMV_PER_USER] / 200 > 0.15
     assert pooled_alarms / 200 > 0.9
+
+
+def test_a_phase_without_users_in_a_variant_is_left_out_and_says_so() -> None:
+    # Just after a reweight the new phase may hold one variant's users only: no comparison in
+    # it, so the result is phase 1's alone.
+    rng = np.random.default_rng(5)
+    first = {v: aggregate(draw_users(rng, (500,))) for v in ("control", "treatment")}
+    second = {"treatment": aggregate(draw_users(rng, (10,)))}
+    phased = two_variant_experiment().model_copy(
+        update={"phases": (Phase(start=START, weights={"control": 1, "treatment": 1}),
+                           Phase(start=RESHUFFLE, weights={"control": 1, "treatment": 3}))}
+    )  # fmt: skip
+    both = analyze(phased, VariantData((first, second), 0, {}), END)
+    alone = analyze(two_variant_experiment(), VariantData((first,), 0, {}), END)
+    for r, only in zip(both.results, alone.results, strict=True):
+        assert r.notes == ["phase 2: control has 0 users, so that phase is left out"]
+        assert (r.lift, r.lift_ci, r.p_value) == (only.lift, only.lift_ci, only.p_value)
