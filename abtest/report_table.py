@@ -110,12 +110,15 @@ def report_table(report: Report) -> Group:
         if corrected
         else ""
     )
+    looks = "the experiment's reports (this is the first)" if report.looks == 1 else (
+        f"the experiment's {report.looks} reports"
+    )  # fmt: skip
     parts.append(
         Text(
             f"*** p < 0.001, ** p < 0.01, * p < {report.alpha}. Lift is relative to "
             f"{report.control}; values are CUPED-adjusted where a pre-period exists. The "
-            f"always-valid p is the lowest of the {report.looks} looks (reports) so far and may "
-            "be read at any time; the fixed p only at the planned end." + family
+            f"always-valid p, the lowest over {looks}, may be read at any time; the fixed p "
+            "only at the planned end." + family
         )
     )
     return Group(*parts)
