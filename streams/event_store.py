@@ -73,9 +73,13 @@ class EventStore:
         self.init_dataset(LEDGER_DIR, empty_ledger_table())
 
     def init_dataset(self, dataset: str, empty: pa.Table) -> None:
-        """Seed ``dataset`` with a zero-row file of its schema unless it has one."""
+        """Seed ``dataset`` with a zero-row file of its current schema.
+
+        Views read the files by column name, so a column added later (older files lack it)
+        still binds: the seed, rewritten whenever the schema grows, always holds it.
+        """
         seed = self.root / dataset / f"date={_SEED_DATE}" / _SEED_NAME
-        if not seed.exists():
+        if not seed.exists() or not pq.read_schema(seed).equals(empty.schema):
             seed.parent.mkdir(parents=True, exist_ok=True)
             self._write_atomically(empty, seed)
 

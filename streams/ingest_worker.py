@@ -2,12 +2,15 @@
 the event store.
 
 Per micro-batch (``stream.take_events``): drop records the store already holds (replays),
-validate the rest, send each rejected record to the dead-letter topic with its reason and raw
-bytes, write the whole batch (accepted and rejected rows) as one durable Parquet file, and only
-then let faust acknowledge the batch's events. Faust commits acknowledged offsets, so a
-committed offset always covers durable data: a crash at any point replays at most the batch in
-flight, and the store's watermarks drop what was already written. At-least-once delivery plus
-an idempotent store gives each accepted event exactly once in the store.
+validate the rest (the value, and the key: the record's user or item id), send each rejected
+record to the dead-letter topic with its reason and raw bytes (``dead_letter``: as a reference
+when too large; a send that fails is noted and does not stop the partition, since the store
+keeps the raw bytes too), write the whole batch (accepted and rejected rows) as one durable
+Parquet file, and only then let faust acknowledge the batch's events. Faust commits
+acknowledged offsets, so a committed offset always covers durable data: a crash at any point
+replays at most the batch in flight, and the store's watermarks drop what was already written.
+At-least-once delivery plus an idempotent store gives each accepted record exactly once in
+the store.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import faust
 from faust.types import TP, EventT
 
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
-from streams.dead_letter import dead_letter_headers
+from streams.dead_letter import DeadLetter, Reject, dead_letter_all
 from streams.event_store import EventStore
 from streams.faust_transport import use_fetch_wait
 from streams.ledger import LedgerBatch, SourceRecord
+from streams.record_keys import key_problem
 from streams.settings import StreamSettings
 from streams.store_views import write_catalog
 from streams.topics import topic_id
@@ -47,6 +51,7 @@ class IngestCounters:
     rejected: int = 0
     replays_dropped: int = 0
     batches: int = 0
+    dead_letters_failed: int = 0
 
 
 class Ingestor:
@@ -77,27 +82,40 @@ class Ingestor:
                 log.info("partition %s[%d]: stored up to offset %d", topic, partition, offset)
 
     def build_batch(
-        self, records: Sequence[tuple[SourceRecord, bytes]]
-    ) -> tuple[LedgerBatch, list[tuple[SourceRecord, bytes, str]]]:
+        self, records: Sequence[tuple[SourceRecord, bytes | None]]
+    ) -> tuple[LedgerBatch, list[Reject]]:
         """Validate a batch; returns its ledger rows and the rejects for the dead-letter topic."""
         self._load_watermarks([source for source, _ in records])
         batch = LedgerBatch()
-        rejects: list[tuple[SourceRecord, bytes, str]] = []
+        rejects: list[Reject] = []
         now = datetime.now(UTC)
         for source, value in records:
             if source.offset <= self._watermarks[(source.topic, source.partition)]:
                 self.counters.replays_dropped += 1
                 continue
             try:
-                if source.topic == self.settings.catalogue_topic:
-                    batch.add_catalogue_item(parse_catalogue_item(value), source)
-                else:
-                    event = parse_event(value, now=now, max_clock_skew=self._skew)
-                    batch.add_accepted(event, source)
+                self._add_valid(batch, source, value, now)
             except InvalidEvent as exc:
-                batch.add_rejected(value, exc.reason, source)
-                rejects.append((source, value, exc.reason))
+                row = batch.add_rejected(value, exc.reason, source)
+                rejects.append(Reject(source, value, exc.reason, row))
         return batch, rejects
+
+    def _add_valid(
+        self, batch: LedgerBatch, source: SourceRecord, value: bytes | None, now: datetime
+    ) -> None:
+        """Add the record as accepted, or raise ``InvalidEvent`` with the reason."""
+        if value is None:
+            raise InvalidEvent("value: null (a tombstone or an empty send); expected a JSON object")
+        if source.topic == self.settings.catalogue_topic:
+            item = parse_catalogue_item(value)
+            if problem := key_problem(source.key, item.item_id, "item_id"):
+                raise InvalidEvent(problem)
+            batch.add_catalogue_item(item, source)
+        else:
+            event = parse_event(value, now=now, max_clock_skew=self._skew)
+            if problem := key_problem(source.key, event.user_id, "user_id"):
+                raise InvalidEvent(problem)
+            batch.add_accepted(event, source)
 
     def commit_batch(self, batch: LedgerBatch, records: Sequence[SourceRecord]) -> None:
         """Write the batch durably, then advance the watermarks it covers."""
@@ -119,11 +137,11 @@ class Ingestor:
         self.counters.batches += 1
 
 
-def _source_of(event: EventT) -> tuple[SourceRecord, bytes]:
+def _source_of(event: EventT) -> tuple[SourceRecord, bytes | None]:
     message = event.message
     stamp = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else None
     key = message.key if isinstance(message.key, bytes | None) else bytes(message.key)
-    value = message.value if isinstance(message.value, bytes) else bytes(message.value or b"")
+    value = message.value if isinstance(message.value, bytes | None) else bytes(message.value)
     source = SourceRecord(message.topic, message.partition, message.offset, key, stamp)
     return source, value
 
@@ -158,6 +176,7 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         stream_buffer_maxsize=max(4096, settings.batch_max_events),
         consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
+        producer_max_request_size=settings.dead_letter_max_bytes,
         datadir=str(datadir),
     )
     use_fetch_wait(app, settings.fetch_max_wait_ms)
@@ -172,23 +191,21 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     async def _forget(_app: faust.App, revoked: set[TP], **_kw: object) -> None:
         ingestor.forget_partitions(revoked)
 
-    async def persist(records: list[tuple[SourceRecord, bytes]]) -> None:
-        """Dead-letter the rejects, then write the batch; any failure exits unacknowledged."""
+    async def send_dead_letter(letter: DeadLetter) -> None:
+        delivered = await app.producer.send(
+            settings.dead_letter_topic, key=letter.key, value=letter.value, partition=None,
+            timestamp=None, headers=letter.headers,
+        )  # fmt: skip
+        await delivered
+
+    async def persist(records: list[tuple[SourceRecord, bytes | None]]) -> None:
+        """Dead-letter the rejects, then write the batch; a failed write exits unacknowledged."""
         try:
             batch, rejects = ingestor.build_batch(records)
-            sends = [
-                await app.producer.send(
-                    settings.dead_letter_topic,
-                    key=source.key,
-                    value=raw,
-                    partition=None,
-                    timestamp=None,
-                    headers=dead_letter_headers(source, reason),
-                )
-                for source, raw, reason in rejects
-            ]
-            if sends:
-                await asyncio.gather(*sends)
+            ingestor.counters.dead_letters_failed += await dead_letter_all(
+                batch, rejects, send_dead_letter,
+                max_bytes=settings.dead_letter_max_bytes, timeout_s=settings.dead_letter_timeout_s,
+            )  # fmt: skip
             await asyncio.to_thread(ingestor.commit_batch, batch, [s for s, _ in records])
         except Exception:
             # take_events acknowledges a batch however its loop body ends, so the only way
@@ -213,9 +230,11 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     async def _report() -> None:
         c = ingestor.counters
         log.info(
-            "ingest: %d accepted, %d rejected, %d replays dropped, %d batches",
+            "ingest: %d accepted, %d rejected (%d not dead-lettered), %d replays dropped, "
+            "%d batches",
             c.accepted,
             c.rejected,
+            c.dead_letters_failed,
             c.replays_dropped,
             c.batches,
         )

@@ -1,7 +1,8 @@
 """The ledger row layout: one row per consumed Kafka record, accepted or rejected.
 
 An accepted event fills its type's columns, an accepted catalogue record (type ``catalogue``)
-the item's; a rejected record keeps its reason and raw bytes.
+the item's; a rejected record keeps its reason, its raw bytes (null for a null value) and what
+became of it on the dead-letter topic.
 Both kinds of row carry the record's topic, partition and offset, which is what makes a replay
 recognisable (see ``event_store.EventStore.stored_watermarks``).
 """
@@ -53,6 +54,7 @@ LEDGER_SCHEMA = pa.schema(
         ("ingested_at", TIMESTAMP),
         ("reject_reason", pa.string()),
         ("raw", pa.binary()),
+        ("dead_letter", pa.string()),  # a rejected record's fate there (``streams.dead_letter``)
     ]
 )
 
@@ -136,11 +138,16 @@ class LedgerBatch:
         self._add_source(source, reason=None, raw=None)
         self.accepted += 1
 
-    def add_rejected(self, raw: bytes, reason: str, source: SourceRecord) -> None:
+    def add_rejected(self, raw: bytes | None, reason: str, source: SourceRecord) -> int:
+        """A rejected record's row; returns its index, for ``note_dead_letter``."""
         for name in _EVENT_COLUMNS:
             self.columns[name].append(None)
         self._add_source(source, reason=reason, raw=raw)
         self.rejected += 1
+        return len(self.columns["raw"]) - 1
+
+    def note_dead_letter(self, row: int, outcome: str) -> None:
+        self.columns["dead_letter"][row] = outcome
 
     def _add_source(self, source: SourceRecord, reason: str | None, raw: bytes | None) -> None:
         c = self.columns
@@ -151,6 +158,7 @@ class LedgerBatch:
         c["kafka_timestamp"].append(source.timestamp)
         c["reject_reason"].append(reason)
         c["raw"].append(raw)
+        c["dead_letter"].append(None)
 
     def to_table(self, ingested_at: datetime | None = None) -> pa.Table:
         """The batch as an Arrow table in ``LEDGER_SCHEMA``, stamped with its ingestion time."""

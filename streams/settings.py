@@ -47,6 +47,15 @@ class StreamSettings(BaseSettings):
     fetch_max_bytes_per_partition: int = Field(
         8 * 1024 * 1024, ge=1024, description="largest fetch from one partition per request"
     )
+    dead_letter_max_bytes: int = Field(
+        1_000_000,
+        ge=10_000,
+        description="largest dead-letter record (value, key and headers); a rejected record "
+        "beyond it is dead-lettered as a reference (size, SHA-256), its bytes kept in the store",
+    )
+    dead_letter_timeout_s: float = Field(
+        30.0, gt=0, description="a dead-letter send slower than this is given up, and noted"
+    )
     max_clock_skew_s: float = Field(
         300.0, ge=0, description="events stamped further in the future than this are rejected"
     )

@@ -67,7 +67,7 @@ def view_definitions(store: EventStore) -> dict[str, str]:
         ),
         "rejected_events": (
             "SELECT kafka_topic, kafka_partition, kafka_offset, kafka_key, kafka_timestamp, "
-            "reject_reason AS reason, raw, ingested_at, date "
+            "reject_reason AS reason, raw, dead_letter, ingested_at, date "
             "FROM ingested WHERE reject_reason IS NOT NULL"
         ),
     }

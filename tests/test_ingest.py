@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 
 import pytest
+from kafka import KafkaProducer
 
-from schemas import parse_event
+from schemas import event_to_json, parse_event
 from streams.dead_letter import read_dead_letter_headers
 from streams.feed import CORRUPTIONS, FeedGenerator
 from streams.producer import EventProducer
@@ -105,3 +107,53 @@ def test_malformed_events_are_dead_lettered_with_reason(
         assert rejected[record.value] == headers["pagellm-reject-reason"]
         topic, partition, offset = headers["pagellm-source"].rsplit("/", 2)
         assert topic == settings.events_topic and int(offset) >= 0 and int(partition) < 4
+
+
+def test_records_at_the_brokers_limits_never_stop_ingestion(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    # A raw producer, as a third-party client would: a value just under the broker's 1 MB
+    # limit, a null value, a keyless and a mis-keyed valid event, then a good one.
+    valid = {k: parse_event(json.dumps({**VALID["rating"], "event_id": k, "user_id": k}))
+             for k in ("u3", "u4", "u5")}  # fmt: skip
+    junk = bytes(range(256)) * 4062  # 1,039,872 bytes, not JSON
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                             max_request_size=2_000_000)  # fmt: skip
+    sent = [
+        producer.send(settings.events_topic, key=b"u1", value=junk),
+        producer.send(settings.events_topic, key=b"u2", value=None),
+        producer.send(settings.events_topic, key=None, value=event_to_json(valid["u3"])),
+        producer.send(settings.events_topic, key=b"u3", value=event_to_json(valid["u4"])),
+        producer.send(settings.events_topic, key=b"u5", value=event_to_json(valid["u5"])),
+    ]
+    producer.flush()
+    producer.close()
+    assert all(future.succeeded() for future in sent), [f.exception for f in sent]
+    worker = workers()
+    wait_for(lambda: stored_count(settings) == 5, 90, "all 5 records in the store")
+    assert worker.poll() is None, "the worker stopped"
+
+    con = connect_store(settings.store_dir)
+    assert con.execute("SELECT event_id FROM events").fetchall() == [("u5",)]
+    rejected = {
+        key: (reason, raw, dead_letter)
+        for key, reason, raw, dead_letter in con.execute(
+            "SELECT kafka_key, reason, raw, dead_letter FROM rejected_events"
+        ).fetchall()
+    }
+    assert rejected[b"u1"][0].startswith("event: Invalid JSON")
+    assert rejected[b"u1"][1] == junk  # the bytes, whole, in the store
+    assert rejected[b"u1"][2].startswith("sent as a reference: ")
+    assert rejected[b"u2"][1:] == (None, "sent")
+    assert rejected[b"u2"][0].startswith("value: null")
+    assert rejected[None][0].startswith("key: missing; key each record by its user_id ('u3')")
+    assert rejected[b"u3"][0] == "key: 'u3' is not the record's user_id 'u4'"
+
+    dead = {r.key: r for r in read_topic(settings, settings.dead_letter_topic, 4)}
+    assert set(dead) == {b"u1", b"u2", None, b"u3"}
+    big = read_dead_letter_headers(dead[b"u1"].headers)
+    assert dead[b"u1"].value is None
+    assert big["pagellm-raw-bytes"] == str(len(junk))
+    assert big["pagellm-raw-sha256"] == hashlib.sha256(junk).hexdigest()
+    assert dead[b"u2"].value is None  # null stays null, not b""
+    assert dead[None].value == event_to_json(valid["u3"])

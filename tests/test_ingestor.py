@@ -64,8 +64,8 @@ def test_invalid_records_become_rejects_with_reasons(ingestor: Ingestor) -> None
     ]
     batch, rejects = ingestor.build_batch(bad)
     assert (batch.accepted, batch.rejected) == (0, 2)
-    assert rejects[0][2].startswith("event: Invalid JSON")
-    assert "event_id: Field required" in rejects[1][2]
+    assert rejects[0].reason.startswith("event: Invalid JSON")
+    assert "event_id: Field required" in rejects[1].reason
 
 
 def test_catalogue_records_are_validated_as_items(ingestor: Ingestor) -> None:
@@ -77,6 +77,36 @@ def test_catalogue_records_are_validated_as_items(ingestor: Ingestor) -> None:
     ]
     batch, rejects = ingestor.build_batch(records)
     assert (batch.accepted, batch.rejected) == (1, 1)
-    assert rejects[0][2] == (
+    assert rejects[0].reason == (
         "category: Field required; price: Input should be greater than or equal to 0"
     )
+
+
+def test_a_record_keyed_by_anything_but_its_id_is_refused(ingestor: Ingestor) -> None:
+    # A keyless or mis-keyed event may land in another partition than its user's other events
+    # and overtake them; a mis-keyed catalogue item escapes the compaction by item id.
+    (_, value), *_ = records(range(1))  # a valid rating of user u0
+    now = datetime.now(UTC)
+    topic = ingestor.settings.catalogue_topic
+    item = b'{"item_id": "a", "category": "toys"}'
+    batch, rejects = ingestor.build_batch([
+        (SourceRecord("events", 0, 0, None, now), value),
+        (SourceRecord("events", 0, 1, b"u9", now), value),
+        (SourceRecord("events", 0, 2, b"u0", now), value),
+        (SourceRecord(topic, 0, 0, b"b", now), item),
+        (SourceRecord(topic, 0, 1, b"a", now), item),
+    ])  # fmt: skip
+    assert (batch.accepted, batch.rejected) == (2, 3)
+    assert [r.reason for r in rejects] == [
+        "key: missing; key each record by its user_id ('u0') to keep it in order",
+        "key: 'u9' is not the record's user_id 'u0'",
+        "key: 'b' is not the record's item_id 'a'",
+    ]
+
+
+def test_a_null_value_is_refused_and_stays_null(ingestor: Ingestor) -> None:
+    now = datetime.now(UTC)
+    batch, rejects = ingestor.build_batch([(SourceRecord("events", 0, 0, b"u0", now), None)])
+    assert rejects[0].reason.startswith("value: null") and rejects[0].raw is None
+    row = batch.to_table().to_pylist()[0]
+    assert (row["raw"], row["reject_reason"]) == (None, rejects[0].reason)
