@@ -35,6 +35,7 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
             "catalogue_topic",
             "partitions",
             "replication_factor",
+            "min_insync_replicas",
         )
         if getattr(args, name, None) is not None
     }
@@ -97,6 +98,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     topics.add_argument(
         "--replication-factor", type=int, help="replicas of each partition (1; 3 in production)"
     )
+    topics.add_argument(
+        "--min-insync-replicas", type=int,
+        help="replicas that must have a write before acks=all succeeds (broker's; 2 of 3)",
+    )  # fmt: skip
     topics.set_defaults(run=run_topics)
 
     produce = commands.add_parser("produce", help="send events from a JSONL file or stdin")
@@ -119,6 +124,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     _store_action(store_actions, "init", "create the layout and the DuckDB catalog", run_store_init)
     sql = _store_action(store_actions, "sql", "run SQL over the analyst views", run_store_sql)
     sql.add_argument("query", help='e.g. "SELECT type, count(*) FROM events GROUP BY 1"')
+    sql.add_argument(
+        "--format", choices=["table", "csv", "json"], default="table",
+        help="table (for people, the default), csv with a header, or json (an array of "
+             "objects): csv and json come from DuckDB's own writers, for scripts",
+    )  # fmt: skip
 
     imp = commands.add_parser(
         "import", help="replay a ratings dataset through Kafka as rating events"
@@ -289,9 +299,16 @@ def run_store_sql(args: argparse.Namespace) -> int:
 
     try:
         con = connect_store(settings_from(args).store_dir)
-        print_query(con, args.query)
+        if args.format == "table":
+            print_query(con, args.query)
+        else:
+            # DuckDB writes CSV and JSON itself, streaming, with its types rendered as it
+            # renders them everywhere (decimals exact, times in ISO form, blobs escaped).
+            sys.stdout.flush()
+            copy = "(FORMAT csv, HEADER)" if args.format == "csv" else "(FORMAT json, ARRAY true)"
+            con.execute(f"COPY ({args.query.rstrip().rstrip(';')}) TO '/dev/stdout' {copy}")
     except (FileNotFoundError, duckdb.Error) as exc:
-        console.print(f"[red]query failed:[/red] {exc}")
+        console.print(f"query failed: {exc}", style="red", markup=False)
         return 2
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,12 @@ class StreamSettings(BaseSettings):
     partitions: int = Field(4, ge=1, description="partitions of each topic when created")
     replication_factor: int = Field(
         1, ge=1, description="replicas of each topic's partitions when created (3 in production)"
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="replicas that must hold a write before acks=all succeeds, set on each "
+        "topic when created (None: the broker's, 1 by default; 2 with 3 replicas in production)",
     )
     store_dir: Path = Field(Path("var/store"), description="root of the event store's files")
     consumer_group: str = Field("pagellm-ingest", description="the ingest workers' group id")
@@ -59,3 +65,14 @@ class StreamSettings(BaseSettings):
     max_clock_skew_s: float = Field(
         300.0, ge=0, description="events stamped further in the future than this are rejected"
     )
+
+    @model_validator(mode="after")
+    def _writable(self) -> StreamSettings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"min_insync_replicas: {self.min_insync_replicas} is more than the replication "
+                f"factor {self.replication_factor}, so no acks=all write could ever succeed"
+            )
+        return self

@@ -14,11 +14,19 @@ log = logging.getLogger(__name__)
 
 
 def create_topic(
-    bootstrap: str, name: str, partitions: int, replication: int = 1, *, compacted: bool = False
+    bootstrap: str,
+    name: str,
+    partitions: int,
+    replication: int = 1,
+    *,
+    compacted: bool = False,
+    min_insync_replicas: int | None = None,
 ) -> bool:
     """Create ``name`` with ``partitions``; False (and no change) if it already exists."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pagellm-admin")
     configs = {"cleanup.policy": "compact"} if compacted else {}
+    if min_insync_replicas is not None:
+        configs["min.insync.replicas"] = str(min_insync_replicas)
     try:
         admin.create_topics([NewTopic(name, partitions, replication, topic_configs=configs)])
     except TopicAlreadyExistsError:
@@ -59,6 +67,12 @@ def ensure_topics(settings: StreamSettings) -> None:
         settings.partitions,
         settings.replication_factor,
     )
-    create_topic(bootstrap, settings.events_topic, partitions, replicas)
-    create_topic(bootstrap, settings.dead_letter_topic, partitions, replicas)
-    create_topic(bootstrap, settings.catalogue_topic, partitions, replicas, compacted=True)
+    insync = settings.min_insync_replicas
+    create_topic(bootstrap, settings.events_topic, partitions, replicas, min_insync_replicas=insync)
+    create_topic(
+        bootstrap, settings.dead_letter_topic, partitions, replicas, min_insync_replicas=insync
+    )
+    create_topic(
+        bootstrap, settings.catalogue_topic, partitions, replicas, compacted=True,
+        min_insync_replicas=insync,
+    )  # fmt: skip

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from streams.settings import StreamSettings
+from streams.store_views import connect_store
 from tests.conftest import read_topic
 from tests.test_schemas import VALID
 
@@ -170,3 +175,54 @@ def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
     default = pagellm("snapshot", "create", "--store", store)
     # The settings are part of a snapshot's identity.
     assert custom.stderr.split()[1] != default.stderr.split()[1]
+
+
+def test_store_sql_writes_csv_and_json_for_scripts(tmp_path: Path) -> None:
+    from tests.test_ab_metrics_sql import write_toy_store
+
+    store = write_toy_store(tmp_path / "store")
+    query = "SELECT event_id, user_id, gmv, ts, request_id FROM purchases ORDER BY event_id"
+    expected = connect_store(store.root).execute(query).fetchall()
+    as_csv = pagellm("store", "sql", "--store", str(store.root), "--format", "csv", query)
+    assert as_csv.returncode == 0, as_csv.stderr.decode()
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout.decode())))
+    assert [r["event_id"] for r in rows] == [e[0] for e in expected]
+    assert [Decimal(r["gmv"]) for r in rows] == [e[2] for e in expected]  # exact decimals
+    assert [datetime.fromisoformat(r["ts"]) for r in rows] == [e[3] for e in expected]
+    as_json = pagellm("store", "sql", "--store", str(store.root), "--format", "json", query + ";")
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    objects = json.loads(as_json.stdout)
+    assert [(o["event_id"], o["user_id"], o["request_id"]) for o in objects] == [
+        (e[0], e[1], e[4]) for e in expected
+    ]  # request_id is null here: JSON null, not ""
+    assert all(o["request_id"] is None for o in objects) and len(objects) == len(expected) > 1
+    bad = pagellm("store", "sql", "--store", str(store.root), "--format", "csv", "SELECT nope")
+    assert bad.returncode == 2 and "query failed" in bad.stderr.decode() and not bad.stdout
+
+
+@pytest.mark.kafka
+def test_topics_take_min_insync_replicas_and_refuse_an_impossible_one(
+    settings: StreamSettings,
+) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    common = ["--bootstrap", settings.kafka_bootstrap, "--topic", f"{settings.events_topic}-isr",
+              "--catalogue-topic", f"{settings.catalogue_topic}-isr"]  # fmt: skip
+    impossible = pagellm("topics", *common, "--min-insync-replicas", "2")
+    assert impossible.returncode == 2
+    assert "min_insync_replicas: 2 is more than the replication factor 1" in (
+        impossible.stderr.decode()
+    )
+    made = pagellm("topics", *common, "--min-insync-replicas", "1")
+    assert made.returncode == 0, made.stderr.decode()
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, f"{settings.events_topic}-isr")]
+        )
+    finally:
+        admin.close()
+    # {resource type: {name: {key: {config data}}}}, only the keys set on the topic.
+    (configs,) = next(iter(described.values())).values()
+    assert configs["min.insync.replicas"]["value"] == "1", configs

@@ -497,7 +497,7 @@ def code_topics() -> dict[str, bool]:
     """{topic: compacted} as `pagellm topics` creates them with the default settings."""
     created: dict[str, bool] = {}
 
-    def record(bootstrap: str, name: str, *args: Any, compacted: bool = False) -> bool:
+    def record(bootstrap: str, name: str, *args: Any, compacted: bool = False, **_: Any) -> bool:
         created[name] = compacted
         return True
 
