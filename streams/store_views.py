@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 
 from streams.derived_tables import SCHEMAS, derived_view_definitions
 from streams.event_store import EventStore
+from streams.ledger import empty_ledger_table
 from streams.sql_literals import sql_literal
 
 log = logging.getLogger(__name__)
@@ -27,13 +29,36 @@ _COMMON = "event_id, user_id, session_id, ts, schema_version"
 _SOURCE = "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, ingested_at, date"
 
 
-def view_definitions(store: EventStore) -> dict[str, str]:
-    """Name -> SELECT of every analyst view, in dependency order."""
+def _ledger_scan(store: EventStore) -> str:
+    return (
+        f"read_parquet({sql_literal(store.ledger_glob)}, hive_partitioning = true, "
+        "union_by_name = true)"
+    )
+
+
+def missing_ledger_columns(con: duckdb.DuckDBPyConnection, store: EventStore) -> dict[str, str]:
+    """Columns of the current ledger schema that no file of the store has yet -> their type.
+
+    A store written before a column was added (and not re-seeded since, see
+    ``EventStore.init_dataset``) lacks it everywhere; the views then show it as null.
+    """
+    con.register("_ledger_schema", empty_ledger_table())
+    try:
+        wanted = con.execute("DESCRIBE SELECT * FROM _ledger_schema").fetchall()
+    finally:
+        con.unregister("_ledger_schema")
+    present = {
+        row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_ledger_scan(store)}").fetchall()
+    }
+    return {name: kind for name, kind, *_ in wanted if name not in present}
+
+
+def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Name -> SELECT of every analyst view, in dependency order (``missing`` columns, of
+    ``missing_ledger_columns``, as typed nulls)."""
+    nulls = "".join(f", NULL::{kind} AS {name}" for name, kind in (missing or {}).items())
     return {
-        "ingested": (
-            f"SELECT * FROM read_parquet({sql_literal(store.ledger_glob)}, "
-            "hive_partitioning = true, union_by_name = true)"
-        ),
+        "ingested": f"SELECT *{nulls} FROM {_ledger_scan(store)}",
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
             f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
@@ -74,7 +99,7 @@ def view_definitions(store: EventStore) -> dict[str, str]:
 
 
 def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
-    views = view_definitions(store)
+    views = view_definitions(store, missing_ledger_columns(con, store))
     # The derived views exist once a derive worker has seeded their datasets.
     if all(glob.glob(store.dataset_glob(d)) for d in SCHEMAS):
         views |= derived_view_definitions(store)

@@ -150,3 +150,20 @@ def test_ledger_rows_give_back_their_events() -> None:
         for k in ("impression", "click", "purchase", "rating")
     ]
     assert [event_from_row(r) for r in rows] == sent
+
+
+def test_a_store_written_before_a_column_existed_still_reads(tmp_path: Path) -> None:
+    # A store of an older version: its seed and files lack `dead_letter` (added later).
+    store = EventStore(tmp_path / "old")
+    batch = LedgerBatch()
+    batch.add_rejected(b"{oops", "event: Invalid JSON", source(0))
+    old = batch.to_table().drop_columns(["dead_letter"])
+    store.write_table("ingested", old, "w-old")
+    assert connect_store(store.root).execute(
+        "SELECT raw, reason, dead_letter FROM rejected_events"
+    ).fetchall() == [(b"{oops", "event: Invalid JSON", None)]
+    # The next worker's init re-seeds with the current schema; old files still read.
+    store.init()
+    assert connect_store(store.root).execute(
+        "SELECT typeof(dead_letter), count(*) FROM rejected_events GROUP BY 1"
+    ).fetchall() == [("VARCHAR", 1)]
