@@ -19,7 +19,7 @@ from abtest.metrics_sql import history_sql
 from abtest.power import days_needed, power_of, users_needed
 from abtest.registry import ExperimentError
 from abtest.sufficient_stats import Moments
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 
 
 class Plan(BaseModel):

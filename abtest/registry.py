@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
 from abtest.experiment import Experiment, Phase
 from abtest.settings import AbSettings
+from streams.store.atomic_files import write_atomically
 
 
 class ExperimentError(ValueError):
@@ -51,12 +51,7 @@ class ExperimentRegistry:
 
     def _write(self, experiment: Experiment) -> None:
         path = self._path(experiment.name)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        with open(tmp, "w") as sink:
-            sink.write(experiment.model_dump_json(indent=2))
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, experiment.model_dump_json(indent=2))
 
     def list(self) -> list[Experiment]:
         if not self.dir.exists():

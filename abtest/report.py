@@ -12,7 +12,7 @@ from abtest.lift_plot import plot_lifts
 from abtest.looks import LookLog
 from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from abtest.assignment import assign
 from abtest.experiment import Experiment
 from schemas import event_to_json
-from streams.ledger import LEDGER_SCHEMA, event_from_row
+from streams.store.ledger_schema import LEDGER_SCHEMA, event_from_row
 
 PAGE_SIZE = 5
 SYNTHETIC_TOPIC = "synthetic-traffic"

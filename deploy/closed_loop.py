@@ -54,14 +54,14 @@ from learner.retrain_loop import RetrainLoop
 from learner.settings import LearnerSettings
 from schemas.model_registry import RetrainRecord
 from serving.server import LOG_FILE, read_state, spawn_server
-from streams.derived_state import DeriveConfig
-from streams.event_store import EventStore
-from streams.producer import EventProducer
+from streams.derive.derived_state import DeriveConfig
+from streams.ingest.producer import EventProducer
+from streams.ingest.topics import ensure_topics
+from streams.ingest.worker_process import settings_env, spawn_pagellm, spawn_worker, stop_worker
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
-from streams.topics import ensure_topics
-from streams.worker_process import settings_env, spawn_pagellm, spawn_worker, stop_worker
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from abtest.report_table import report_table
 from deploy.closed_loop import ClosedLoop, LoopFailed, LoopOutcome, LoopSettings
 from deploy.simulated_users import SimulatorSettings
 from streams.cli import print_query
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 
 # Piped output (a file, a CI log) gets room for the report table instead of 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from streams.worker_process import process_alive
+from streams.ingest.worker_process import process_alive
 
 log = logging.getLogger(__name__)
 

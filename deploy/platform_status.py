@@ -28,10 +28,10 @@ from learner.registry import ModelRegistry
 from learner.retrain import read_retrains
 from learner.retrain_loop import read_loop_state
 from serving.server import read_state
-from streams.derive_worker import WORKERS_DIR
-from streams.event_store import EventStore
+from streams.derive.derive_worker import WORKERS_DIR
+from streams.ingest.worker_process import process_alive
 from streams.settings import StreamSettings
-from streams.worker_process import process_alive
+from streams.store.event_store import EventStore
 
 KAFKA_TIMEOUT_MS = 5000
 

@@ -34,7 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deploy.choice_model import rating_of, utilities
 from schemas import Rating
 from schemas.catalogue import CatalogueItem
-from streams.dataset_import import BadRow, DatasetReader
+from streams.ingest.dataset_import import BadRow, DatasetReader
 
 SHRINK_RATINGS = 5.0  # pseudo-ratings at the global mean in a file item's quality
 

@@ -25,7 +25,7 @@ from deploy.choice_model import click_probability, purchase_probability
 from deploy.simulated_users import Population, SimulatedUser
 from schemas import Click, Purchase
 from schemas.page_api import PageResponse
-from streams.producer import EventProducer
+from streams.ingest.producer import EventProducer
 
 log = logging.getLogger(__name__)
 

@@ -71,9 +71,9 @@ def run_eval(args: argparse.Namespace) -> int:
         write_recommendations,
     )
     from learner.pipeline import train_all
-    from streams.derived_state import DeriveConfig
+    from streams.derive.derived_state import DeriveConfig
+    from streams.derive.training_snapshot import build_training_snapshot
     from streams.progress_bars import progress_bar
-    from streams.training_snapshot import build_training_snapshot
 
     torch.set_num_threads(1)
     ablations = [a for a in args.ablations.split(",") if a]

@@ -17,8 +17,8 @@ from rich.console import Console
 
 from schemas.events import describe_validation_error
 from streams.cli import settings_from
-from streams.event_store import EventStore
 from streams.progress_bars import progress_bar
+from streams.store.event_store import EventStore
 
 if TYPE_CHECKING:
     from learner.pipeline import StageRunner

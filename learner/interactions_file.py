@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from schemas import CatalogueItem
 from schemas.training_data import EffectiveRating
-from streams.golden_list import chronological_positives
-from streams.split import UserSplit
+from streams.derive.golden_list import chronological_positives
+from streams.derive.split import UserSplit
 
 REQUIRED = ("user_id", "item_id", "rating", "timestamp")
 SPLITS = ("train", "val", "test")

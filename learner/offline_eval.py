@@ -31,7 +31,7 @@ from learner.ranking_metrics import (
 )
 from learner.training_loop import TrainingCurve
 from learner.vocabulary import Vocabulary
-from streams.training_snapshot import TrainingSnapshot
+from streams.derive.training_snapshot import TrainingSnapshot
 
 RECOMMENDATIONS = 100
 

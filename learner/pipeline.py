@@ -25,7 +25,7 @@ from learner.stages import (
     run_in_process,
     stages_for,
 )
-from streams.training_snapshot import TrainingSnapshot
+from streams.derive.training_snapshot import TrainingSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import tempfile
@@ -36,7 +35,8 @@ from learner.artifacts import finish_stage, staging_directory
 from learner.data_parallel import Shard
 from learner.settings import LearnerSettings, RaySettings
 from learner.stages import STAGE_TITLES, StageContext, StageProgress, output_of, run_stage
-from streams.training_snapshot import TrainingSnapshot
+from streams.derive.training_snapshot import TrainingSnapshot
+from streams.store.atomic_files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ class ProgressFile:
         self.write()
 
     def write(self) -> None:
-        partial = self.path.with_suffix(".tmp")
-        partial.write_text(json.dumps(self.state))
-        os.replace(partial, self.path)
+        write_atomically(self.path, json.dumps(self.state))
         self.written_at = time.monotonic()
 
     @staticmethod

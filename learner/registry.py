@@ -36,10 +36,10 @@ from pathlib import Path
 import duckdb
 
 from schemas.model_registry import Action, Status, Transition, VersionRecord
-from streams.event_store import fsync_dir
-from streams.sql_literals import sql_literal
-from streams.store_views import connect_store
-from streams.worker_process import process_alive
+from streams.ingest.worker_process import process_alive
+from streams.store.atomic_files import fsync_dir
+from streams.store.sql_literals import sql_literal
+from streams.store.store_views import connect_store
 
 VERSIONS, TRANSITIONS, RETRAINS = "versions", "transitions", "retrains"
 RECORD, MODEL = "version.json", "model"
@@ -96,13 +96,6 @@ def _write_durably(path: Path, text: str) -> None:
         sink.write(text)
         sink.flush()
         os.fsync(sink.fileno())
-
-
-def replace_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` by rename: a reader sees the old content or the new, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

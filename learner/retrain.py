@@ -40,7 +40,7 @@ from learner.ablations import Ablation
 from learner.artifacts import policy_directory
 from learner.pipeline import StageRunner, train_all
 from learner.promotion_gates import GateSettings, check_gates
-from learner.registry import LockBusy, ModelRegistry, exclusive_lock, replace_file
+from learner.registry import LockBusy, ModelRegistry, exclusive_lock
 from learner.settings import LearnerSettings
 from learner.stages import labelled_pairs, prepare_run, validation_users
 from learner.version_eval import (
@@ -57,10 +57,11 @@ from learner.version_eval import (
     version_figures,
 )
 from schemas.model_registry import GateResult, RetrainRecord, StageTiming, VersionRecord
-from streams.derived_state import DeriveConfig
-from streams.event_store import EventStore
-from streams.snapshots import SnapshotManifest, load_snapshot, take_snapshot
-from streams.training_snapshot import TrainingSnapshot
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.snapshot_store import SnapshotManifest, load_snapshot, take_snapshot
+from streams.derive.training_snapshot import TrainingSnapshot
+from streams.store.atomic_files import write_atomically
+from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class RetrainJournal:
     def save(self) -> None:
         self.path_dir.mkdir(parents=True, exist_ok=True)
         path = self.path_dir / f"{self.record.retrain_id}.json"
-        replace_file(path, self.record.model_dump_json(indent=1))
+        write_atomically(path, self.record.model_dump_json(indent=1))
 
     def update(self, **fields: object) -> None:
         for name, value in fields.items():
@@ -164,7 +165,7 @@ def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
                 if record.state == "running":
                     log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)
                     record.state, record.error = "interrupted", "the process stopped mid-retrain"
-                    replace_file(
+                    write_atomically(
                         registry.retrains_dir / f"{record.retrain_id}.json",
                         record.model_dump_json(indent=1),
                     )

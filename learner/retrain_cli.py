@@ -111,8 +111,8 @@ def run_train(args: argparse.Namespace) -> int:
     from learner.registry import ModelRegistry, RegistryError
     from learner.retrain import gate_candidate, pin_snapshot
     from learner.version_eval import VersionModels
-    from streams.event_store import EventStore
-    from streams.snapshots import SnapshotError
+    from streams.derive.snapshot_store import SnapshotError
+    from streams.store.event_store import EventStore
 
     torch.set_num_threads(1)
     store_dir, settings = store_dir_from(args), learner_settings_from(args)
@@ -169,8 +169,8 @@ def run_retrain_now(args: argparse.Namespace) -> int:
     from learner.registry import ModelRegistry
     from learner.retrain import RetrainBusy, RetrainFailed, retrain
     from learner.retrain_loop import loop_running, request_retrain
-    from streams.event_store import EventStore
-    from streams.snapshots import SnapshotError, read_manifest
+    from streams.derive.snapshot_store import SnapshotError, read_manifest
+    from streams.store.event_store import EventStore
 
     store = store_dir_from(args)
     registry = ModelRegistry.for_store(store)

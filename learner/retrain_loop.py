@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from learner.registry import LockBusy, ModelRegistry, exclusive_lock, replace_file
+from learner.registry import LockBusy, ModelRegistry, exclusive_lock
 from learner.retrain import (
     RetrainBusy,
     RetrainFailed,
@@ -40,7 +40,8 @@ from learner.retrain import (
     retrain,
 )
 from schemas.model_registry import RetrainRecord
-from streams.store_views import connect_store
+from streams.store.atomic_files import write_atomically
+from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def request_retrain(registry: ModelRegistry, who: str) -> Path:
     """Ask the running loop for a retrain (requests made before it starts one coalesce)."""
     registry.root.mkdir(parents=True, exist_ok=True)
     path = registry.root / REQUEST
-    replace_file(path, json.dumps({"by": who, "at": datetime.now(UTC).isoformat()}))
+    write_atomically(path, json.dumps({"by": who, "at": datetime.now(UTC).isoformat()}))
     return path
 
 
@@ -140,7 +141,7 @@ class RetrainLoop:
 
     def write_state(self, state: str, **details: object) -> None:
         doc = {"pid": os.getpid(), "state": state, "since": datetime.now(UTC).isoformat()}
-        replace_file(self.registry.root / LOOP_STATE, json.dumps(doc | details, default=str))
+        write_atomically(self.registry.root / LOOP_STATE, json.dumps(doc | details, default=str))
 
     def check(self) -> str | None:
         """The trigger that fires now, if any (a pending request is taken)."""

@@ -51,7 +51,7 @@ from learner.supervised import RatingHead, finetune_on_golden_lists, meta_pretra
 from learner.token_sequences import golden_example, meta_examples, rating_examples
 from learner.training_loop import TrainingCurve
 from learner.vocabulary import Vocabulary, build_vocabulary, grow_vocabulary
-from streams.training_snapshot import TrainingSnapshot, snapshot_digest
+from streams.derive.training_snapshot import TrainingSnapshot, snapshot_digest
 
 log = logging.getLogger(__name__)
 

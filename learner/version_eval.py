@@ -24,7 +24,7 @@ from learner.ppo import forward_page
 from learner.promotion_gates import KL, PAIR_ACCURACY, PAIRS_OF
 from learner.reward_heads import LabelledPair, RewardModel, pair_accuracies
 from learner.vocabulary import Vocabulary, item_token, user_token
-from streams.training_snapshot import TrainingSnapshot
+from streams.derive.training_snapshot import TrainingSnapshot
 
 # A version's model directory (a registered version's ``model/``).
 VOCABULARY, REFERENCE, REWARD, POLICY = "vocabulary", "reference", "reward", "policy"

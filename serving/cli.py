@@ -17,7 +17,7 @@ from learner.command_options import CommandError, add_store_flag, refusing
 from serving.server import LOG_FILE, ServerState, read_state, spawn_server
 from serving.settings import ServingSettings
 from streams.cli import settings_from
-from streams.worker_process import process_alive
+from streams.ingest.worker_process import process_alive
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)

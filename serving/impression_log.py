@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -34,6 +33,7 @@ from kafka.errors import KafkaError
 
 from schemas import Impression, event_to_json
 from schemas.page_api import SpoolHealth
+from streams.store.atomic_files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,8 @@ class Segment:
 
 
 def write_segment(path: Path, records: list[tuple[bytes, bytes]]) -> None:
-    """One record per line, ``key<TAB>value``; written under a temporary name, fsynced, renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as sink:
-        for key, value in records:
-            sink.write(key + b"\t" + value + b"\n")
-        sink.flush()
-        os.fsync(sink.fileno())
-    os.replace(tmp, path)
+    """One record per line, ``key<TAB>value``, replaced atomically and durably."""
+    write_atomically(path, b"".join(key + b"\t" + value + b"\n" for key, value in records))
 
 
 def read_segment(path: Path) -> list[tuple[bytes, bytes]]:

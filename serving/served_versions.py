@@ -32,9 +32,9 @@ from learner.version_eval import POLICY, REWARD, VOCABULARY
 from learner.vocabulary import Vocabulary
 from schemas.model_registry import VersionRecord
 from serving.popularity import POPULARITY, load_ranking, popularity_page
-from streams.event_store import EventStore
-from streams.golden_list import DEFAULT_PROMPT_LENGTH
-from streams.snapshots import SnapshotError, read_manifest
+from streams.derive.golden_list import DEFAULT_PROMPT_LENGTH
+from streams.derive.snapshot_store import SnapshotError, read_manifest
+from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas import CatalogueItem, Click, Impression, Purchase, Rating
-from streams.event_store import EventStore
-from streams.feedback_ratings import RatingAccumulator, RatingRule
-from streams.golden_list import chronological_positives
-from streams.snapshots import read_stream
+from streams.derive.feedback_ratings import RatingAccumulator, RatingRule
+from streams.derive.golden_list import chronological_positives
+from streams.derive.snapshot_store import read_stream
+from streams.store.event_store import EventStore
 
 Event = Impression | Click | Purchase | Rating
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas import InvalidEvent, event_to_json, parse_event
-from streams.derived_state import DeriveConfig
+from streams.derive.derived_state import DeriveConfig
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
@@ -76,7 +76,7 @@ def add_derive_flags(parser: argparse.ArgumentParser) -> None:
 
 def derive_config_from(args: argparse.Namespace) -> DeriveConfig:
     """DeriveConfig from the flags given (validated: a bad value names its field)."""
-    from streams.feedback_ratings import RatingRule
+    from streams.derive.feedback_ratings import RatingRule
 
     rule = {k: getattr(args, f"{k}_rating") for k in ("purchase", "click")}
     rule["skipped"] = args.skip_rating
@@ -168,7 +168,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_topics(args: argparse.Namespace) -> int:
-    from streams.topics import ensure_topics
+    from streams.ingest.topics import ensure_topics
 
     settings = settings_from(args)
     ensure_topics(settings)
@@ -200,7 +200,7 @@ def _key_of(raw: bytes) -> bytes | None:
 
 def missing_topic(settings: StreamSettings, *topics: str) -> str | None:
     """The error for the first of ``topics`` the cluster lacks (None if all exist)."""
-    from streams.topics import topic_id
+    from streams.ingest.topics import topic_id
 
     for topic in topics:
         try:
@@ -211,7 +211,7 @@ def missing_topic(settings: StreamSettings, *topics: str) -> str | None:
 
 
 def run_produce(args: argparse.Namespace) -> int:
-    from streams.producer import EventProducer
+    from streams.ingest.producer import EventProducer
 
     settings = settings_from(args)
     if problem := missing_topic(settings, settings.events_topic):
@@ -247,8 +247,8 @@ def run_produce(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streams.event_store import SourceMismatch
-    from streams.ingest_worker import build_app
+    from streams.ingest.ingest_worker import build_app
+    from streams.store.event_store import SourceMismatch
 
     settings = settings_from(args)
     if settings.event_loop == "uvloop":
@@ -283,8 +283,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def run_store_init(args: argparse.Namespace) -> int:
-    from streams.event_store import EventStore
-    from streams.store_views import write_catalog
+    from streams.store.event_store import EventStore
+    from streams.store.store_views import write_catalog
 
     store = EventStore(settings_from(args).store_dir)
     store.init()
@@ -295,7 +295,7 @@ def run_store_init(args: argparse.Namespace) -> int:
 def run_store_sql(args: argparse.Namespace) -> int:
     import duckdb
 
-    from streams.store_views import connect_store
+    from streams.store.store_views import connect_store
 
     try:
         con = connect_store(settings_from(args).store_dir)
@@ -325,8 +325,8 @@ def print_query(con: object, query: str, title: str | None = None) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from streams.dataset_import import BadRow, DatasetReader
-    from streams.producer import EventProducer
+    from streams.ingest.dataset_import import BadRow, DatasetReader
+    from streams.ingest.producer import EventProducer
 
     settings = settings_from(args)
     if problem := missing_topic(settings, settings.events_topic, settings.catalogue_topic):
@@ -371,8 +371,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_derive(args: argparse.Namespace) -> int:
-    from streams.derive_worker import DeriveWorker
-    from streams.event_store import EventStore
+    from streams.derive.derive_worker import DeriveWorker
+    from streams.store.event_store import EventStore
 
     store = EventStore(settings_from(args).store_dir)
     if not store.ledger_dir.exists():
@@ -385,8 +385,8 @@ def run_derive(args: argparse.Namespace) -> int:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    from streams.event_store import EventStore
-    from streams.snapshots import SnapshotError, create_snapshot, load_snapshot
+    from streams.derive.snapshot_store import SnapshotError, create_snapshot, load_snapshot
+    from streams.store.event_store import EventStore
 
     store = EventStore(settings_from(args).store_dir)
     if args.action == "create":
@@ -422,7 +422,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
 
 
 def run_feed(args: argparse.Namespace) -> int:
-    from streams.feed import FeedConfig, FeedGenerator
+    from streams.ingest.synthetic_feed import FeedConfig, FeedGenerator
 
     generator = FeedGenerator(FeedConfig(users=args.users, seed=args.seed))
     out: IO[bytes] = open(args.out, "wb") if args.out else sys.stdout.buffer  # noqa: SIM115

@@ -14,10 +14,10 @@ import pytest
 from kafka import KafkaConsumer
 
 from deploy.local_kafka import LocalKafka
-from streams.event_store import EventStore
+from streams.ingest.topics import ensure_topics
+from streams.ingest.worker_process import spawn_worker, stop_worker
 from streams.settings import StreamSettings
-from streams.topics import ensure_topics
-from streams.worker_process import spawn_worker, stop_worker
+from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 

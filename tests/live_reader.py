@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 
 GAPS = """
     SELECT count(*) FROM (

@@ -12,9 +12,9 @@ import pytest
 from abtest.assignment import assign
 from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
-from streams.event_store import LEDGER_DIR, EventStore
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
+from streams.store.event_store import LEDGER_DIR, EventStore
+from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.test_cli import cluster_flags, pagellm
 

@@ -16,7 +16,7 @@ from abtest.metrics import MetricName
 from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape
 from learner.registry import ModelRegistry
-from streams.event_store import EventStore
+from streams.store.event_store import EventStore
 from tests.serving_fixtures import publish_version
 from tests.test_ab_cli import bulk_load
 from tests.test_cli import pagellm

@@ -15,10 +15,10 @@ from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
 from abtest.report import build_report
 from schemas import Click, Impression, PageSlot, Purchase
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
-from streams.sql_literals import sql_literal
-from streams.store_views import connect_store
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
+from streams.store.sql_literals import sql_literal
+from streams.store.store_views import connect_store
 from tests.ab_simulation import two_variant_experiment
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)

@@ -17,9 +17,9 @@ from abtest.metrics_sql import VariantData, query_variant_data
 from abtest.registry import ExperimentRegistry
 from abtest.report_table import report_table
 from abtest.srm import SRM_ALPHA, phased_sample_ratio_p_value, sample_ratio_p_value
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
-from streams.store_views import connect_store
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
+from streams.store.store_views import connect_store
 from tests.ab_simulation import START, aggregate, draw_users, two_variant_experiment
 from tests.test_ab_metrics_sql import D, H, click, impression, purchase
 

@@ -12,8 +12,8 @@ from scipy import stats
 
 from abtest.power import days_needed, power_of, users_needed
 from abtest.registry import ExperimentRegistry
-from streams.event_store import EventStore
-from streams.store_views import connect_store
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 from tests.test_ab_cli import bulk_load, create
 from tests.test_cli import pagellm
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 from tests.conftest import read_topic
 from tests.test_schemas import VALID
 

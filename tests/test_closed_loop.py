@@ -21,8 +21,8 @@ from deploy.closed_loop import ClosedLoop, LoopOutcome, LoopSettings
 from deploy.simulated_users import SimulatorSettings
 from learner.registry import ModelRegistry
 from learner.settings import LearnerSettings
-from streams.store_views import connect_store
-from streams.worker_process import process_alive
+from streams.ingest.worker_process import process_alive
+from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 

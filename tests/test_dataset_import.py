@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from streams.dataset_import import BadRow, DatasetReader, ImportedRating, parse_timestamp
+from streams.ingest.dataset_import import BadRow, DatasetReader, ImportedRating, parse_timestamp
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 from tests.conftest import read_topic, wait_for
 from tests.test_cli import cluster_flags, pagellm
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streams.dead_letter import (
+from streams.ingest.dead_letter import (
     SENT,
     DeadLetter,
     Reject,
@@ -17,7 +17,7 @@ from streams.dead_letter import (
     dead_letter_record,
     read_dead_letter_headers,
 )
-from streams.ledger import LedgerBatch, SourceRecord
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 
 SOURCE = SourceRecord("events", 3, 17, b"u1", datetime.now(UTC))
 LIMIT = 1_000_000

@@ -33,7 +33,7 @@ from ray._common.utils import import_attr
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-import streams.topics
+import streams.ingest.topics
 from abtest.settings import AbSettings
 from learner.ray_jobs import NotEnoughResources, RayStageRunner
 from learner.retrain import RetrainSettings
@@ -501,8 +501,8 @@ def code_topics() -> dict[str, bool]:
         created[name] = compacted
         return True
 
-    with mock.patch.object(streams.topics, "create_topic", record):
-        streams.topics.ensure_topics(StreamSettings.model_construct())
+    with mock.patch.object(streams.ingest.topics, "create_topic", record):
+        streams.ingest.topics.ensure_topics(StreamSettings.model_construct())
     return created
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from streams.derive_worker import DeriveWorker
-from streams.derived_state import DeriveConfig, DerivedState
-from streams.event_store import EventStore
-from streams.snapshots import read_stream
-from streams.store_views import connect_store
+from streams.derive.derive_worker import DeriveWorker
+from streams.derive.derived_state import DeriveConfig, DerivedState
+from streams.derive.snapshot_store import read_stream
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 from tests.test_snapshots import write_ratings
 
 CONFIG = DeriveConfig(prompt_length=5, seed=3)

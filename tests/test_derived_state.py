@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import CatalogueItem, Click, Impression, PageSlot, Rating
-from streams.derived_state import DeriveConfig, DerivedState, ItemStats
+from streams.derive.derived_state import DeriveConfig, DerivedState, ItemStats
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOGUE = {f"i{n}": CatalogueItem(item_id=f"i{n}", category=f"c{n % 4}") for n in range(30)}

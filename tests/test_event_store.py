@@ -13,9 +13,9 @@ import duckdb
 import pytest
 
 from schemas import CatalogueItem, parse_event
-from streams.event_store import EventStore, SourceMismatch
-from streams.ledger import LedgerBatch, SourceRecord, event_from_row
-from streams.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
+from streams.store.event_store import EventStore, SourceMismatch
+from streams.store.ledger_schema import LedgerBatch, SourceRecord, event_from_row
+from streams.store.store_views import CATALOG_FILE, connect_store, view_definitions, write_catalog
 from tests.test_schemas import NOW, VALID
 
 
@@ -167,3 +167,38 @@ def test_a_store_written_before_a_column_existed_still_reads(tmp_path: Path) -> 
     assert connect_store(store.root).execute(
         "SELECT typeof(dead_letter), count(*) FROM rejected_events GROUP BY 1"
     ).fetchall() == [("VARCHAR", 1)]
+
+
+def test_the_store_imports_neither_ingest_nor_derive() -> None:
+    # The ground floor: ingest and derive stand on the store, never the other way round, and
+    # never on each other.
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "streams"
+    forbidden = {"store": ("streams.ingest", "streams.derive"), "ingest": ("streams.derive",),
+                 "derive": ("streams.ingest",)}  # fmt: skip
+    for room, banned in forbidden.items():
+        for path in (root / room).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom | ast.Import):
+                    names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [
+                        a.name for a in node.names
+                    ]  # fmt: skip
+                    assert not any(n.startswith(banned) for n in names), (path.name, names)
+
+
+def test_views_registered_with_the_store_name_their_datasets_wherever_it_lies(
+    tmp_path: Path,
+) -> None:
+    from streams.derive.derived_tables import init_derived
+
+    store = EventStore(tmp_path / "shop's store")
+    store.init()
+    assert "golden_lists" not in {
+        r[0] for r in connect_store(store.root).execute("SHOW TABLES").fetchall()
+    }
+    init_derived(store)
+    assert "{dataset:derived/golden_lists}" in store.registered_views()["golden_lists"]
+    moved = store.root.rename(tmp_path / "moved")
+    con = connect_store(moved)
+    assert con.execute("SELECT count(*) FROM golden_lists").fetchall() == [(0,)]

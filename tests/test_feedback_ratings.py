@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from schemas import Click, Impression, PageSlot, Purchase, Rating
-from streams.feedback_ratings import RatingRule, effective_ratings, skipped_items
+from streams.derive.feedback_ratings import RatingRule, effective_ratings, skipped_items
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COMMON = {"user_id": "u1", "session_id": "s1"}

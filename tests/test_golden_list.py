@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from schemas.training_data import EffectiveRating
-from streams.golden_list import (
+from streams.derive.golden_list import (
     apply_category_cap,
     build_prompt_and_golden_list,
     category_slots,

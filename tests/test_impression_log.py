@@ -16,7 +16,7 @@ from kafka import KafkaConsumer
 from deploy.local_kafka import LocalKafka
 from schemas import Impression, PageSlot
 from serving.impression_log import ImpressionLog, impression_event_id, read_segment
-from streams.topics import create_topic
+from streams.ingest.topics import create_topic
 from tests.conftest import wait_for
 
 

@@ -10,11 +10,11 @@ import pytest
 from kafka import KafkaProducer
 
 from schemas import event_to_json, parse_event
-from streams.dead_letter import read_dead_letter_headers
-from streams.feed import CORRUPTIONS, FeedGenerator
-from streams.producer import EventProducer
+from streams.ingest.dead_letter import read_dead_letter_headers
+from streams.ingest.producer import EventProducer
+from streams.ingest.synthetic_feed import CORRUPTIONS, FeedGenerator
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 from tests.conftest import read_topic, wait_for
 from tests.test_schemas import VALID
 

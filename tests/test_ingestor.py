@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
-from streams.event_store import EventStore
-from streams.ingest_worker import Ingestor
-from streams.ledger import SourceRecord
+from streams.ingest.ingest_worker import Ingestor
 from streams.settings import StreamSettings
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import SourceRecord
 from tests.feed_bytes import rating_records
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.producer import EventProducer
+from streams.ingest.producer import EventProducer
 from streams.settings import StreamSettings
 from tests.conftest import wait_for
 from tests.feed_bytes import rating_records

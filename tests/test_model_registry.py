@@ -20,7 +20,7 @@ from learner.registry import (
     fold_transitions,
 )
 from schemas.model_registry import GateCheck, GateResult, Transition, VersionRecord
-from streams.event_store import EventStore
+from streams.store.event_store import EventStore
 from tests.conftest import wait_for
 
 FILES = 40

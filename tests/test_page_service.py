@@ -22,9 +22,9 @@ from schemas.page_api import PageRequest, PageResponse, ScoreRequest
 from serving.page_service import RETRY_FAILED_EVERY, PageService, RequestRefused
 from serving.popularity import load_ranking, popularity_page, register_popularity_version
 from serving.settings import ServingSettings
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
 from streams.settings import StreamSettings
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 from tests.conftest import read_topic
 from tests.serving_fixtures import publish_version
 from tests.test_retrain import T0, write_ratings

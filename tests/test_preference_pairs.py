@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.training_data import EffectiveRating, GoldenList
-from streams.golden_list import build_prompt_and_golden_list
-from streams.preference_pairs import (
+from streams.derive.golden_list import build_prompt_and_golden_list
+from streams.derive.preference_pairs import (
     adjacent_same_category,
     build_pairs,
     family_rng,

@@ -11,9 +11,9 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from streams.producer import EventProducer
+from streams.ingest.producer import EventProducer
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.feed_bytes import rating_records
 

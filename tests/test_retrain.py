@@ -28,10 +28,10 @@ from learner.stages import run_in_process
 from learner.version_eval import load_version_models
 from learner.vocabulary import item_token, user_token
 from schemas import CatalogueItem, Rating
-from streams.derived_state import DeriveConfig
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
-from streams.snapshots import read_manifest
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.snapshot_store import read_manifest
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 from tests.conftest import wait_for
 from tests.test_cli import pagellm
 from tests.test_offline_eval import TINY

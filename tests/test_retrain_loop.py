@@ -27,11 +27,11 @@ from learner.retrain_loop import (
 )
 from learner.settings import LearnerSettings
 from schemas.model_registry import RetrainRecord
-from streams.derive_worker import DeriveWorker
-from streams.event_store import EventStore
-from streams.producer import EventProducer
+from streams.derive.derive_worker import DeriveWorker
+from streams.ingest.producer import EventProducer
+from streams.ingest.worker_process import settings_env
 from streams.settings import StreamSettings
-from streams.worker_process import settings_env
+from streams.store.event_store import EventStore
 from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 from tests.test_retrain import DERIVE, job, write_ratings
@@ -118,7 +118,7 @@ def produce_ratings(
     scratch = EventStore(settings.store_dir.parent / f"scratch-{day}")
     scratch.init()
     write_ratings(scratch, users, items, 0, day=day)
-    from streams.snapshots import read_stream
+    from streams.derive.snapshot_store import read_stream
 
     events, catalogue = read_stream(scratch, tuple(scratch.ledger_files()))
     with EventProducer(settings.kafka_bootstrap, settings.catalogue_topic) as producer:
@@ -130,7 +130,7 @@ def produce_ratings(
 
 
 def stored_events(store: EventStore) -> int:
-    from streams.store_views import connect_store
+    from streams.store.store_views import connect_store
 
     with connect_store(store.root) as con:
         return int(con.execute("SELECT count(*) FROM ratings").fetchone()[0])  # type: ignore[index]

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from schemas import CatalogueItem, InvalidEvent, event_to_json, parse_event
-from streams.feed import CORRUPTIONS, FeedGenerator
+from streams.ingest.synthetic_feed import CORRUPTIONS, FeedGenerator
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 BASE = {

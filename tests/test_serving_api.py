@@ -28,8 +28,8 @@ from learner.registry import ModelRegistry
 from serving.popularity import register_popularity_version
 from serving.server import read_state
 from serving.store_context import StoreContext, StoreReader
-from streams.event_store import EventStore
-from streams.topics import create_topic
+from streams.ingest.topics import create_topic
+from streams.store.event_store import EventStore
 from tests.conftest import wait_for
 from tests.serving_fixtures import publish_version
 from tests.test_cli import pagellm

@@ -9,10 +9,15 @@ from decimal import Decimal
 import pytest
 
 from schemas import CatalogueItem, Rating
-from streams.derived_state import DeriveConfig
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
-from streams.snapshots import SnapshotError, create_snapshot, load_snapshot, take_snapshot
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.snapshot_store import (
+    SnapshotError,
+    create_snapshot,
+    load_snapshot,
+    take_snapshot,
+)
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 from schemas import CatalogueItem
 from schemas.training_data import EffectiveRating
-from streams.derived_state import DeriveConfig
-from streams.split import held_out_count, split_user
-from streams.training_snapshot import build_training_snapshot, train_popularity
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.split import held_out_count, split_user
+from streams.derive.training_snapshot import build_training_snapshot, train_popularity
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

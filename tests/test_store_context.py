@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from schemas import CatalogueItem, Click, Purchase, Rating
 from serving.store_context import UNKNOWN_USER, StoreContext, StoreReader
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 from tests.test_retrain import T0
 
 

@@ -13,8 +13,8 @@ from learner.interactions_file import read_interactions
 from learner.pipeline import train_all
 from learner.settings import LearnerSettings
 from learner.stages import RunMismatch
-from streams.derived_state import DeriveConfig
-from streams.training_snapshot import TrainingSnapshot, build_training_snapshot
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
 from tests.test_offline_eval import TINY, write_interactions
 
 torch.set_num_threads(1)

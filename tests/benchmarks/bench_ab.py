@@ -30,8 +30,8 @@ from rich.console import Console
 from abtest.experiment import Experiment
 from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
-from streams.event_store import LEDGER_DIR, EventStore
 from streams.progress_bars import progress_bar
+from streams.store.event_store import LEDGER_DIR, EventStore
 from tests.ab_simulation import two_variant_experiment
 
 USERS = int(os.environ.get("BENCH_AB_USERS", 10_000_000))
@@ -42,7 +42,7 @@ STORE = Path(os.environ.get("BENCH_AB_STORE", "var/bench-ab"))
 console = Console(stderr=True, soft_wrap=True)
 
 SCAN = (
-    "from streams.store_views import connect_store; import sys; "
+    "from streams.store.store_views import connect_store; import sys; "
     "con = connect_store(sys.argv[1]); "
     "print(con.execute('SELECT count(*) FROM (SELECT user_id, count(*) FROM events "
     "GROUP BY user_id)').fetchone()[0])"

@@ -25,15 +25,15 @@ from pathlib import Path
 from rich.console import Console
 
 from deploy.local_kafka import LocalKafka
-from streams.dataset_import import DatasetReader, ImportedRating
-from streams.derived_state import DeriveConfig, DerivedState
-from streams.event_store import EventStore
-from streams.producer import EventProducer
+from streams.derive.derived_state import DeriveConfig, DerivedState
+from streams.derive.snapshot_store import read_stream
+from streams.ingest.dataset_import import DatasetReader, ImportedRating
+from streams.ingest.producer import EventProducer
+from streams.ingest.topics import ensure_topics
+from streams.ingest.worker_process import spawn_worker, stop_worker
 from streams.settings import StreamSettings
-from streams.snapshots import read_stream
-from streams.store_views import connect_store
-from streams.topics import ensure_topics
-from streams.worker_process import spawn_worker, stop_worker
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 BATCH = 1000

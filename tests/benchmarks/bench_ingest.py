@@ -28,14 +28,14 @@ from rich.console import Console
 
 from deploy.local_kafka import LocalKafka
 from schemas import event_to_json
-from streams.event_store import EventStore
-from streams.feed import FeedConfig, FeedGenerator
-from streams.producer import EventProducer
+from streams.ingest.producer import EventProducer
+from streams.ingest.synthetic_feed import FeedConfig, FeedGenerator
+from streams.ingest.topics import create_topic
+from streams.ingest.worker_process import spawn_worker, stop_worker
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
-from streams.store_views import connect_store
-from streams.topics import create_topic
-from streams.worker_process import spawn_worker, stop_worker
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 
 console = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("bench_ingest")

@@ -33,7 +33,7 @@ from deploy.closed_loop import ClosedLoop, LoopOutcome, LoopSettings
 from deploy.demo import logging_to
 from deploy.simulated_users import SimulatorSettings
 from learner.registry import ModelRegistry
-from streams.store_views import connect_store
+from streams.store.store_views import connect_store
 
 ROOT = Path("var/bench-loop")
 

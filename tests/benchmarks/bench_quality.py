@@ -1,7 +1,7 @@
 """``make bench-quality``: the method against classic peers on MovieLens 100k, one split.
 
 Data: ``../shared/data/ml-100k`` (read in place, never copied), positives r > 3, the paper's
-protocol (``streams.split``): per user the last 10% of positives is test, the 10% before it
+protocol (``streams.derive.split``): per user the last 10% of positives is test, the 10% before it
 validation. Everyone is scored on the same test items with the same candidates (all items but
 the user's train and validation items):
 
@@ -35,9 +35,9 @@ from learner.pipeline import train_all
 from learner.ray_jobs import RayStageRunner
 from learner.settings import LearnerSettings
 from schemas.training_data import EffectiveRating
-from streams.dataset_import import DatasetReader, ImportedRating
-from streams.derived_state import DeriveConfig
-from streams.training_snapshot import TrainingSnapshot, build_training_snapshot
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
+from streams.ingest.dataset_import import DatasetReader, ImportedRating
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 EASE_GRID = (50.0, 100.0, 200.0, 500.0, 1000.0)

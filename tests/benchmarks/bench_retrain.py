@@ -47,17 +47,17 @@ from learner.stages import prepare_run, run_in_process
 from learner.version_eval import POLICY, REFERENCE, REWARD, VOCABULARY
 from schemas import event_to_json
 from schemas.model_registry import VersionRecord
-from streams.dataset_import import DatasetReader, ImportedRating
-from streams.derived_state import DeriveConfig
-from streams.event_store import EventStore
-from streams.producer import EventProducer
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.snapshot_store import create_snapshot, load_snapshot, read_manifest
+from streams.derive.training_snapshot import snapshot_digest
+from streams.ingest.dataset_import import DatasetReader, ImportedRating
+from streams.ingest.producer import EventProducer
+from streams.ingest.topics import ensure_topics
+from streams.ingest.worker_process import spawn_worker, stop_worker
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
-from streams.snapshots import create_snapshot, load_snapshot, read_manifest
-from streams.store_views import connect_store
-from streams.topics import ensure_topics
-from streams.training_snapshot import snapshot_digest
-from streams.worker_process import spawn_worker, stop_worker
+from streams.store.event_store import EventStore
+from streams.store.store_views import connect_store
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 OUT = Path("var/bench-retrain")

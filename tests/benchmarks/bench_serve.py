@@ -56,11 +56,11 @@ from serving.page_service import PageService
 from serving.served_versions import LearnedVersion, PagePlan, load_served_version
 from serving.settings import ServingSettings
 from serving.store_context import StoreContext, StoreReader
-from streams.dataset_import import DatasetReader, ImportedRating
-from streams.event_store import EventStore
-from streams.ledger import LedgerBatch, SourceRecord
+from streams.ingest.dataset_import import DatasetReader, ImportedRating
+from streams.ingest.topics import create_topic
 from streams.settings import StreamSettings
-from streams.topics import create_topic
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 from tests.serving_fixtures import publish_version
 from tests.test_impression_log import request_ids
 

@@ -12,9 +12,8 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from streams.derived_state import DerivedState
-from streams.event_store import EventStore
-from streams.sql_literals import sql_literal
+from streams.derive.derived_state import DerivedState
+from streams.store.event_store import EventStore
 
 GOLDEN_LISTS = "derived/golden_lists"
 PAIRS = "derived/preference_pairs"
@@ -63,8 +62,10 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 
 def init_derived(store: EventStore) -> None:
+    """Seed the datasets and register their analyst views with the store."""
     for dataset, schema in SCHEMAS.items():
         store.init_dataset(dataset, schema.empty_table())
+    store.register_views(derived_view_definitions())
 
 
 def derived_tables(
@@ -114,12 +115,10 @@ def derived_tables(
     return {d: pa.Table.from_pylist(r, schema=SCHEMAS[d]) for d, r in rows.items()}
 
 
-def derived_view_definitions(store: EventStore) -> dict[str, str]:
-    """Analyst views: the latest version per user (golden lists, pairs) or item (stats)."""
-    src = {
-        d: f"read_parquet({sql_literal(store.dataset_glob(d))}, union_by_name = true)"
-        for d in SCHEMAS
-    }
+def derived_view_definitions() -> dict[str, str]:
+    """Analyst views: the latest version per user (golden lists, pairs) or item (stats);
+    ``{dataset:NAME}`` is filled in by the store (``store_views.resolve_datasets``)."""
+    src = {d: f"read_parquet({{dataset:{d}}}, union_by_name = true)" for d in SCHEMAS}
     latest_user = (
         f"SELECT user_id, max(version) AS version FROM {src[GOLDEN_LISTS]} GROUP BY user_id"
     )

@@ -21,10 +21,10 @@ from schemas.training_data import (
     PreferencePair,
     UserPrompt,
 )
-from streams.derived_state import DeriveConfig, ItemStats
-from streams.golden_list import build_prompt_and_golden_list, chronological_positives
-from streams.preference_pairs import build_pairs
-from streams.split import UserSplit, split_user
+from streams.derive.derived_state import DeriveConfig, ItemStats
+from streams.derive.golden_list import build_prompt_and_golden_list, chronological_positives
+from streams.derive.preference_pairs import build_pairs
+from streams.derive.split import UserSplit, split_user
 
 
 @dataclass

@@ -31,7 +31,10 @@ def settings_env(settings: StreamSettings) -> dict[str, str]:
     """The ``PAGELLM_*`` environment that reproduces ``settings`` in another process."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        env[f"PAGELLM_{name.upper()}"] = str(value)
+        if value is None:  # unset: the other process takes the same default
+            env.pop(f"PAGELLM_{name.upper()}", None)
+        else:
+            env[f"PAGELLM_{name.upper()}"] = str(value)
     return env
 
 

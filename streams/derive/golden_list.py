@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from schemas.training_data import EffectiveRating, GoldenList, UserPrompt
-from streams.feedback_ratings import is_positive
+from streams.derive.feedback_ratings import is_positive
 
 DEFAULT_PROMPT_LENGTH = 20
 DEFAULT_LIST_LENGTH = 10

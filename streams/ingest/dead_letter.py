@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streams.ledger import LedgerBatch, SourceRecord
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 
 log = logging.getLogger(__name__)
 

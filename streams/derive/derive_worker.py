@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from streams.derived_state import DeriveConfig, DerivedState
-from streams.derived_tables import derived_tables, init_derived
-from streams.event_store import EventStore
-from streams.snapshots import read_stream
+from streams.derive.derived_state import DeriveConfig, DerivedState
+from streams.derive.derived_tables import derived_tables, init_derived
+from streams.derive.snapshot_store import read_stream
+from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 

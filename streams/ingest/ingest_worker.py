@@ -28,14 +28,14 @@ import faust
 from faust.types import TP, EventT
 
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
-from streams.dead_letter import DeadLetter, Reject, dead_letter_all
-from streams.event_store import EventStore
-from streams.faust_transport import use_fetch_wait
-from streams.ledger import LedgerBatch, SourceRecord
-from streams.record_keys import key_problem
+from streams.ingest.dead_letter import DeadLetter, Reject, dead_letter_all
+from streams.ingest.faust_transport import use_fetch_wait
+from streams.ingest.record_keys import key_problem
+from streams.ingest.topics import topic_id
 from streams.settings import StreamSettings
-from streams.store_views import write_catalog
-from streams.topics import topic_id
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
+from streams.store.store_views import write_catalog
 
 log = logging.getLogger(__name__)
 

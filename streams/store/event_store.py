@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,22 +27,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streams.ledger import LedgerBatch, empty_ledger_table
+from streams.store.atomic_files import write_atomically
+from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
 
 log = logging.getLogger(__name__)
 
 LEDGER_DIR = "ingested"
 SOURCES_FILE = "sources.json"
+VIEWS_FILE = "views.json"
 _SEED_NAME = "00000000000000000000-seed.parquet"
 _SEED_DATE = "1970-01-01"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SourceMismatch(RuntimeError):
@@ -83,6 +77,19 @@ class EventStore:
             seed.parent.mkdir(parents=True, exist_ok=True)
             self._write_atomically(empty, seed)
 
+    def register_views(self, views: Mapping[str, str]) -> None:
+        """Add views that every connection to the store creates after its own (see
+        ``store_views``): name -> SELECT, where ``{dataset:NAME}`` stands for the files of
+        dataset NAME. The store need not know who stores what beside its ledger."""
+        path = self.root / VIEWS_FILE
+        current = self.registered_views()
+        if current | dict(views) != current:
+            write_atomically(path, json.dumps(current | dict(views), indent=1))
+
+    def registered_views(self) -> dict[str, str]:
+        path = self.root / VIEWS_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def bind_source(self, topic: str, topic_id: str) -> None:
         """Record which incarnation of ``topic`` feeds this store; refuse any other.
 
@@ -102,9 +109,7 @@ class EventStore:
                 "point PAGELLM_STORE_DIR at a new store for the new topic."
             )
         sources[topic] = topic_id
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(sources, indent=1, sort_keys=True))
-        os.rename(tmp, path)
+        write_atomically(path, json.dumps(sources, indent=1, sort_keys=True))
 
     def write_batch(self, batch: LedgerBatch, writer_id: str) -> Path:
         """Make a batch durable as one file; returns its path once it is visible to readers."""
@@ -123,14 +128,9 @@ class EventStore:
         return path
 
     def _write_atomically(self, table: pa.Table, path: Path) -> None:
-        # Unique per writer: two workers may write the same path (the seed) at once.
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd", compression_level=1)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
+        write_atomically(
+            path, lambda sink: pq.write_table(table, sink, compression="zstd", compression_level=1)
+        )
 
     def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """Highest stored offset per partition of ``topic`` (-1 where nothing is stored)."""

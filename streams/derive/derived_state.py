@@ -29,14 +29,14 @@ from schemas.training_data import (
     PreferencePair,
     UserPrompt,
 )
-from streams.feedback_ratings import RatingAccumulator, RatingRule, is_positive
-from streams.golden_list import (
+from streams.derive.feedback_ratings import RatingAccumulator, RatingRule, is_positive
+from streams.derive.golden_list import (
     DEFAULT_CATEGORY_CAP,
     DEFAULT_LIST_LENGTH,
     DEFAULT_PROMPT_LENGTH,
     build_prompt_and_golden_list,
 )
-from streams.preference_pairs import build_pairs
+from streams.derive.preference_pairs import build_pairs
 
 Event = Impression | Click | Purchase | Rating
 

@@ -54,7 +54,7 @@ LEDGER_SCHEMA = pa.schema(
         ("ingested_at", TIMESTAMP),
         ("reject_reason", pa.string()),
         ("raw", pa.binary()),
-        ("dead_letter", pa.string()),  # a rejected record's fate there (``streams.dead_letter``)
+        ("dead_letter", pa.string()),  # what became of a rejected record on the dead-letter topic
     ]
 )
 

@@ -9,21 +9,21 @@ started. Two ways in, neither of which locks anything a writer needs:
 
 from __future__ import annotations
 
-import glob
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
 
-from streams.derived_tables import SCHEMAS, derived_view_definitions
-from streams.event_store import EventStore
-from streams.ledger import empty_ledger_table
-from streams.sql_literals import sql_literal
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import empty_ledger_table
+from streams.store.sql_literals import sql_literal
 
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.duckdb"
+_DATASET = re.compile(r"\{dataset:([\w/-]+)\}")
 
 _COMMON = "event_id, user_id, session_id, ts, schema_version"
 _SOURCE = "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, ingested_at, date"
@@ -98,11 +98,15 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
     }
 
 
+def resolve_datasets(select: str, store: EventStore) -> str:
+    """A registered view's SELECT with each ``{dataset:NAME}`` as that dataset's quoted glob."""
+    return _DATASET.sub(lambda m: sql_literal(store.dataset_glob(m.group(1))), select)
+
+
 def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
+    """The ledger's views, then those registered with the store (``register_views``)."""
     views = view_definitions(store, missing_ledger_columns(con, store))
-    # The derived views exist once a derive worker has seeded their datasets.
-    if all(glob.glob(store.dataset_glob(d)) for d in SCHEMAS):
-        views |= derived_view_definitions(store)
+    views |= {n: resolve_datasets(s, store) for n, s in store.registered_views().items()}
     for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 

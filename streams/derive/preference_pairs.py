@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from schemas.training_data import EffectiveRating, GoldenList, PairFamily, PreferencePair
-from streams.feedback_ratings import is_non_preferred
+from streams.derive.feedback_ratings import is_non_preferred
 
 
 def family_rng(seed: int, user_id: str, family: str) -> random.Random:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from schemas.training_data import EffectiveRating
-from streams.golden_list import chronological_positives
+from streams.derive.golden_list import chronological_positives
 
 MIN_POSITIVES = 3
 

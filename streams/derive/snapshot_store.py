@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import duckdb
 
 from schemas import CatalogueItem
-from streams.derived_state import DeriveConfig, Event
-from streams.event_store import EventStore
-from streams.feedback_ratings import effective_ratings
-from streams.ledger import catalogue_item_from_row, event_from_row
-from streams.training_snapshot import TrainingSnapshot, build_training_snapshot
+from streams.derive.derived_state import DeriveConfig, Event
+from streams.derive.feedback_ratings import effective_ratings
+from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
+from streams.store.atomic_files import write_atomically
+from streams.store.event_store import EventStore
+from streams.store.ledger_schema import catalogue_item_from_row, event_from_row
 
 SNAPSHOT_DIR = "snapshots"
 
@@ -69,9 +68,7 @@ def create_snapshot(store: EventStore, config: DeriveConfig | None = None) -> Sn
         config=config.model_dump(),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(manifest.__dict__, indent=1, default=list))
-    os.rename(tmp, path)
+    write_atomically(path, json.dumps(manifest.__dict__, indent=1, default=list))
     return manifest
 
 

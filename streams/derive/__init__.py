@@ -1,0 +1,1 @@
+"""Training data from feedback: effective ratings, golden lists, pairs, snapshots."""

@@ -1,0 +1,1 @@
+"""Ingestion: Kafka topics and producers, the ingest worker that fills the store, imports."""

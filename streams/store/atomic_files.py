@@ -1,0 +1,49 @@
+"""Replacing a file so that a reader never sees half of it and a crash loses nothing written.
+
+The platform keeps its state in files (ledger batches, experiments, the model registry, the
+impression spool), each written the same way: under a unique temporary name beside it (so two
+writers of one path do not collide, and ``EventStore.remove_orphaned_temporaries`` recognises
+what a crashed writer left), fsynced, renamed into place, and the folder fsynced so the rename
+itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (POSIX keeps it in the folder's inode)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_beside(path: Path) -> Path:
+    """``.NAME.<random>.tmp`` in ``path``'s folder: hidden, unique, recognisably temporary."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_atomically(path: Path, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+    """Replace ``path`` with ``content`` (bytes, text as UTF-8, or a writer of the open file):
+    readers see the old file or the new one, whole; once this returns, the new one is durable."""
+    tmp = temporary_beside(path)
+    try:
+        with open(tmp, "wb") as sink:
+            if callable(content):
+                content(sink)
+            else:
+                sink.write(content.encode() if isinstance(content, str) else content)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
