@@ -202,3 +202,24 @@ def test_views_registered_with_the_store_name_their_datasets_wherever_it_lies(
     moved = store.root.rename(tmp_path / "moved")
     con = connect_store(moved)
     assert con.execute("SELECT count(*) FROM golden_lists").fetchall() == [(0,)]
+
+
+def test_an_event_resent_as_a_new_record_is_listed_as_a_duplicate(store: EventStore) -> None:
+    event = parse_event(json.dumps({**VALID["click"], "event_id": "e-twice"}), now=NOW)
+    other = parse_event(json.dumps({**VALID["click"], "event_id": "e-once"}), now=NOW)
+    batch = LedgerBatch()
+    for offset, e in enumerate((event, other, event)):
+        batch.add_accepted(e, source(offset, partition=2))
+    store.write_batch(batch, "w1")
+    con = connect_store(store.root)
+    assert con.execute("SELECT count(*) FROM events").fetchall() == [(3,)]
+    assert con.execute("SELECT event_id, copies, records FROM duplicate_events").fetchall() == [
+        (
+            "e-twice",
+            2,
+            [
+                {"topic": "t", "partition": 2, "offset": 0},
+                {"topic": "t", "partition": 2, "offset": 2},
+            ],
+        )
+    ]

@@ -90,6 +90,13 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
         "ratings": (
             f"SELECT {_COMMON}, item_id, rating, {_SOURCE} FROM events WHERE type = 'rating'"
         ),
+        # A client that resends an event as a new record has it stored twice; this shows which.
+        "duplicate_events": (
+            "SELECT event_id, count(*) AS copies, min(ingested_at) AS first_ingested_at, "
+            "list({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset} "
+            "ORDER BY ingested_at, kafka_topic, kafka_partition, kafka_offset) AS records "
+            "FROM events GROUP BY event_id HAVING count(*) > 1"
+        ),
         "rejected_events": (
             "SELECT kafka_topic, kafka_partition, kafka_offset, kafka_key, kafka_timestamp, "
             "reject_reason AS reason, raw, dead_letter, ingested_at, date "
