@@ -12,6 +12,8 @@ from streams.ingest.ingest_worker import Ingestor
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
 from streams.store.ledger_schema import SourceRecord
+from streams.store.partition_fences import Fenced
+from streams.store.store_views import connect_store
 from tests.feed_bytes import rating_records
 
 
@@ -110,3 +112,41 @@ def test_a_null_value_is_refused_and_stays_null(ingestor: Ingestor) -> None:
     assert rejects[0].reason.startswith("value: null") and rejects[0].raw is None
     row = batch.to_table().to_pylist()[0]
     assert (row["raw"], row["reject_reason"]) == (None, rejects[0].reason)
+
+
+def stored_offsets(store: EventStore) -> list[int]:
+    con = connect_store(store.root)
+    return [r[0] for r in con.execute("SELECT kafka_offset FROM ingested ORDER BY 1").fetchall()]
+
+
+def test_a_stalled_worker_cannot_store_what_its_successor_took_over(ingestor: Ingestor) -> None:
+    # The stalled worker built its batch, then slept past its session; the successor took the
+    # partition, found nothing stored and wrote the same records. The stalled batch must not
+    # land beside them.
+    held = records(range(0, 10))
+    stalled, _ = ingestor.build_batch(held)
+    successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
+    batch, _ = successor.build_batch(held)
+    successor.commit_batch(batch, [s for s, _ in held])
+    with pytest.raises(Fenced, match=r"events\[0\] \(now epoch 2\)"):
+        ingestor.commit_batch(stalled, [s for s, _ in held])
+    assert stored_offsets(ingestor.store) == list(range(10))
+
+
+def test_a_batch_stored_before_the_successor_claims_is_seen_by_it(ingestor: Ingestor) -> None:
+    held = records(range(0, 10))
+    batch, _ = ingestor.build_batch(held)
+    ingestor.commit_batch(batch, [s for s, _ in held])  # in time: before any successor
+    successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
+    replay, _ = successor.build_batch(records(range(0, 12)))
+    assert replay.accepted == 2 and successor.counters.replays_dropped == 10
+
+
+def test_records_of_a_partition_kafka_took_away_are_left_to_its_owner(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "store")
+    store.init()
+    settings = StreamSettings(store_dir=tmp_path / "store")
+    revoked = Ingestor(store, settings, "w", owns=lambda _topic, partition: partition != 1)
+    batch, _ = revoked.build_batch(records(range(0, 4), partition=1) + records(range(0, 3)))
+    assert (batch.accepted, revoked.counters.not_owned_skipped) == (3, 4)
+    assert not (store.root / "fences" / "events" / "1.json").exists()  # never claimed

@@ -149,3 +149,28 @@ def test_two_workers_share_four_partitions_and_store_each_event_once(
     assert owned["wa"].isdisjoint(owned["wb"]), owned
     assert sorted(map(len, owned.values())) == [2, 2], owned
     assert owned["wa"] | owned["wb"] == {0, 1, 2, 3}, owned
+
+
+def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    # A backlog keeps the worker busy, so that when it is stopped (as a long GC pause or
+    # SIGSTOP would) it holds records it has not stored. A successor takes its partitions once
+    # its session times out and stores everything; when the stalled worker resumes, its batch
+    # must not land beside the successor's copy.
+    settings = settings.model_copy(update={"session_timeout_s": 6.0, "batch_max_events": 2000})
+    produced = produce_ratings(settings, users=1000, per_user=100)
+    stalled = workers("wa", use=settings)
+    wait_for(lambda: stored(settings)[0] >= 10_000, 120, "the first worker storing")
+    stalled.send_signal(signal.SIGSTOP)
+    try:
+        workers("wb", use=settings)
+        wait_for(lambda: stored(settings)[1] >= produced, 180, "the successor storing it all")
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    # Awake, the stalled worker finds its partitions taken: it stores nothing and leaves.
+    assert stalled.wait(timeout=60) == 70
+    log = stalled.log_path.read_text()  # type: ignore[attr-defined]
+    assert "were taken by another writer since this one claimed them" in log
+    wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
+    assert stored(settings) == (produced, produced)

@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +35,7 @@ from streams.ingest.topics import topic_id
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
 from streams.store.ledger_schema import LedgerBatch, SourceRecord
+from streams.store.partition_fences import Partition
 from streams.store.store_views import write_catalog
 
 log = logging.getLogger(__name__)
@@ -52,30 +53,45 @@ class IngestCounters:
     replays_dropped: int = 0
     batches: int = 0
     dead_letters_failed: int = 0
+    not_owned_skipped: int = 0
 
 
 class Ingestor:
     """The batch logic of the worker, independent of faust's plumbing."""
 
-    def __init__(self, store: EventStore, settings: StreamSettings, writer_id: str) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        settings: StreamSettings,
+        writer_id: str,
+        owns: Callable[[str, int], bool] = lambda _topic, _partition: True,
+    ) -> None:
         self.store = store
+        self.owns = owns  # is (topic, partition) assigned to this worker now, as Kafka says
         self.settings = settings
         self.writer_id = writer_id
         self.counters = IngestCounters()
-        self._watermarks: dict[tuple[str, int], int] = {}
+        self._watermarks: dict[Partition, int] = {}
+        self._claimed: dict[Partition, int] = {}  # partition -> the epoch this worker holds
         self._skew = timedelta(seconds=settings.max_clock_skew_s)
 
     def forget_partitions(self, partitions: set[TP]) -> None:
         """Drop cached watermarks of partitions another worker may now write."""
         for tp in partitions:
             self._watermarks.pop((tp.topic, tp.partition), None)
+            self._claimed.pop((tp.topic, tp.partition), None)
 
     def _load_watermarks(self, records: Sequence[SourceRecord]) -> None:
+        """On a partition's first records here: claim it (fencing out any earlier writer),
+        then read how far the store holds it. A partition Kafka no longer assigns here is not
+        claimed: its records, still buffered from before a revocation, are its new owner's."""
         missing: dict[str, set[int]] = {}
         for r in records:
-            if (r.topic, r.partition) not in self._watermarks:
+            if (r.topic, r.partition) not in self._watermarks and self.owns(r.topic, r.partition):
                 missing.setdefault(r.topic, set()).add(r.partition)
         for topic, partitions in missing.items():
+            claims = self.store.fences.claim([(topic, p) for p in partitions], self.writer_id)
+            self._claimed.update(claims)
             marks = self.store.stored_watermarks(topic, sorted(partitions))
             for partition, offset in marks.items():
                 self._watermarks[(topic, partition)] = offset
@@ -90,7 +106,11 @@ class Ingestor:
         rejects: list[Reject] = []
         now = datetime.now(UTC)
         for source, value in records:
-            if source.offset <= self._watermarks[(source.topic, source.partition)]:
+            mark = self._watermarks.get((source.topic, source.partition))
+            if mark is None:
+                self.counters.not_owned_skipped += 1
+                continue
+            if source.offset <= mark:
                 self.counters.replays_dropped += 1
                 continue
             try:
@@ -121,8 +141,10 @@ class Ingestor:
         """Write the batch durably, then advance the watermarks it covers."""
         if len(batch):
             for attempt in range(1, _WRITE_ATTEMPTS + 1):
+                written = {(r.topic, r.partition) for r in records} & self._claimed.keys()
+                claimed = {p: self._claimed[p] for p in written}
                 try:
-                    self.store.write_batch(batch, self.writer_id)
+                    self.store.write_batch(batch, self.writer_id, claimed)
                     break
                 except OSError as exc:
                     log.error("store write failed (attempt %d): %s", attempt, exc)
@@ -131,7 +153,8 @@ class Ingestor:
                     time.sleep(0.2 * 2**attempt)
         for r in records:
             key = (r.topic, r.partition)
-            self._watermarks[key] = max(self._watermarks[key], r.offset)
+            if key in self._watermarks:
+                self._watermarks[key] = max(self._watermarks[key], r.offset)
         self.counters.accepted += batch.accepted
         self.counters.rejected += batch.rejected
         self.counters.batches += 1
@@ -159,7 +182,12 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     for topic in (settings.events_topic, settings.catalogue_topic):
         store.bind_source(topic, topic_id(settings.kafka_bootstrap, topic))
     write_catalog(store)
-    ingestor = Ingestor(store, settings, writer_id or default_writer_id())
+    ingestor = Ingestor(
+        store,
+        settings,
+        writer_id or default_writer_id(),
+        owns=lambda topic, partition: TP(topic, partition) in app.consumer.assignment(),
+    )
     datadir = store.root / ".faust" / ingestor.writer_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

@@ -9,6 +9,7 @@ itself survives a power cut.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
@@ -30,9 +31,14 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
-def write_atomically(path: Path, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+def write_atomically(
+    path: Path,
+    content: bytes | str | Callable[[BinaryIO], None],
+    publish_under: contextlib.AbstractContextManager[object] | None = None,
+) -> None:
     """Replace ``path`` with ``content`` (bytes, text as UTF-8, or a writer of the open file):
-    readers see the old file or the new one, whole; once this returns, the new one is durable."""
+    readers see the old file or the new one, whole; once this returns, the new one is durable.
+    ``publish_under`` is held around the rename alone (a lock that may refuse it)."""
     tmp = temporary_beside(path)
     try:
         with open(tmp, "wb") as sink:
@@ -42,7 +48,8 @@ def write_atomically(path: Path, content: bytes | str | Callable[[BinaryIO], Non
                 sink.write(content.encode() if isinstance(content, str) else content)
             sink.flush()
             os.fsync(sink.fileno())
-        os.replace(tmp, path)
+        with publish_under or contextlib.nullcontext():
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

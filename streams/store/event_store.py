@@ -15,6 +15,7 @@ is dropped before it is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from streams.store.atomic_files import write_atomically
 from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
+from streams.store.partition_fences import Partition, PartitionFences
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class EventStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
         self.ledger_dir = self.root / LEDGER_DIR
+        self.fences = PartitionFences(self.root)
 
     @property
     def ledger_glob(self) -> str:
@@ -111,25 +114,45 @@ class EventStore:
         sources[topic] = topic_id
         write_atomically(path, json.dumps(sources, indent=1, sort_keys=True))
 
-    def write_batch(self, batch: LedgerBatch, writer_id: str) -> Path:
-        """Make a batch durable as one file; returns its path once it is visible to readers."""
+    def write_batch(
+        self, batch: LedgerBatch, writer_id: str, claimed: Mapping[Partition, int] | None = None
+    ) -> Path:
+        """Make a batch durable as one file; returns its path once it is visible to readers.
+
+        With ``claimed`` (the epochs of ``fences.claim``), ``Fenced`` refuses it if another
+        writer has taken one of those partitions since.
+        """
         now = datetime.now(UTC)
-        return self.write_table(LEDGER_DIR, batch.to_table(ingested_at=now), writer_id, now)
+        guard = self.fences.publishing(claimed) if claimed is not None else None
+        table = batch.to_table(ingested_at=now)
+        return self.write_table(LEDGER_DIR, table, writer_id, now, publish_under=guard)
 
     def write_table(
-        self, dataset: str, table: pa.Table, writer_id: str, now: datetime | None = None
+        self,
+        dataset: str,
+        table: pa.Table,
+        writer_id: str,
+        now: datetime | None = None,
+        publish_under: contextlib.AbstractContextManager[object] | None = None,
     ) -> Path:
         """Append ``table`` to ``dataset`` as one file, atomically visible to readers."""
         now = now or datetime.now(UTC)
         name = f"{time.time_ns():020d}-{writer_id}-{uuid.uuid4().hex[:8]}.parquet"
         path = self.root / dataset / f"date={now:%Y-%m-%d}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_atomically(table, path)
+        self._write_atomically(table, path, publish_under)
         return path
 
-    def _write_atomically(self, table: pa.Table, path: Path) -> None:
+    def _write_atomically(
+        self,
+        table: pa.Table,
+        path: Path,
+        publish_under: contextlib.AbstractContextManager[object] | None = None,
+    ) -> None:
         write_atomically(
-            path, lambda sink: pq.write_table(table, sink, compression="zstd", compression_level=1)
+            path,
+            lambda sink: pq.write_table(table, sink, compression="zstd", compression_level=1),
+            publish_under,
         )
 
     def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
