@@ -66,9 +66,9 @@ def test_a_report_as_of_an_earlier_time_reads_only_the_looks_before_it(tmp_path)
 
 
 def test_peeking_at_the_stored_always_valid_p_keeps_the_error_rate(tmp_path) -> None:
-    # 300 A/A experiments, 20 looks each: a run is a false positive if its stored p ever fell
+    # 150 A/A experiments, 20 looks each: a run is a false positive if its stored p ever fell
     # below alpha, i.e. if the last stored p is below alpha (it never rises).
-    runs = 300
+    runs = 150
     false_positives = dict.fromkeys(MetricName, 0)
     for run in range(runs):
         last = looks_of_one_run(tmp_path, f"aa-{run}", seed=100 + run, tau=0.1)[-1]
