@@ -74,10 +74,11 @@ def is_better(metric: Metric, lift: float, significant: bool) -> bool | None:
 
 @dataclass(frozen=True)
 class PairEstimates:
-    """The control's and the treatment's estimates in one phase, as the comparison uses them."""
+    """The control's and the treatment's estimates in one phase: unadjusted, and as the
+    comparison uses them (CUPED-adjusted where it applies)."""
 
-    control: Estimate
-    treatment: Estimate
+    plain: tuple[Estimate, Estimate]
+    used: tuple[Estimate, Estimate]
     adjusted: bool
     notes: list[str]
 
@@ -90,17 +91,17 @@ def pair_estimates(
     missing = [f"{v} has {why}" for v, m in zip(names, moments, strict=True)
                if with_pre and (why := undefined_part(m, metric, pre_period=True))]  # fmt: skip
     pair = [variant_stats(m, metric, with_pre_period=with_pre and not missing) for m in moments]
-    plain = [v.as_estimate() for v in pair]
+    plain = (pair[0].as_estimate(), pair[1].as_estimate())
     if not with_pre:
-        return PairEstimates(*plain, False, [])
+        return PairEstimates(plain, plain, False, [])
     if missing:
-        return PairEstimates(*plain, False, [f"CUPED off: {' and '.join(missing)}"])
+        return PairEstimates(plain, plain, False, [f"CUPED off: {' and '.join(missing)}"])
     theta, g_bar = cuped_theta(pair), pooled_pre_value(pair)
-    adjusted = [adjusted_estimate(v, theta, g_bar) for v in pair]
+    adjusted = (adjusted_estimate(pair[0], theta, g_bar), adjusted_estimate(pair[1], theta, g_bar))
     degenerate = cuped_degenerate(pair, adjusted)
     if degenerate:
-        return PairEstimates(*plain, False, [f"CUPED off: {degenerate}"])
-    return PairEstimates(*adjusted, True, [])
+        return PairEstimates(plain, plain, False, [f"CUPED off: {degenerate}"])
+    return PairEstimates(plain, adjusted, True, [])
 
 
 def phase_label(data: VariantData, index: int) -> str:
@@ -149,14 +150,13 @@ def compare_metric(
         """The control's and the treatment's estimates over the phases."""
         return [stratified_estimate([pair[v] for pair in per_phase], weights) for v in (0, 1)]
 
-    plain = combined([[variant_stats(m, metric, False).as_estimate() for m in moments]
-                      for _, moments in usable])  # fmt: skip
+    phases = [(i, pair_estimates(experiment, metric, moments, names)) for i, moments in usable]
+    plain = combined([p.plain for _, p in phases])
     # Zero before any adjustment: CUPED would turn it into a tiny baseline and a huge "lift".
     if plain[0].value == 0:
         why = f"baseline zero: the {names[0]}'s {metric.label} is 0, so no lift is relative to it"
         return result.model_copy(update=_values(*plain) | {"no_result": why})
-    phases = [(i, pair_estimates(experiment, metric, moments, names)) for i, moments in usable]
-    a, b = combined([(p.control, p.treatment) for _, p in phases])
+    a, b = combined([p.used for _, p in phases])
     adjusted = any(p.adjusted for _, p in phases)
     notes = [f"{why}, so that phase is left out" for why in left_out]
     notes += [phase_label(data, i) + note for i, p in phases for note in p.notes]
