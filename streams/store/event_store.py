@@ -75,10 +75,14 @@ class EventStore:
         Views read the files by column name, so a column added later (older files lack it)
         still binds: the seed, rewritten whenever the schema grows, always holds it.
         """
-        seed = self.root / dataset / f"date={_SEED_DATE}" / _SEED_NAME
+        seed = self.seed_path(dataset)
         if not seed.exists() or not pq.read_schema(seed).equals(empty.schema):
             seed.parent.mkdir(parents=True, exist_ok=True)
             self._write_atomically(empty, seed)
+
+    def seed_path(self, dataset: str) -> Path:
+        """The zero-row file that holds ``dataset``'s current schema (``init_dataset``)."""
+        return self.root / dataset / f"date={_SEED_DATE}" / _SEED_NAME
 
     def register_views(self, views: Mapping[str, str]) -> None:
         """Add views that every connection to the store creates after its own (see

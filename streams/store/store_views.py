@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 
-from streams.store.event_store import EventStore
+from streams.store.event_store import LEDGER_DIR, EventStore
 from streams.store.ledger_schema import empty_ledger_table
 from streams.store.sql_literals import sql_literal
 
@@ -40,8 +41,13 @@ def missing_ledger_columns(con: duckdb.DuckDBPyConnection, store: EventStore) ->
     """Columns of the current ledger schema that no file of the store has yet -> their type.
 
     A store written before a column was added (and not re-seeded since, see
-    ``EventStore.init_dataset``) lacks it everywhere; the views then show it as null.
+    ``EventStore.init_dataset``) lacks it everywhere; the views then show it as null. A store
+    whose seed has the current schema lacks nothing, and its files need not be read for it.
     """
+    current = empty_ledger_table().schema
+    seed = store.seed_path(LEDGER_DIR)
+    if seed.exists() and set(current.names) <= set(pq.read_schema(seed).names):
+        return {}
     con.register("_ledger_schema", empty_ledger_table())
     try:
         wanted = con.execute("DESCRIBE SELECT * FROM _ledger_schema").fetchall()
