@@ -31,7 +31,8 @@ def renders(report: Report, tmp_path) -> None:
     """The table, the plot and the decision take the report as it is."""
     from rich.console import Console
 
-    Console(file=open(tmp_path / "table.txt", "w"), width=200).print(report_table(report))  # noqa: SIM115
+    with open(tmp_path / "table.txt", "w") as sink:
+        Console(file=sink, width=200).print(report_table(report))
     assert plot_lifts(report, tmp_path / "plot.png").stat().st_size > 0
     decide(report, "treatment", MetricName.GMV_PER_USER)
 
