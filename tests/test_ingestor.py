@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from faust.types import TP
 
+from streams.derive.snapshot_store import read_stream
 from streams.ingest.ingest_worker import Ingestor
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
@@ -150,3 +151,57 @@ def test_records_of_a_partition_kafka_took_away_are_left_to_its_owner(tmp_path: 
     batch, _ = revoked.build_batch(records(range(0, 4), partition=1) + records(range(0, 3)))
     assert (batch.accepted, revoked.counters.not_owned_skipped) == (3, 4)
     assert not (store.root / "fences" / "events" / "1.json").exists()  # never claimed
+
+
+def resend(
+    values: list[bytes], offsets: range, partition: int = 0
+) -> list[tuple[SourceRecord, bytes]]:
+    """The same event values sent again as new records (new offsets)."""
+    now = datetime.now(UTC)
+    return [
+        (SourceRecord("events", partition, o, b"u0", now), v)
+        for o, v in zip(offsets, values, strict=True)
+    ]
+
+
+def test_an_event_resent_as_a_new_record_is_stored_once_in_events(ingestor: Ingestor) -> None:
+    first = records(range(0, 5))
+    values = [v for _, v in first]
+    # Two resends of event 1 (one within the same batch), one of event 3 in a later batch.
+    for held in (first + resend(values[1:2], range(5, 6)), resend(values[3:0:-2], range(6, 8))):
+        batch, _ = ingestor.build_batch(held)
+        ingestor.commit_batch(batch, [s for s, _ in held])
+    assert ingestor.counters.duplicates == 3
+
+    con = connect_store(ingestor.store.root)
+    events = con.execute("SELECT event_id, kafka_offset FROM events ORDER BY 2").fetchall()
+    assert events == [(f"u0-{k}", k) for k in range(5)]  # the first stored copy wins
+    listed = con.execute(
+        "SELECT event_id, copies, hidden, [r.offset FOR r IN records] FROM duplicate_events "
+        "ORDER BY 1"
+    ).fetchall()
+    assert listed == [("u0-1", 3, 2, [1, 5, 7]), ("u0-3", 2, 1, [3, 6])]
+
+
+def test_a_new_owner_rebuilds_the_stored_event_ids_from_the_store(ingestor: Ingestor) -> None:
+    # The index a successor builds in SQL must key ids exactly as the worker does in Python.
+    first = records(range(0, 50), partition=3)
+    batch, _ = ingestor.build_batch(first)
+    ingestor.commit_batch(batch, [s for s, _ in first])
+    successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
+    values = [v for _, v in first]
+    batch, _ = successor.build_batch(
+        records(range(48, 50), partition=3) + resend(values[10:20], range(50, 60), partition=3)
+    )
+    assert successor.counters.replays_dropped == 2  # offsets it holds: replays, not copies
+    assert (batch.accepted, successor.counters.duplicates) == (10, 10)
+    assert batch.columns["duplicate"] == [True] * 10
+
+
+def test_training_data_counts_a_resent_rating_once(ingestor: Ingestor) -> None:
+    first = records(range(0, 3))
+    copy = resend([first[0][1]], range(3, 4))
+    batch, _ = ingestor.build_batch(first + copy)
+    ingestor.commit_batch(batch, [s for s, _ in first + copy])
+    events, _ = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
+    assert [e.event_id for e in events] == ["u0-0", "u0-1", "u0-2"]

@@ -21,7 +21,7 @@ from streams.derive.derived_state import DeriveConfig, Event
 from streams.derive.feedback_ratings import effective_ratings
 from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
 from streams.store.atomic_files import write_atomically
-from streams.store.event_store import EventStore
+from streams.store.event_store import LEDGER_DIR, EventStore
 from streams.store.ledger_schema import catalogue_item_from_row, event_from_row
 
 SNAPSHOT_DIR = "snapshots"
@@ -94,11 +94,13 @@ def read_stream(
             f"{len(missing)} of the snapshot's files are gone from {store.root} "
             f"(first: {missing[0]}); the snapshot can no longer be reproduced"
         )
+    store.init()  # the seed, read with the files, holds every column older files may lack
+    paths = [str(store.seed_path(LEDGER_DIR)), *(str(store.root / f) for f in files)]
     with duckdb.connect() as con:
         table = con.sql(
             "SELECT * FROM read_parquet(?, union_by_name = true) WHERE reject_reason IS NULL "
-            "ORDER BY kafka_topic, kafka_partition, kafka_offset",
-            params=[[str(store.root / f) for f in files]],
+            "AND duplicate IS NOT TRUE ORDER BY kafka_topic, kafka_partition, kafka_offset",
+            params=[paths],
         ).to_arrow_table()
     events: list[Event] = []
     catalogue: dict[str, CatalogueItem] = {}

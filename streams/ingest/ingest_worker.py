@@ -2,7 +2,8 @@
 the event store.
 
 Per micro-batch (``stream.take_events``): drop records the store already holds (replays),
-validate the rest (the value, and the key: the record's user or item id), send each rejected
+validate the rest (the value, and the key: the record's user or item id), mark an event whose
+id its partition already holds as a duplicate (``event_id_index``), send each rejected
 record to the dead-letter topic with its reason and raw bytes (``dead_letter``: as a reference
 when too large; a send that fails is noted and does not stop the partition, since the store
 keeps the raw bytes too), write the whole batch (accepted and rejected rows) as one durable
@@ -29,10 +30,12 @@ from faust.types import TP, EventT
 
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
 from streams.ingest.dead_letter import DeadLetter, Reject, dead_letter_all
+from streams.ingest.event_id_index import EventIdIndex
 from streams.ingest.faust_transport import use_fetch_wait
 from streams.ingest.record_keys import key_problem
 from streams.ingest.topics import topic_id
 from streams.settings import StreamSettings
+from streams.store.event_ids import event_id_digest
 from streams.store.event_store import EventStore
 from streams.store.ledger_schema import LedgerBatch, SourceRecord
 from streams.store.partition_fences import Partition
@@ -54,6 +57,7 @@ class IngestCounters:
     batches: int = 0
     dead_letters_failed: int = 0
     not_owned_skipped: int = 0
+    duplicates: int = 0
 
 
 class Ingestor:
@@ -73,6 +77,7 @@ class Ingestor:
         self.counters = IngestCounters()
         self._watermarks: dict[Partition, int] = {}
         self._claimed: dict[Partition, int] = {}  # partition -> the epoch this worker holds
+        self._event_ids: dict[Partition, EventIdIndex] = {}
         self._skew = timedelta(seconds=settings.max_clock_skew_s)
 
     def forget_partitions(self, partitions: set[TP]) -> None:
@@ -80,11 +85,13 @@ class Ingestor:
         for tp in partitions:
             self._watermarks.pop((tp.topic, tp.partition), None)
             self._claimed.pop((tp.topic, tp.partition), None)
+            self._event_ids.pop((tp.topic, tp.partition), None)
 
     def _load_watermarks(self, records: Sequence[SourceRecord]) -> None:
         """On a partition's first records here: claim it (fencing out any earlier writer),
-        then read how far the store holds it. A partition Kafka no longer assigns here is not
-        claimed: its records, still buffered from before a revocation, are its new owner's."""
+        then read how far the store holds it, and which event ids. A partition Kafka no longer
+        assigns here is not claimed: its records, still buffered from before a revocation, are
+        its new owner's."""
         missing: dict[str, set[int]] = {}
         for r in records:
             if (r.topic, r.partition) not in self._watermarks and self.owns(r.topic, r.partition):
@@ -95,6 +102,9 @@ class Ingestor:
             marks = self.store.stored_watermarks(topic, sorted(partitions))
             for partition, offset in marks.items():
                 self._watermarks[(topic, partition)] = offset
+                if topic != self.settings.catalogue_topic:
+                    ids = EventIdIndex(self.store.stored_event_ids(topic, partition))
+                    self._event_ids[(topic, partition)] = ids
                 log.info("partition %s[%d]: stored up to offset %d", topic, partition, offset)
 
     def build_batch(
@@ -135,7 +145,10 @@ class Ingestor:
             event = parse_event(value, now=now, max_clock_skew=self._skew)
             if problem := key_problem(source.key, event.user_id, "user_id"):
                 raise InvalidEvent(problem)
-            batch.add_accepted(event, source)
+            ids = self._event_ids[(source.topic, source.partition)]
+            duplicate = not ids.add(event_id_digest(event.event_id))
+            self.counters.duplicates += duplicate
+            batch.add_accepted(event, source, duplicate=duplicate)
 
     def commit_batch(self, batch: LedgerBatch, records: Sequence[SourceRecord]) -> None:
         """Write the batch durably, then advance the watermarks it covers."""
@@ -258,9 +271,10 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
     async def _report() -> None:
         c = ingestor.counters
         log.info(
-            "ingest: %d accepted, %d rejected (%d not dead-lettered), %d replays dropped, "
-            "%d batches",
+            "ingest: %d accepted (%d duplicate event ids), %d rejected (%d not dead-lettered), "
+            "%d replays dropped, %d batches",
             c.accepted,
+            c.duplicates,
             c.rejected,
             c.dead_letters_failed,
             c.replays_dropped,

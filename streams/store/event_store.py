@@ -25,10 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streams.store.atomic_files import write_atomically
+from streams.store.event_ids import DIGEST, DIGEST_SQL
 from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
 from streams.store.partition_fences import Partition, PartitionFences
 
@@ -175,6 +177,21 @@ class EventStore:
         for partition, offset in rows:
             marks[int(partition)] = int(offset)
         return marks
+
+    def stored_event_ids(self, topic: str, partition: int) -> np.ndarray:
+        """The digests (``event_id_digest``) of the accepted events stored from a partition."""
+        with duckdb.connect() as con:
+            table = con.sql(
+                f"SELECT {DIGEST_SQL} AS digest FROM read_parquet(?, union_by_name = true) "
+                "WHERE kafka_topic = ? AND kafka_partition = ? AND event_id IS NOT NULL "
+                "AND reject_reason IS NULL",
+                params=[self.ledger_glob, topic, partition],
+            ).to_arrow_table()
+        digests = table.column("digest").combine_chunks().cast(pa.binary(16))
+        if not len(digests):
+            return np.empty(0, DIGEST)
+        data = digests.buffers()[1]
+        return np.frombuffer(data, DIGEST, count=len(digests), offset=digests.offset * 16).copy()
 
     def remove_orphaned_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files a crashed writer left behind; they were never visible."""

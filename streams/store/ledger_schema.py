@@ -1,8 +1,9 @@
 """The ledger row layout: one row per consumed Kafka record, accepted or rejected.
 
-An accepted event fills its type's columns, an accepted catalogue record (type ``catalogue``)
-the item's; a rejected record keeps its reason, its raw bytes (null for a null value) and what
-became of it on the dead-letter topic.
+An accepted event fills its type's columns (and ``duplicate``: whether its event id was
+already stored), an accepted catalogue record (type ``catalogue``) the item's; a rejected
+record keeps its reason, its raw bytes (null for a null value) and what became of it on the
+dead-letter topic.
 Both kinds of row carry the record's topic, partition and offset, which is what makes a replay
 recognisable (see ``event_store.EventStore.stored_watermarks``).
 """
@@ -55,6 +56,8 @@ LEDGER_SCHEMA = pa.schema(
         ("reject_reason", pa.string()),
         ("raw", pa.binary()),
         ("dead_letter", pa.string()),  # what became of a rejected record on the dead-letter topic
+        # True on a later copy of an event id its partition already held (the first one wins).
+        ("duplicate", pa.bool_()),
     ]
 )
 
@@ -122,12 +125,16 @@ class LedgerBatch:
         return self.accepted + self.rejected
 
     def add_accepted(
-        self, event: Impression | Click | Purchase | Rating, source: SourceRecord
+        self,
+        event: Impression | Click | Purchase | Rating,
+        source: SourceRecord,
+        duplicate: bool = False,
     ) -> None:
         row = _event_columns(event)
         for name in _EVENT_COLUMNS:
             self.columns[name].append(row.get(name))
         self._add_source(source, reason=None, raw=None)
+        self.columns["duplicate"][-1] = duplicate
         self.accepted += 1
 
     def add_catalogue_item(self, item: CatalogueItem, source: SourceRecord) -> None:
@@ -159,6 +166,7 @@ class LedgerBatch:
         c["reject_reason"].append(reason)
         c["raw"].append(raw)
         c["dead_letter"].append(None)
+        c["duplicate"].append(None)
 
     def to_table(self, ingested_at: datetime | None = None) -> pa.Table:
         """The batch as an Arrow table in ``LEDGER_SCHEMA``, stamped with its ingestion time."""

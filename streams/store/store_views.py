@@ -68,7 +68,9 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
             f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
-            "FROM ingested WHERE reject_reason IS NULL AND type != 'catalogue'"
+            "FROM ingested WHERE reject_reason IS NULL AND type != 'catalogue' "
+            # The first stored copy of an event id wins; the ingest worker flags the later ones.
+            "AND duplicate IS NOT TRUE"
         ),
         "catalogue": (
             "SELECT item_id, category, brand, title, price, kafka_timestamp AS updated_at "
@@ -96,12 +98,16 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
         "ratings": (
             f"SELECT {_COMMON}, item_id, rating, {_SOURCE} FROM events WHERE type = 'rating'"
         ),
-        # A client that resends an event as a new record has it stored twice; this shows which.
+        # Every event id stored more than once, flagged or not: ``hidden`` copies are those
+        # ``events`` leaves out; any other extra copy came from another partition (or from
+        # before the flag existed) and still counts in ``events``.
         "duplicate_events": (
-            "SELECT event_id, count(*) AS copies, min(ingested_at) AS first_ingested_at, "
+            "SELECT event_id, count(*) AS copies, count(*) FILTER (duplicate) AS hidden, "
+            "min(ingested_at) AS first_ingested_at, "
             "list({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset} "
             "ORDER BY ingested_at, kafka_topic, kafka_partition, kafka_offset) AS records "
-            "FROM events GROUP BY event_id HAVING count(*) > 1"
+            "FROM ingested WHERE reject_reason IS NULL AND type != 'catalogue' "
+            "GROUP BY event_id HAVING count(*) > 1"
         ),
         "rejected_events": (
             "SELECT kafka_topic, kafka_partition, kafka_offset, kafka_key, kafka_timestamp, "

@@ -1,9 +1,16 @@
 """``make bench-ingest``: the ingest path against a plain kafka-python consumer, in one run.
 
-1. Produce N events (the generated mixed feed) to a fresh 4-partition topic.
-2. Reference: a plain kafka-python consumer reads all N and ``json.loads`` each (raw_consume_eps).
-3. Platform: one ingest worker from a cold start until all N are durable in the store and every
-   offset is committed (ingest_eps; its startup is included and also reported alone).
+1. Produce N events (the generated mixed feed) to a fresh 4-partition topic, 1% of them sent a
+   second time as new records some way after the first (a client's resends): N * 1.01 records.
+2. Reference: a plain kafka-python consumer reads all records and ``json.loads`` each
+   (raw_consume_eps).
+3. Platform: one ingest worker from a cold start until all records are durable in the store and
+   every offset is committed (ingest_eps; its startup is included and also reported alone).
+   Then ``events`` must hold each of the N events exactly once (``lost`` = N - distinct ids,
+   ``duplicates_shown`` = rows beyond N); what hiding the copies costs is measured twice: in
+   the worker (digest and index per record, ``dedup_us_per_record``, timed here on the same ids)
+   and in queries (a full scan of ``events`` against the same scan without the duplicate
+   filter).
 4. Freshness: with the backlog drained, events are produced live at half the measured ingest
    rate; a DuckDB prober in this process notes when each batch file first appears in the glob
    the views read; freshness = that moment - the record's Kafka timestamp (its produce time).
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import statistics
 import tempfile
 import threading
@@ -28,12 +36,14 @@ from rich.console import Console
 
 from deploy.local_kafka import LocalKafka
 from schemas import event_to_json
+from streams.ingest.event_id_index import EventIdIndex
 from streams.ingest.producer import EventProducer
 from streams.ingest.synthetic_feed import FeedConfig, FeedGenerator
 from streams.ingest.topics import create_topic
 from streams.ingest.worker_process import spawn_worker, stop_worker
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
+from streams.store.event_ids import event_id_digest
 from streams.store.event_store import EventStore
 from streams.store.store_views import connect_store
 
@@ -176,6 +186,42 @@ def measure_freshness(
     return prober.delays
 
 
+def with_resends(
+    records: list[tuple[bytes, bytes]], share: float, seed: int
+) -> list[tuple[bytes, bytes]]:
+    """``records`` with a ``share`` of them sent again, each at a random later position."""
+    rng = random.Random(seed)
+    n = len(records)
+    later: dict[int, list[tuple[bytes, bytes]]] = {}
+    for i in rng.sample(range(n), int(n * share)):
+        later.setdefault(rng.randint(i + 1, n), []).append(records[i])
+    out: list[tuple[bytes, bytes]] = []
+    for position in range(n + 1):
+        out.extend(later.get(position, ()))
+        if position < n:
+            out.append(records[position])
+    return out
+
+
+def dedup_cost_us(records: list[tuple[bytes, bytes]]) -> float:
+    """Per-record cost of the worker's duplicate check: digest the id, add it to the index."""
+    ids = [json.loads(value)["event_id"] for _, value in records]
+    index = EventIdIndex()
+    start = time.perf_counter()
+    for event_id in ids:
+        index.add(event_id_digest(event_id))
+    return (time.perf_counter() - start) / len(ids) * 1e6
+
+
+def scan_seconds(con: duckdb.DuckDBPyConnection, sql: str, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        con.execute(sql).fetchall()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def quantile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 1000) - 1]
 
@@ -211,28 +257,41 @@ def main() -> None:
             records = [
                 (e.user_id.encode(), event_to_json(e)) for e in generator.events(args.events)
             ]
-            produce(settings, records, "producing the backlog")
+            records = with_resends(records, share=0.01, seed=12)
+            total = len(records)
+            produce(settings, records, "producing the backlog (1% resent)")
+            dedup_us = dedup_cost_us(records)
             del records
 
-            raw_eps = raw_consume(settings, args.events)
+            raw_eps = raw_consume(settings, total)
 
             start = time.perf_counter()
             worker = spawn_worker(settings, "bench", root / "worker.log")
             first_batch_s = None
             with progress_bar(console) as bar:
-                task = bar.add_task("platform ingest (durable + committed)", total=args.events)
+                task = bar.add_task("platform ingest (durable + committed)", total=total)
                 while True:
                     n = stored(settings)
                     if n and first_batch_s is None:
                         first_batch_s = time.perf_counter() - start
                     bar.update(task, completed=n)
-                    if n >= args.events and committed(settings) >= args.events:
+                    if n >= total and committed(settings) >= total:
                         break
                     if worker.poll() is not None:
                         raise RuntimeError(f"worker exited; see {root / 'worker.log'}")
                     time.sleep(0.1)
             ingest_s = time.perf_counter() - start
-            ingest_eps = args.events / ingest_s
+            ingest_eps = total / ingest_s
+            con = connect_store(settings.store_dir)
+            shown, distinct = con.execute(
+                "SELECT count(*), count(DISTINCT event_id) FROM events"
+            ).fetchall()[0]
+            events_scan_s = scan_seconds(con, "SELECT count(*), sum(gmv) FROM events")
+            unfiltered_scan_s = scan_seconds(
+                con,
+                "SELECT count(*), sum(gmv) FROM ingested "
+                "WHERE reject_reason IS NULL AND type != 'catalogue'",
+            )
 
             rate = ingest_eps / 2
             live = [
@@ -249,6 +308,12 @@ def main() -> None:
         json.dumps(
             {
                 "events": args.events,
+                "records": total,
+                "lost": args.events - distinct,
+                "duplicates_shown": shown - distinct,
+                "dedup_us_per_record": round(dedup_us, 2),
+                "events_scan_s": round(events_scan_s, 3),
+                "unfiltered_scan_s": round(unfiltered_scan_s, 3),
                 "raw_consume_eps": round(raw_eps),
                 "ingest_eps": round(ingest_eps),
                 "ratio": round(ingest_eps / raw_eps, 3),
