@@ -174,3 +174,36 @@ def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
     assert "were taken by another writer since this one claimed them" in log
     wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
     assert stored(settings) == (produced, produced)
+
+
+def group_members(settings: StreamSettings) -> int | None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        return len(
+            admin.describe_groups([settings.consumer_group])[settings.consumer_group]["members"]
+        )
+    except KafkaError:  # the group coordinator is still loading
+        return None
+    finally:
+        admin.close()
+
+
+def test_a_worker_joining_then_one_stopping_mid_backlog_store_each_event_once(
+    settings: StreamSettings, workers: Callable
+) -> None:
+    # A join revokes partitions while the first worker is storing a batch; a SIGTERM stops it
+    # with a batch in flight. It must store and commit that batch, then leave the group at once
+    # (not after its 10 s session times out), and its partner must take over the rest.
+    settings = settings.model_copy(update={"batch_max_events": 1000})
+    produced = produce_ratings(settings, users=1000, per_user=100)
+    first = workers("wa", use=settings)
+    wait_for(lambda: stored(settings)[0] >= 10_000, 120, "the first worker storing")
+    workers("wb", use=settings)
+    wait_for(lambda: group_members(settings) == 2, 60, "the second worker in the group")
+    wait_for(lambda: stored(settings)[0] >= 30_000, 120, "more stored after the rebalance")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=20) == 0
+    wait_for(lambda: group_members(settings) == 1, 6, "the stopped worker gone from the group")
+    wait_for(lambda: stored(settings)[0] >= produced, 180, "every event stored")
+    wait_for(lambda: committed_offsets(settings) == produced, 60, "all offsets committed")
+    assert stored(settings) == (produced, produced)

@@ -1,17 +1,16 @@
-"""The ingest worker: a faust-streaming agent that turns the events and catalogue topics into
+"""The ingest worker: a faust-streaming app that turns the events and catalogue topics into
 the event store.
 
-Per micro-batch (``stream.take_events``): drop records the store already holds (replays),
-validate the rest (the value, and the key: the record's user or item id), mark an event whose
-id its partition already holds as a duplicate (``event_id_index``), send each rejected
-record to the dead-letter topic with its reason and raw bytes (``dead_letter``: as a reference
-when too large; a send that fails is noted and does not stop the partition, since the store
-keeps the raw bytes too), write the whole batch (accepted and rejected rows) as one durable
-Parquet file, and only then let faust acknowledge the batch's events. Faust commits
-acknowledged offsets, so a committed offset always covers durable data: a crash at any point
-replays at most the batch in flight, and the store's watermarks drop what was already written.
-At-least-once delivery plus an idempotent store gives each accepted record exactly once in
-the store.
+Per micro-batch (read by ``batch_consumer.BatchConsumer``): drop records the store already
+holds (replays), validate the rest (the value, and the key: the record's user or item id),
+mark an event whose id its partition already holds as a duplicate (``event_id_index``), send
+each rejected record to the dead-letter topic with its reason and raw bytes (``dead_letter``:
+as a reference when too large; a send that fails is noted and does not stop the partition,
+since the store keeps the raw bytes too), write the whole batch (accepted and rejected rows)
+as one durable Parquet file, and only then commit the batch's offsets, so a committed offset
+always covers durable data: a crash at any point replays at most the batch in flight, and the
+store's watermarks drop what was already written. At-least-once delivery plus an idempotent
+store gives each accepted record exactly once in the store.
 """
 
 from __future__ import annotations
@@ -21,17 +20,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import faust
-from faust.types import TP, EventT
+from aiokafka import TopicPartition
 
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
+from streams.ingest.batch_consumer import EXIT_UNPERSISTED, BatchConsumer
 from streams.ingest.dead_letter import DeadLetter, Reject, dead_letter_all
 from streams.ingest.event_id_index import EventIdIndex
-from streams.ingest.faust_transport import use_fetch_wait
 from streams.ingest.record_keys import key_problem
 from streams.ingest.topics import topic_id
 from streams.settings import StreamSettings
@@ -43,10 +42,9 @@ from streams.store.store_views import write_catalog
 
 log = logging.getLogger(__name__)
 
-# A store write that keeps failing must not be acknowledged; after this many attempts the
-# process exits without committing, and a restart replays the batch.
+# A store write that keeps failing is retried this many times; then the process exits
+# without committing (``EXIT_UNPERSISTED``), and a restart replays the batch.
 _WRITE_ATTEMPTS = 5
-_EXIT_UNPERSISTED = 70
 
 
 @dataclass
@@ -80,12 +78,12 @@ class Ingestor:
         self._event_ids: dict[Partition, EventIdIndex] = {}
         self._skew = timedelta(seconds=settings.max_clock_skew_s)
 
-    def forget_partitions(self, partitions: set[TP]) -> None:
-        """Drop cached watermarks of partitions another worker may now write."""
-        for tp in partitions:
-            self._watermarks.pop((tp.topic, tp.partition), None)
-            self._claimed.pop((tp.topic, tp.partition), None)
-            self._event_ids.pop((tp.topic, tp.partition), None)
+    def forget_partitions(self, partitions: Iterable[Partition]) -> None:
+        """Drop what is cached of partitions another worker may now write."""
+        for topic, partition in partitions:
+            self._watermarks.pop((topic, partition), None)
+            self._claimed.pop((topic, partition), None)
+            self._event_ids.pop((topic, partition), None)
 
     def _load_watermarks(self, records: Sequence[SourceRecord]) -> None:
         """On a partition's first records here: claim it (fencing out any earlier writer),
@@ -173,15 +171,6 @@ class Ingestor:
         self.counters.batches += 1
 
 
-def _source_of(event: EventT) -> tuple[SourceRecord, bytes | None]:
-    message = event.message
-    stamp = datetime.fromtimestamp(message.timestamp, UTC) if message.timestamp else None
-    key = message.key if isinstance(message.key, bytes | None) else bytes(message.key)
-    value = message.value if isinstance(message.value, bytes | None) else bytes(message.value)
-    source = SourceRecord(message.topic, message.partition, message.offset, key, stamp)
-    return source, value
-
-
 def default_writer_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -199,38 +188,20 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         store,
         settings,
         writer_id or default_writer_id(),
-        owns=lambda topic, partition: TP(topic, partition) in app.consumer.assignment(),
+        owns=lambda topic, partition: TopicPartition(topic, partition) in consumer.assignment(),
     )
     datadir = store.root / ".faust" / ingestor.writer_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        value_serializer="raw",
-        key_serializer="raw",
         web_enabled=False,
         topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        broker_commit_interval=1.0,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        stream_buffer_maxsize=max(4096, settings.batch_max_events),
-        consumer_max_fetch_size=settings.fetch_max_bytes_per_partition,
         producer_max_request_size=settings.dead_letter_max_bytes,
         datadir=str(datadir),
     )
-    use_fetch_wait(app, settings.fetch_max_wait_ms)
-    source_topics = app.topic(
-        settings.events_topic,
-        settings.catalogue_topic,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
-
-    @app.on_partitions_revoked.connect
-    async def _forget(_app: faust.App, revoked: set[TP], **_kw: object) -> None:
-        ingestor.forget_partitions(revoked)
+    app.producer_only = True  # faust's own consumer stays off: ``BatchConsumer`` reads the topics
 
     async def send_dead_letter(letter: DeadLetter) -> None:
         delivered = await app.producer.send(
@@ -240,32 +211,28 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         await delivered
 
     async def persist(records: list[tuple[SourceRecord, bytes | None]]) -> None:
-        """Dead-letter the rejects, then write the batch; a failed write exits unacknowledged."""
+        """Dead-letter the rejects, then write the batch; a failed write exits uncommitted."""
         try:
-            batch, rejects = ingestor.build_batch(records)
+            # Off the event loop, which meanwhile fetches the next batch and heartbeats.
+            batch, rejects = await asyncio.to_thread(ingestor.build_batch, records)
             ingestor.counters.dead_letters_failed += await dead_letter_all(
                 batch, rejects, send_dead_letter,
                 max_bytes=settings.dead_letter_max_bytes, timeout_s=settings.dead_letter_timeout_s,
             )  # fmt: skip
             await asyncio.to_thread(ingestor.commit_batch, batch, [s for s, _ in records])
         except Exception:
-            # take_events acknowledges a batch however its loop body ends, so the only way
+            # The consumer commits a batch once ``persist`` returns, so the only way
             # not to commit what is not durable is to leave at once: the batch is replayed.
-            log.critical("batch not persisted; exiting unacknowledged", exc_info=True)
-            os._exit(_EXIT_UNPERSISTED)
+            log.critical("batch not persisted; exiting uncommitted", exc_info=True)
+            os._exit(EXIT_UNPERSISTED)
 
-    @app.agent(source_topics, name="ingest")
-    async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(
-            settings.batch_max_events, settings.batch_max_wait_s
-        ):
-            task = asyncio.ensure_future(persist([_source_of(e) for e in events]))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task  # a stopping worker finishes the batch it started before the ack
-                raise
-            # Returning to take_events acknowledges these events; faust then commits them.
+    consumer = BatchConsumer(
+        settings,
+        (settings.events_topic, settings.catalogue_topic),
+        persist=persist,
+        on_revoked=ingestor.forget_partitions,
+    )
+    app.service(consumer)  # type: ignore[arg-type]  # an instance is started as it is
 
     @app.timer(interval=10.0)
     async def _report() -> None:

@@ -1,0 +1,169 @@
+"""The ingest worker's consumer: whole fetches from Kafka's batch API, one micro-batch at a time.
+
+faust's stream path hands the worker one event at a time through its conductor and channels:
+about 100 us per event before our own work starts, capping ingestion near half of what a plain
+consumer reads (README, bench-ingest). The worker needs none of what that path adds (no tables,
+no per-event agents), so this service reads whole fetches with aiokafka's ``getmany`` inside
+faust's worker lifecycle, and keeps the guarantees the stream path gave:
+
+* a micro-batch closes at ``batch_max_events`` records or ``batch_max_wait_s`` after its first,
+  and is gathered while the one before it is stored (batches are stored one at a time, in
+  order), so a record waits at most about the batch wait plus one store;
+* its offsets are committed only after ``persist`` made it durable (a crash replays it);
+* a rebalance waits for the batch in flight, so a revoked partition's last batch is stored and
+  committed before another worker takes the partition;
+* a stopping worker finishes the batch it started, commits it, and leaves the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import ConsumerRecord
+from mode import Service
+
+from streams.settings import StreamSettings
+from streams.store.ledger_schema import SourceRecord
+
+log = logging.getLogger(__name__)
+
+Records = list[tuple[SourceRecord, bytes | None]]
+
+# A batch that could not be stored must not be committed: the worker exits at once with this
+# code, and a restart replays the batch.
+EXIT_UNPERSISTED = 70
+
+
+def source_of(record: ConsumerRecord[bytes, bytes]) -> tuple[SourceRecord, bytes | None]:
+    """A consumed record as the store's ``SourceRecord`` and its raw value."""
+    stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp else None
+    source = SourceRecord(record.topic, record.partition, record.offset, record.key, stamp)
+    return source, record.value
+
+
+def next_offsets(records: Records) -> dict[TopicPartition, int]:
+    """What to commit after ``records``: per partition, one past its highest offset."""
+    out: dict[TopicPartition, int] = {}
+    for source, _ in records:
+        tp = TopicPartition(source.topic, source.partition)
+        out[tp] = max(out.get(tp, 0), source.offset + 1)
+    return out
+
+
+class _WaitForBatchOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, service: BatchConsumer) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.service.batch_lock:  # the batch in flight is stored and committed
+            self.service.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(assigned))
+
+
+class BatchConsumer(Service):
+    """Consumes ``topics`` in micro-batches, calling ``persist`` on each before committing it."""
+
+    def __init__(
+        self,
+        settings: StreamSettings,
+        topics: Iterable[str],
+        persist: Callable[[Records], Awaitable[None]],
+        on_revoked: Callable[[set[TopicPartition]], None],
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings, self.topics = settings, tuple(topics)
+        self.persist, self.on_revoked = persist, on_revoked
+        self.batch_lock = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.consumer.assignment()) if self.consumer else set()
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(3.0, s.session_timeout_s / 3) * 1000),
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=s.fetch_max_bytes_per_partition,
+        )
+        self.consumer.subscribe(self.topics, listener=_WaitForBatchOnRevoke(self))
+        await self.consumer.start()
+        self._loop_task = asyncio.ensure_future(self._consume())
+
+    async def on_stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()  # a batch in flight is shielded: it ends stored and committed
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.stop()  # leaves the group: its partitions move at once
+
+    async def _consume(self) -> None:
+        """Gather the next batch while the previous one is stored; store them in order."""
+        storing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                records = await self._next_batch()
+                if not records:
+                    continue
+                if storing is not None:
+                    await asyncio.shield(storing)
+                storing = asyncio.ensure_future(self._store_and_commit(records))
+        except asyncio.CancelledError:
+            if storing is not None:
+                await storing  # the worker stops: the batch it started ends stored and committed
+            raise
+        except Exception:
+            # A consumer that stopped consuming must not look alive to its supervisor.
+            log.critical("the ingest consumer failed; exiting uncommitted", exc_info=True)
+            os._exit(EXIT_UNPERSISTED)
+
+    async def _next_batch(self) -> Records:
+        """Records until ``batch_max_events``, or ``batch_max_wait_s`` after the first one."""
+        assert self.consumer is not None
+        s = self.settings
+        records: Records = []
+        deadline: float | None = None
+        while len(records) < s.batch_max_events:
+            wait_s = s.batch_max_wait_s if deadline is None else deadline - time.monotonic()
+            if wait_s <= 0:
+                break
+            fetched = await self.consumer.getmany(
+                timeout_ms=int(wait_s * 1000), max_records=s.batch_max_events - len(records)
+            )
+            for partition_records in fetched.values():
+                records.extend(source_of(r) for r in partition_records)
+            if records and deadline is None:
+                deadline = time.monotonic() + s.batch_max_wait_s
+            elif not records:
+                break  # idle: let the loop start a fresh batch (and notice a stop)
+        return records
+
+    async def _store_and_commit(self, records: Records) -> None:
+        assert self.consumer is not None
+        async with self.batch_lock:
+            await self.persist(records)
+            owned = self.assignment()
+            offsets = {tp: o for tp, o in next_offsets(records).items() if tp in owned}
+            if not offsets:
+                return
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                # The batch is durable; a new owner's watermark drops the replay it causes.
+                log.warning("offsets not committed (%s); the batch is stored", exc)
