@@ -9,8 +9,8 @@ from streams.derive.golden_list import (
     apply_category_cap,
     build_prompt_and_golden_list,
     category_slots,
-    rank_candidates,
 )
+from streams.derive.sorted_ratings import SortedRatings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -28,7 +28,8 @@ def ratings(*rows: tuple[str, int, int]) -> dict[str, EffectiveRating]:
 def test_rank_by_rating_then_popularity_then_id() -> None:
     user = ratings(("a", 4, 1), ("b", 5, 2), ("c", 4, 3), ("d", 4, 4), ("e", 5, 5))
     popularity = {"a": 3.9, "c": 4.5, "d": 3.9}
-    assert rank_candidates(list(user.values()), popularity) == ["b", "e", "c", "a", "d"]
+    ranked = SortedRatings.build("u1", user, popularity, {}).ranked
+    assert [item for *_, item in ranked] == ["b", "e", "c", "a", "d"]
 
 
 def test_category_slots_is_floor_of_cap_times_size_at_least_one() -> None:

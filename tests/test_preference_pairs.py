@@ -16,7 +16,9 @@ from streams.derive.preference_pairs import (
     family_rng,
     ranking_negative,
     redundancy_negative,
+    sample_unseen,
 )
+from streams.derive.sorted_ratings import SortedRatings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CATALOGUE = {f"i{n}": f"c{n % 5}" for n in range(80)}
@@ -60,7 +62,8 @@ def positions_differ_by_adjacent_swaps(a: tuple[str, ...], b: tuple[str, ...]) -
 @given(user=users(), seed=st.integers(0, 2**32))
 def test_every_family_violates_its_criterion(user: dict[str, EffectiveRating], seed: int) -> None:
     _, golden = build_prompt_and_golden_list("u", user, {}, CATALOGUE, prompt_length=5)
-    pairs, skipped = build_pairs(golden, user, CATALOGUE, BY_CATEGORY, seed)
+    history = SortedRatings.build("u", user, {}, CATALOGUE)
+    pairs, skipped = build_pairs(golden, history, CATALOGUE, BY_CATEGORY, seed)
     assert {p.family for p in pairs} | set(skipped) == {"np", "rk", "d", "rd"}
     cats = lambda items: [CATALOGUE[i] for i in items]  # noqa: E731
     for pair in pairs:
@@ -90,17 +93,36 @@ def test_every_family_violates_its_criterion(user: dict[str, EffectiveRating], s
 
 def test_pairs_are_deterministic_for_a_seed() -> None:
     golden = GoldenList(user_id="u", items=tuple(f"i{n}" for n in range(10)))
-    runs = [build_pairs(golden, {}, CATALOGUE, BY_CATEGORY, seed=3)[0] for _ in range(2)]
+    runs = [
+        build_pairs(golden, SortedRatings("u"), CATALOGUE, BY_CATEGORY, seed=3)[0] for _ in range(2)
+    ]
     assert runs[0] == runs[1]
     assert family_rng(3, "u", "rk").random() != family_rng(4, "u", "rk").random()
 
 
 def test_users_without_material_are_skipped_with_a_reason() -> None:
     one_category = GoldenList(user_id="u", items=("i0", "i5", "i10"))  # all c0
-    pairs, skipped = build_pairs(one_category, {}, CATALOGUE, BY_CATEGORY, seed=1)
+    pairs, skipped = build_pairs(one_category, SortedRatings("u"), CATALOGUE, BY_CATEGORY, seed=1)
     assert [p.family for p in pairs] == ["rk"]
     assert skipped["np"] == "no item rated below 3"
     assert skipped["d"].startswith("one category only")
     assert skipped["rd"] == "already clustered by category"
     assert ranking_negative(("i0",), family_rng(1, "u", "rk")) is None
     assert redundancy_negative(("i0", "i1", "i2"), CATALOGUE, family_rng(1, "u", "rd")) is None
+
+
+def test_unseen_items_are_drawn_without_listing_a_large_pool_and_listed_when_few() -> None:
+    pool = [f"i{n}" for n in range(100)]
+    seen = {f"i{n}" for n in range(0, 100, 2)}.__contains__  # half the pool
+    drawn = sample_unseen(pool, 5, seen, unseen=50, rng=family_rng(1, "u", "d"))
+    assert drawn is not None and len(set(drawn)) == 5 and not any(map(seen, drawn))
+    assert sample_unseen(pool, 51, seen, unseen=50, rng=family_rng(1, "u", "d")) is None
+    # Few unseen (the draws would mostly miss): listed. A stale count that promises more than
+    # there are is caught by the listing too.
+    few = {f"i{n}" for n in range(97)}.__contains__
+    assert sorted(sample_unseen(pool, 3, few, unseen=3, rng=family_rng(1, "u", "d")) or []) == [
+        "i97",
+        "i98",
+        "i99",
+    ]
+    assert sample_unseen(pool, 4, few, unseen=60, rng=family_rng(1, "u", "d")) is None

@@ -1,14 +1,15 @@
 """Training data maintained incrementally as events arrive.
 
-An event rebuilds only what it touches: its user's effective ratings, prompt, golden list and
-pairs, and the stats of the items whose rating by that user changed. The work per event is
-bounded by that user's history, never by the total.
+An event rebuilds only what it touches: its user's effective ratings (kept sorted, see
+``sorted_ratings``), prompt, golden list and pairs, and the stats of the items whose rating by
+that user changed. The work per event is bounded by the page size and the list length, not
+by the user's history nor by the total.
 
-Staleness bound: a user's golden list breaks rating ties by the popularity s_i that items had
-when *that user's* last event arrived, and caps categories as the catalogue stood then. Events
-of other users move s_i without touching this user's list, so only the order among equally
-rated candidates (and which of them the category cap keeps) can be stale, and only for users
-whose events predate the change; a catalogue update makes every earlier list stale.
+Staleness bound: a user's golden list breaks rating ties by the popularity s_i each candidate
+had when the user's rating of it last changed (or at the user's last refresh), and caps
+categories as the catalogue stood then. Events of other users move s_i without touching this
+user's list, so only the order among equally rated candidates (and which of them the category
+cap keeps) can be stale; a catalogue update makes every earlier list stale.
 ``refresh()`` rebuilds the lists of every stale user; after it the state equals
 ``rebuild(...)`` from the same events (tested).
 """
@@ -23,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import CatalogueItem, Click, Impression, Purchase, Rating
 from schemas.training_data import (
-    EffectiveRating,
     GoldenList,
     PairFamily,
     PreferencePair,
@@ -34,9 +34,10 @@ from streams.derive.golden_list import (
     DEFAULT_CATEGORY_CAP,
     DEFAULT_LIST_LENGTH,
     DEFAULT_PROMPT_LENGTH,
-    build_prompt_and_golden_list,
+    prompt_and_golden_list,
 )
 from streams.derive.preference_pairs import build_pairs
+from streams.derive.sorted_ratings import SortedRatings
 
 Event = Impression | Click | Purchase | Rating
 
@@ -69,13 +70,11 @@ class ItemStats:
 @dataclass
 class UserData:
     accumulator: RatingAccumulator
-    ratings: dict[str, EffectiveRating] = field(default_factory=dict)
+    history: SortedRatings  # the effective ratings, in the orders the lists read
     prompt: UserPrompt | None = None
     golden: GoldenList | None = None
     pairs: list[PreferencePair] = field(default_factory=list)
     skipped: dict[PairFamily, str] = field(default_factory=dict)
-    # s_i of this user's candidates as used by the last build (to tell when it went stale).
-    popularity_used: dict[str, float] = field(default_factory=dict)
     catalogue_version: int = 0
 
 
@@ -110,7 +109,8 @@ class DerivedState:
 
     def _user(self, user_id: str) -> UserData:
         if user_id not in self.users:
-            self.users[user_id] = UserData(RatingAccumulator(user_id, self.config.rule))
+            accumulator = RatingAccumulator(user_id, self.config.rule)
+            self.users[user_id] = UserData(accumulator, SortedRatings(user_id))
         return self.users[user_id]
 
     def _fold(self, data: UserData, events: Iterable[Event]) -> None:
@@ -119,20 +119,18 @@ class DerivedState:
         for event in events:
             changed |= data.accumulator.add(event)
         for item in changed:
-            old, new = data.ratings.get(item), data.accumulator.rating(item)
+            old, new = data.history.ratings.get(item), data.accumulator.rating(item)
             if old == new:
                 continue
             if old is not None:
                 stats = self.items[item]
                 stats.count -= 1
                 stats.rating_sum -= old.rating
-            if new is None:
-                data.ratings.pop(item, None)
-            else:
+            if new is not None:
                 stats = self.items.setdefault(item, ItemStats())
                 stats.count += 1
                 stats.rating_sum += new.rating
-                data.ratings[item] = new
+            data.history.set(item, new, self.popularity(item), self.category.get(item, ""))
 
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold a batch of events in (stream order); returns the users it touched."""
@@ -142,33 +140,32 @@ class DerivedState:
         for user_id, new in touched.items():
             data = self._user(user_id)
             self._fold(data, new)
-            self._build_lists(user_id, data)
+            self._build_lists(data)
         return set(touched)
 
     def popularity(self, item: str) -> float:
         stats = self.items.get(item)
         return stats.mean if stats else 0.0
 
-    def _build_lists(self, user_id: str, data: UserData) -> None:
+    def _build_lists(self, data: UserData) -> None:
         c = self.config
-        # Only positives can be candidates, so only their s_i can order the golden list.
-        popularity = {
-            item: self.popularity(item) for item, r in data.ratings.items() if is_positive(r.rating)
-        }
-        data.prompt, data.golden = build_prompt_and_golden_list(
-            user_id,
-            data.ratings,
-            popularity,
+        data.prompt, data.golden = prompt_and_golden_list(
+            data.history,
             self.category,
             prompt_length=c.prompt_length,
             list_length=c.list_length,
             category_cap=c.category_cap,
         )
         data.pairs, data.skipped = build_pairs(
-            data.golden, data.ratings, self.category, self.items_by_category, c.seed
+            data.golden, data.history, self.category, self.items_by_category, c.seed
         )
-        data.popularity_used = popularity
         data.catalogue_version = self.catalogue_version
+
+    def _resort(self, user_id: str, data: UserData) -> None:
+        """Sort the user's ratings afresh with today's s_i and categories."""
+        ratings = data.history.ratings
+        popularity = {i: self.popularity(i) for i, r in ratings.items() if is_positive(r.rating)}
+        data.history = SortedRatings.build(user_id, ratings, popularity, self.category)
 
     def stale_users(self) -> list[str]:
         """Users whose lists were built with popularity or categories that changed since."""
@@ -176,14 +173,15 @@ class DerivedState:
             user_id
             for user_id, data in self.users.items()
             if data.catalogue_version != self.catalogue_version
-            or any(self.popularity(i) != s for i, s in data.popularity_used.items())
+            or any(self.popularity(i) != s for i, s in data.history.popularity_used.items())
         ]
 
     def refresh(self) -> list[str]:
         """Rebuild the lists of stale users; returns them."""
         stale = self.stale_users()
         for user_id in stale:
-            self._build_lists(user_id, self.users[user_id])
+            self._resort(user_id, self.users[user_id])
+            self._build_lists(self.users[user_id])
         return stale
 
     @classmethod
@@ -198,5 +196,6 @@ class DerivedState:
         for user_id, user_events in by_user.items():
             state._fold(state._user(user_id), user_events)
         for user_id, data in state.users.items():
-            state._build_lists(user_id, data)
+            state._resort(user_id, data)
+            state._build_lists(data)
         return state

@@ -13,10 +13,11 @@ drop relevant items to satisfy diversity, which the paper's balancing does not a
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 from schemas.training_data import EffectiveRating, GoldenList, UserPrompt
 from streams.derive.feedback_ratings import is_positive
+from streams.derive.sorted_ratings import SortedRatings
 
 DEFAULT_PROMPT_LENGTH = 20
 DEFAULT_LIST_LENGTH = 10
@@ -30,34 +31,24 @@ def chronological_positives(ratings: Mapping[str, EffectiveRating]) -> list[Effe
     )
 
 
-def prompt_items(positives: Sequence[EffectiveRating], length: int) -> tuple[str, ...]:
-    """The last ``length`` of the chronologically ordered positives, oldest first."""
-    return tuple(r.item_id for r in positives[-length:]) if length > 0 else ()
-
-
-def rank_candidates(
-    candidates: Sequence[EffectiveRating], popularity: Mapping[str, float]
-) -> list[str]:
-    """Order by rating desc, then popularity s_i desc, then item id asc."""
-    ranked = sorted(
-        candidates, key=lambda r: (-r.rating, -popularity.get(r.item_id, 0.0), r.item_id)
-    )
-    return [r.item_id for r in ranked]
-
-
 def category_slots(size: int, cap: float) -> int:
     """Slots one category may fill in a list of ``size``: max(1, floor(cap * size))."""
     return max(1, int(cap * size + 1e-9))
 
 
 def apply_category_cap(
-    ranked: Sequence[str], category: Mapping[str, str], size: int, cap: float
+    ranked: Iterable[str],
+    category: Mapping[str, str],
+    size: int,
+    cap: float,
+    available: int | None = None,
 ) -> tuple[tuple[str, ...], bool]:
     """Take items in rank order within the category cap; fill from the passed-over if short.
 
-    Returns the list and whether the cap had to be relaxed to fill it.
+    ``ranked`` is read only as far as the list needs; ``available`` is how many items it holds
+    (``len(ranked)`` by default). Returns the list and whether the cap had to be relaxed.
     """
-    length = min(size, len(ranked))
+    length = min(size, len(ranked) if available is None else available)  # type: ignore[arg-type]
     slots = category_slots(length, cap)
     taken: list[str] = []
     passed_over: list[str] = []
@@ -77,6 +68,33 @@ def apply_category_cap(
     return tuple(taken), relaxed
 
 
+def prompt_and_golden_list(
+    history: SortedRatings,
+    category: Mapping[str, str],
+    *,
+    prompt_length: int = DEFAULT_PROMPT_LENGTH,
+    list_length: int = DEFAULT_LIST_LENGTH,
+    category_cap: float = DEFAULT_CATEGORY_CAP,
+) -> tuple[UserPrompt, GoldenList]:
+    """q_u and sigma_u^gt of one user, read off their sorted ratings (no sorting here)."""
+    latest = history.chronological[-prompt_length:] if prompt_length > 0 else []
+    prompt = tuple(item for _, item in latest)  # the last L positives, oldest first
+    in_prompt = set(prompt)
+    candidates = (item for _, _, item in history.ranked if item not in in_prompt)
+    items, relaxed = apply_category_cap(
+        candidates,
+        category,
+        list_length,
+        category_cap,
+        available=len(history.ranked) - len(prompt),
+    )
+    user = history.user_id
+    return (
+        UserPrompt(user_id=user, items=prompt),
+        GoldenList(user_id=user, items=items, cap_relaxed=relaxed),
+    )
+
+
 def build_prompt_and_golden_list(
     user_id: str,
     ratings: Mapping[str, EffectiveRating],
@@ -88,14 +106,10 @@ def build_prompt_and_golden_list(
     category_cap: float = DEFAULT_CATEGORY_CAP,
 ) -> tuple[UserPrompt, GoldenList]:
     """q_u and sigma_u^gt of one user from their effective ratings."""
-    positives = chronological_positives(ratings)
-    prompt = prompt_items(positives, prompt_length)
-    in_prompt = set(prompt)
-    candidates = [r for r in positives if r.item_id not in in_prompt]
-    items, relaxed = apply_category_cap(
-        rank_candidates(candidates, popularity), category, list_length, category_cap
-    )
-    return (
-        UserPrompt(user_id=user_id, items=prompt),
-        GoldenList(user_id=user_id, items=items, cap_relaxed=relaxed),
+    return prompt_and_golden_list(
+        SortedRatings.build(user_id, ratings, popularity, category),
+        category,
+        prompt_length=prompt_length,
+        list_length=list_length,
+        category_cap=category_cap,
     )

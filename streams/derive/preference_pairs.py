@@ -22,10 +22,10 @@ import hashlib
 import itertools
 import random
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from schemas.training_data import EffectiveRating, GoldenList, PairFamily, PreferencePair
-from streams.derive.feedback_ratings import is_non_preferred
+from schemas.training_data import GoldenList, PairFamily, PreferencePair
+from streams.derive.sorted_ratings import DislikeKey, SortedRatings
 
 
 def family_rng(seed: int, user_id: str, family: str) -> random.Random:
@@ -40,16 +40,13 @@ def adjacent_same_category(items: Sequence[str], category: Mapping[str, str]) ->
 
 
 def preference_negative(
-    golden: Sequence[str], ratings: Mapping[str, EffectiveRating]
+    golden: Sequence[str], disliked: Sequence[DislikeKey]
 ) -> tuple[str, ...] | None:
-    """Up to len(golden) items rated r < 3, lowest rating first, then most recent."""
-    disliked = sorted(
-        (r for r in ratings.values() if is_non_preferred(r.rating)),
-        key=lambda r: (r.rating, -r.ts.timestamp(), r.item_id),
-    )
+    """Up to len(golden) items rated r < 3, lowest rating first, then most recent
+    (``disliked`` is in that order: ``SortedRatings.disliked``)."""
     if not disliked:
         return None
-    return tuple(r.item_id for r in disliked[: max(1, len(golden))])
+    return tuple(item for *_, item in disliked[: max(1, len(golden))])
 
 
 def ranking_negative(golden: Sequence[str], rng: random.Random) -> tuple[str, ...] | None:
@@ -71,24 +68,55 @@ def ranking_negative(golden: Sequence[str], rng: random.Random) -> tuple[str, ..
     return tuple(items)
 
 
+def sample_unseen(
+    pool: Sequence[str],
+    k: int,
+    seen: Callable[[str], bool],
+    unseen: int,
+    rng: random.Random,
+) -> list[str] | None:
+    """k distinct items of ``pool`` that are not ``seen``, of which there are ``unseen``.
+
+    When at least a quarter of the pool is unseen, random draws find k of them after about
+    4k tries, without listing the pool (a category may hold thousands of items); else, or if
+    the draws run out (a stale ``unseen``), the unseen items are listed and k drawn from them.
+    """
+    if unseen < k:
+        return None
+    if 4 * unseen >= len(pool):
+        chosen: dict[str, None] = {}
+        for _ in range(64 * k):
+            item = pool[rng.randrange(len(pool))]
+            if not seen(item):
+                chosen[item] = None
+                if len(chosen) == k:
+                    return list(chosen)
+    listed = [i for i in pool if not seen(i)]
+    return rng.sample(listed, k) if len(listed) >= k else None
+
+
 def diversity_negative(
     golden: Sequence[str],
     category: Mapping[str, str],
     items_by_category: Mapping[str, Sequence[str]],
-    seen: set[str],
+    seen: Callable[[str], bool],
+    seen_per_category: Mapping[str, int],
     rng: random.Random,
 ) -> tuple[str, ...] | None:
-    """Replace the items outside the dominant category with unseen items of that category."""
+    """Replace the items outside the dominant category with unseen items of that category
+    (``seen_per_category``: how many items of each category are ``seen``)."""
     counts = Counter(category.get(i, "") for i in golden)
     if len(counts) < 2:
         return None
     dominant = min(counts, key=lambda c: (-counts[c], c))
     outsiders = [i for i in golden if category.get(i, "") != dominant]
-    pool = sorted(set(items_by_category.get(dominant, ())) - seen - set(golden))
-    if len(pool) < len(outsiders):
+    pool = items_by_category.get(dominant, ())
+    unseen = len(pool) - seen_per_category.get(dominant, 0)
+    replacements = sample_unseen(pool, len(outsiders), seen, unseen, rng)
+    if replacements is None:
         return None
-    replacements = iter(rng.sample(pool, len(outsiders)))
-    return tuple(i if category.get(i, "") == dominant else next(replacements) for i in golden)
+    fill = iter(replacements)
+    return tuple(i if category.get(i, "") == dominant else next(fill) for i in golden)
 
 
 def redundancy_negative(
@@ -108,7 +136,7 @@ def redundancy_negative(
 
 def build_pairs(
     golden: GoldenList,
-    ratings: Mapping[str, EffectiveRating],
+    history: SortedRatings,
     category: Mapping[str, str],
     items_by_category: Mapping[str, Sequence[str]],
     seed: int,
@@ -123,13 +151,28 @@ def build_pairs(
     if not items:
         reason = "empty golden list"
         return [], {"np": reason, "rk": reason, "d": reason, "rd": reason}
-    seen = set(ratings) | held_out
+    # Golden items are rated, so "seen" covers them too.
+    ratings = history.ratings
+    seen_per_category = history.rated_per_category
+    if held_out:
+        seen_per_category = seen_per_category + Counter(
+            category.get(i, "") for i in held_out if i not in ratings
+        )
+
+    def seen(item: str) -> bool:
+        return item in ratings or item in held_out
+
     negatives: dict[PairFamily, tuple[tuple[str, ...] | None, str]] = {
-        "np": (preference_negative(items, ratings), "no item rated below 3"),
+        "np": (preference_negative(items, history.disliked), "no item rated below 3"),
         "rk": (ranking_negative(items, family_rng(seed, user, "rk")), "list shorter than 2"),
         "d": (
             diversity_negative(
-                items, category, items_by_category, seen, family_rng(seed, user, "d")
+                items,
+                category,
+                items_by_category,
+                seen,
+                seen_per_category,
+                family_rng(seed, user, "d"),
             ),
             "one category only, or too few unseen items of the dominant category",
         ),

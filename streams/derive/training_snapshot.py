@@ -22,8 +22,9 @@ from schemas.training_data import (
     UserPrompt,
 )
 from streams.derive.derived_state import DeriveConfig, ItemStats
-from streams.derive.golden_list import build_prompt_and_golden_list, chronological_positives
+from streams.derive.golden_list import prompt_and_golden_list
 from streams.derive.preference_pairs import build_pairs
+from streams.derive.sorted_ratings import SortedRatings
 from streams.derive.split import UserSplit, split_user
 
 
@@ -76,10 +77,9 @@ def build_training_snapshot(
             splits[user] = split
     popularity = train_popularity({u: s.train for u, s in splits.items()})
     for user, split in splits.items():
-        prompt, golden = build_prompt_and_golden_list(
-            user,
-            split.train,
-            popularity,
+        history = SortedRatings.build(user, split.train, popularity, category)
+        prompt, golden = prompt_and_golden_list(
+            history,
             category,
             prompt_length=config.prompt_length,
             list_length=config.list_length,
@@ -87,7 +87,7 @@ def build_training_snapshot(
         )
         pairs, skipped = build_pairs(
             golden,
-            split.train,
+            history,
             category,
             by_category,
             config.seed,
@@ -96,9 +96,7 @@ def build_training_snapshot(
         snapshot.prompts[user], snapshot.golden[user] = prompt, golden
         snapshot.validation[user], snapshot.test[user] = split.validation, split.test
         snapshot.train_ratings[user] = {i: r.rating for i, r in split.train.items()}
-        snapshot.train_sequences[user] = tuple(
-            r.item_id for r in chronological_positives(split.train)
-        )
+        snapshot.train_sequences[user] = tuple(item for _, item in history.chronological)
         for pair in pairs:
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())

@@ -6,7 +6,9 @@
    it. Incremental path: the same events folded in by batches of 1,000 (one derive poll's
    worth), each batch timed: derive_eps over all batches, and the per-event cost of the five
    batches after 10% of the data is in against the five last ones (cost_ratio_100_vs_10 =
-   cost at 10% / cost at 100%; 1.0 when the cost does not grow with the data).
+   cost at 10% / cost at 100%; 1.0 when the cost does not grow with the data). Also the users
+   each of those batches touched and the cost per touched user: a batch rebuilds each of its
+   users' lists once, so the cost per event also moves with how many users a batch holds.
 3. After a refresh, the users with a golden list and the pairs per family.
 
 The last line printed is the JSON summary.
@@ -96,15 +98,21 @@ def main() -> None:
     console.print("incremental path, by batches of 1,000 ...")
     state = DerivedState(catalogue, config)
     costs = []  # seconds per event, per batch
+    touched = []  # users per batch
     for at in range(0, len(events), BATCH):
         batch = events[at : at + BATCH]
         start = time.perf_counter()
-        state.apply(batch)
+        touched.append(len(state.apply(batch)))
         costs.append((time.perf_counter() - start) / len(batch))
     incremental_s = sum(c * len(events[i * BATCH : (i + 1) * BATCH]) for i, c in enumerate(costs))
     tenth = len(costs) // 10
     cost_10 = statistics.mean(costs[tenth : tenth + WINDOW])
     cost_100 = statistics.mean(costs[-WINDOW:])
+    # A batch rebuilds the lists of each user it touches once: the cost per touched user
+    # tells the work per user apart from how many users a batch of the stream happens to hold.
+    per_user = [c * BATCH / u for c, u in zip(costs, touched, strict=True)]
+    users_10 = statistics.mean(touched[tenth : tenth + WINDOW])
+    users_100 = statistics.mean(touched[-WINDOW:])
     refreshed = len(state.refresh())
     pairs = Counter(p.family for d in state.users.values() for p in d.pairs)
 
@@ -116,6 +124,12 @@ def main() -> None:
                 "cost_ratio_100_vs_10": round(cost_10 / cost_100, 3),
                 "cost_us_at_10": round(cost_10 * 1e6, 1),
                 "cost_us_at_100": round(cost_100 * 1e6, 1),
+                "users_per_batch_at_10": round(users_10),
+                "users_per_batch_at_100": round(users_100),
+                "cost_us_per_user_at_10": round(
+                    statistics.mean(per_user[tenth : tenth + WINDOW]) * 1e6
+                ),
+                "cost_us_per_user_at_100": round(statistics.mean(per_user[-WINDOW:]) * 1e6),
                 "full_rebuild_s": round(full_rebuild_s, 2),
                 "incremental_s": round(incremental_s, 2),
                 "refreshed_users": refreshed,
