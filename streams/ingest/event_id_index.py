@@ -22,7 +22,10 @@ class EventIdIndex:
     """The stored event ids of one partition: ``add`` says whether an id is new."""
 
     def __init__(self, stored: np.ndarray | None = None) -> None:
-        self._sorted = np.unique(stored) if stored is not None else np.empty(0, DIGEST)
+        stored = stored if stored is not None else np.empty(0, DIGEST)
+        # The store hands them sorted and distinct; checking that costs a tenth of sorting.
+        ordered = bool(np.all(stored[:-1] < stored[1:]))
+        self._sorted = stored if ordered else np.unique(stored)
         self._recent: set[bytes] = set()
 
     def __len__(self) -> int:

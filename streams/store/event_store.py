@@ -179,12 +179,14 @@ class EventStore:
         return marks
 
     def stored_event_ids(self, topic: str, partition: int) -> np.ndarray:
-        """The digests (``event_id_digest``) of the accepted events stored from a partition."""
+        """The distinct digests (``event_id_digest``) of the accepted events stored from a
+        partition, in ascending byte order (DuckDB sorts them faster than NumPy would)."""
         with duckdb.connect() as con:
             table = con.sql(
-                f"SELECT {DIGEST_SQL} AS digest FROM read_parquet(?, union_by_name = true) "
+                f"SELECT DISTINCT {DIGEST_SQL} AS digest "
+                "FROM read_parquet(?, union_by_name = true) "
                 "WHERE kafka_topic = ? AND kafka_partition = ? AND event_id IS NOT NULL "
-                "AND reject_reason IS NULL",
+                "AND reject_reason IS NULL ORDER BY digest",
                 params=[self.ledger_glob, topic, partition],
             ).to_arrow_table()
         digests = table.column("digest").combine_chunks().cast(pa.binary(16))
