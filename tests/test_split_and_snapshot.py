@@ -35,7 +35,19 @@ def test_split_orders_positives_by_time_then_item() -> None:
     assert split is not None
     assert split.test == ("p14a", "p14b")  # 15 positives: 2 test, 2 validation
     assert split.validation == ("p11", "p12")
-    assert set(split.train) == {f"p{m:02d}" for m in range(11)} | {"meh", "bad"}
+    assert set(split.train) == {f"p{m:02d}" for m in range(11)}
+
+
+def test_ratings_after_the_boundary_are_unknown_to_training() -> None:
+    # The boundary is the first validation positive (minute 11). "early" (a 2 at minute 5) is
+    # known then; "late" (a 1 at minute 12) and "after" (a 3 at minute 30) are not: they stay
+    # out of training, so evaluation does not drop them from the test's candidates either.
+    rows = [(f"p{m:02d}", 5, m) for m in range(13)] + [("p14a", 4, 14), ("p14b", 4, 14)]
+    rows += [("early", 2, 5), ("late", 1, 12), ("after", 3, 30), ("tie", 2, 11)]
+    split = split_user(rated("u", rows))
+    assert split is not None and split.validation == ("p11", "p12")
+    # "tie" shares the boundary's minute but sorts after "p11": (11, "tie") > (11, "p11").
+    assert set(split.train) == {f"p{m:02d}" for m in range(11)} | {"early"}
 
 
 def test_users_with_fewer_than_three_positives_are_left_out() -> None:

@@ -1,9 +1,12 @@
 """The paper's per-user chronological split (section 5.1.1), as a pure function.
 
 Per user, the positives (r > 3) are ordered by (timestamp, item id). The last 10% (at least
-one, rounded half up) are the test part, the 10% before them (same rule) the validation part,
-the rest the training part. Users with fewer than 3 positives are left out. Everything else the
-user rated (r <= 3) belongs to the training part: it holds no held-out positive.
+one, rounded half up) are the test part, the 10% before them (same rule) the validation part.
+The first validation positive is the user's boundary: the training part is everything the user
+rated before it (in the same order), positives and not. What they rated after it is unknown at
+the boundary, so a rating of 3 or less made later enters neither training nor, through it, the
+candidate exclusion of evaluation (which drops the training items). Users with fewer than 3
+positives are left out.
 """
 
 from __future__ import annotations
@@ -38,9 +41,9 @@ def split_user(ratings: Mapping[str, EffectiveRating]) -> UserSplit | None:
     n_val = held_out_count(len(positives))
     test = positives[len(positives) - n_test :]
     validation = positives[len(positives) - n_test - n_val : len(positives) - n_test]
-    held_out = {r.item_id for r in (*test, *validation)}
+    boundary = (validation[0].ts, validation[0].item_id)
     return UserSplit(
-        train={item: r for item, r in ratings.items() if item not in held_out},
+        train={item: r for item, r in ratings.items() if (r.ts, r.item_id) < boundary},
         validation=tuple(r.item_id for r in validation),
         test=tuple(r.item_id for r in test),
     )
