@@ -34,6 +34,8 @@ from learner.offline_eval import plot_training_curves, recommend, relevance_metr
 from learner.pipeline import train_all
 from learner.ray_jobs import RayStageRunner
 from learner.settings import LearnerSettings
+from learner.shortcut_probe import shortcut_probe
+from learner.stages import validation_users
 from schemas.training_data import EffectiveRating
 from streams.derive.derived_state import DeriveConfig
 from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
@@ -168,6 +170,8 @@ def main() -> None:
         console.print(f"[{time.perf_counter() - started:.0f} s] {name}")
 
     settings = LearnerSettings()
+    probe = shortcut_probe(snapshot, validation_users(snapshot, settings))
+    console.print(f"shortcut probe (list features only): {probe}")
     if OUT.exists():
         shutil.rmtree(OUT)  # a fresh run every time: the timing covers every stage
     with RayStageRunner(settings.ray) as runner:
@@ -184,6 +188,8 @@ def main() -> None:
     }
     summary |= {
         "reward_acc": {f: round(a["both"], 4) for f, a in models.reward_accuracy.items()},
+        # What the same validation pairs give to trivial list features alone (0.5: nothing).
+        "probe_acc": {f: round(a, 4) for f, a in probe.items()},
         "both_vs_best_peer": round(results["both"]["ndcg@100"] / max(peers), 4),
         "ease_lambda": lam,
         "als_factors": factors,
