@@ -12,12 +12,17 @@ the user's train and validation items):
 * the four ablations of the method with the default ``LearnerSettings`` (``pagellm eval``'s),
   each stage a Ray Train job as ``pagellm eval`` runs it.
 
-The trained run and ``training_curves.png`` stay in ``var/bench-quality/``. The last line printed
-is the JSON summary.
+Every model is also scored on the validation items (``val_ndcg@100``: what changes to the method
+are compared on), and per pair family the shortcut probe's accuracy is printed beside the
+reward model's (``probe_acc``, ``reward_acc``). The trained run, ``training_curves.png``, each
+model's test lists (``recs/MODEL.csv``: user_id, item_id, rank) and the split
+(``split.csv``: user_id, item_id, split) stay in ``var/bench-quality/`` for anyone to re-score.
+The last line printed is the JSON summary.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -130,22 +135,44 @@ def tuned(
     x: np.ndarray,
     users: list[str],
     items: list[str],
-) -> tuple[float | None, dict[str, float] | None]:
-    """The grid value with the best validation NDCG@100, and its test metrics."""
+) -> tuple[float | None, dict[str, list[str]] | None, float | None]:
+    """The grid value with the best validation NDCG@100, its test lists and that NDCG."""
     best = None
     for value in grid:
         scores = score(x, value)
         if scores is None:
-            return None, None
+            return None, None, None
         # Validation: lists scored on the validation items (train excluded, test unseen).
         val_recs = top_n(scores, users, items, excluded(snapshot, with_validation=False))
         val = relevance_metrics(val_recs, snapshot.validation)["ndcg@100"]
         console.print(f"{name} {value}: validation NDCG@100 {val:.4f}")
         if best is None or val > best[0]:
             best = (val, value, scores)
-    _, value, scores = best  # type: ignore[misc]
+    val, value, scores = best  # type: ignore[misc]
     test_recs = top_n(scores, users, items, excluded(snapshot, with_validation=True))
-    return value, relevance_metrics(test_recs, snapshot.test)
+    return value, test_recs, val
+
+
+def write_rescoring_files(
+    snapshot: TrainingSnapshot, recommendations: dict[str, dict[str, list[str]]], out: Path
+) -> None:
+    """What anyone needs to re-score the run: per model ``recs/MODEL.csv`` (user_id, item_id,
+    rank from 1) and ``split.csv`` (user_id, item_id, split: the positives held out as val or
+    test, every training rating as train)."""
+    (out / "recs").mkdir(parents=True, exist_ok=True)
+    for model, lists in recommendations.items():
+        with open(out / "recs" / f"{model}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["user_id", "item_id", "rank"])
+            for user, items in sorted(lists.items()):
+                writer.writerows((user, item, rank) for rank, item in enumerate(items, 1))
+    with open(out / "split.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["user_id", "item_id", "split"])
+        for user in sorted(snapshot.test):
+            writer.writerows((user, i, "train") for i in sorted(snapshot.train_ratings[user]))
+            writer.writerows((user, i, "val") for i in snapshot.validation[user])
+            writer.writerows((user, i, "test") for i in snapshot.test[user])
 
 
 def main() -> None:
@@ -155,14 +182,20 @@ def main() -> None:
     snapshot = load_snapshot()
     x, users, items = interaction_matrix(snapshot)
     console.print(f"{len(users)} users, {len(items)} items, {int(x.sum())} training positives")
-    results: dict[str, dict[str, float]] = {}
     popularity = np.tile(x.sum(axis=0), (len(users), 1))
-    pop_recs = top_n(popularity, users, items, excluded(snapshot, with_validation=True))
-    results["popularity"] = relevance_metrics(pop_recs, snapshot.test)
-    lam, results["ease"] = tuned("ease", EASE_GRID, ease_scores, snapshot, x, users, items)
-    factors, als = tuned("als", ALS_GRID, als_scores, snapshot, x, users, items)
+    recommendations = {
+        "popularity": top_n(popularity, users, items, excluded(snapshot, with_validation=True))
+    }
+    # Validation NDCG@100 of every model: what changes to the method are judged on, so that
+    # the test split is read once per run, for the final figures.
+    pop_val = top_n(popularity, users, items, excluded(snapshot, with_validation=False))
+    validation = {"popularity": relevance_metrics(pop_val, snapshot.validation)["ndcg@100"]}
+    lam, recommendations["ease"], validation["ease"] = tuned(
+        "ease", EASE_GRID, ease_scores, snapshot, x, users, items
+    )
+    factors, als, als_val = tuned("als", ALS_GRID, als_scores, snapshot, x, users, items)
     if als is not None:
-        results["als"] = als
+        recommendations["als"], validation["als"] = als, als_val
     else:
         console.print("implicit is not installed: ALS left out (pip install implicit)")
 
@@ -178,15 +211,27 @@ def main() -> None:
         models = train_all(snapshot, settings, OUT / "run", ABLATIONS, runner, stage)
     plot_training_curves(models.curves, OUT / "training_curves.png")
     for ablation in ABLATIONS:
-        recs = recommend(models.policies[ablation], models.vocab, snapshot, users)
-        results[ablation] = relevance_metrics(recs, snapshot.test)
-        console.print(f"{ablation}: {results[ablation]}")
+        recommendations[ablation] = recommend(
+            models.policies[ablation], models.vocab, snapshot, users
+        )
+        val_recs = recommend(
+            models.policies[ablation], models.vocab, snapshot, users, for_validation=True
+        )
+        validation[ablation] = relevance_metrics(val_recs, snapshot.validation)["ndcg@100"]
+    results = {m: relevance_metrics(r, snapshot.test) for m, r in recommendations.items()}
+    write_rescoring_files(snapshot, recommendations, OUT)
     peers = [results[p]["ndcg@100"] for p in ("popularity", "ease", "als") if p in results]
     summary = {
         metric: {name: round(r[metric], 4) for name, r in results.items()}
         for metric in ("ndcg@100", "recall@20", "recall@40")
     }
     summary |= {
+        "val_ndcg@100": {name: round(v, 4) for name, v in validation.items()},
+        # Share of the test users given a full list of 100.
+        "coverage": {
+            name: round(sum(len(r) == 100 for r in lists.values()) / len(users), 4)
+            for name, lists in recommendations.items()
+        },
         "reward_acc": {f: round(a["both"], 4) for f, a in models.reward_accuracy.items()},
         # What the same validation pairs give to trivial list features alone (0.5: nothing).
         "probe_acc": {f: round(a, 4) for f, a in probe.items()},
