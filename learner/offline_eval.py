@@ -71,7 +71,7 @@ def recommend(
     out = {}
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
-        scores = first_slot_scores(policy, vocab, [(u, snapshot.prompts[u].items) for u in chunk])
+        scores = first_slot_scores(policy, vocab, [(u, snapshot.histories[u]) for u in chunk])
         for row, user in enumerate(chunk):
             seen = set(snapshot.train_ratings.get(user, {}))
             if not for_validation:

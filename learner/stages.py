@@ -98,8 +98,14 @@ class StageContext:
         return Vocabulary.load(self.run_dir / "vocabulary")
 
     @property
-    def histories(self) -> dict[str, list[str]]:
+    def prompts(self) -> dict[str, list[str]]:
+        """The prompts of the golden lists (short histories have shorter ones)."""
         return {u: list(p.items) for u, p in self.snapshot.prompts.items()}
+
+    @property
+    def histories(self) -> dict[str, list[str]]:
+        """What a page request for each user is conditioned on: their last L positives."""
+        return {u: list(h) for u, h in self.snapshot.histories.items()}
 
     def reseed_for_this_worker(self) -> None:
         torch.manual_seed(self.settings.seed + self.shard.rank)
@@ -211,7 +217,7 @@ def meta_stage(ctx: StageContext, out: Path) -> None:
             vocab,
             category_of,
             snapshot.train_sequences,
-            max((len(p.items) for p in snapshot.prompts.values()), default=0),
+            max((len(h) for h in snapshot.histories.values()), default=0),
             ctx.settings.ppo.page_length,
         ),
         rating_examples(vocab, ratings),
@@ -226,11 +232,11 @@ def meta_stage(ctx: StageContext, out: Path) -> None:
 
 
 def finetune_stage(ctx: StageContext, out: Path) -> None:
-    vocab, histories = ctx.vocab, ctx.histories
+    vocab, prompts = ctx.vocab, ctx.prompts
     policy = load_policy(ctx.run_dir / "meta")
     ctx.reseed_for_this_worker()
     golden = [
-        golden_example(vocab, u, histories[u], g.items)
+        golden_example(vocab, u, prompts[u], g.items)
         for u, g in sorted(ctx.snapshot.golden.items())
         if g.items
     ]

@@ -57,11 +57,11 @@ def knows(vocab: Vocabulary, user: str, items: Sequence[str]) -> bool:
 
 
 def shared_test_users(snapshot: TrainingSnapshot, vocabs: Sequence[Vocabulary]) -> list[str]:
-    """Test users whose prompt every vocabulary can write."""
+    """Test users whose request (their last L positives) every vocabulary can write."""
     return sorted(
         u
         for u, items in snapshot.test.items()
-        if items and all(knows(v, u, snapshot.prompts[u].items) for v in vocabs)
+        if items and all(knows(v, u, snapshot.histories[u]) for v in vocabs)
     )
 
 
@@ -123,11 +123,11 @@ def version_figures(
     among: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Relevance on ``users``' test items (ranking only ``among``), pair accuracy (R_c + R_f)
-    per family on ``pairs``, and the policy's KL to its reference on the users' prompts."""
+    per family on ``pairs``, and the policy's KL to its reference on the users' requests."""
     figures: dict[str, float] = {"users": float(len(users)), "pairs": float(len(pairs))}
     if users:
         figures |= relevance_figures(models, snapshot, users, among)
-        requests = [(u, snapshot.prompts[u].items) for u in users]
+        requests = [(u, snapshot.histories[u]) for u in users]
         figures[KL] = kl_to_reference(models, requests, page_length, seed)
     if pairs:
         for family, accuracy in pair_accuracies(models.reward_model, models.vocab, pairs).items():

@@ -9,6 +9,7 @@ from streams.derive.golden_list import (
     apply_category_cap,
     build_prompt_and_golden_list,
     category_slots,
+    prompt_length_for,
 )
 from streams.derive.sorted_ratings import SortedRatings
 
@@ -70,8 +71,24 @@ def test_prompt_holds_the_latest_positives_and_the_golden_list_the_rest() -> Non
     )
     category = {"old1": "x", "old2": "y", "new1": "x", "new2": "y", "new3": "z"}
     prompt, golden = build_prompt_and_golden_list(
-        "u1", user, popularity={}, category=category, prompt_length=3, list_length=10
+        "u1", user, popularity={}, category=category, prompt_length=3, list_length=2
     )
+    # 5 positives, L = 3, K = 2: the list keeps min(2, 3) = 2, so the prompt takes 3.
     assert prompt.items == ("new1", "new2", "new3")  # oldest first
     assert golden.items == ("old1", "old2")  # r >= 4 only, not in the prompt, by rating
     assert not golden.cap_relaxed  # two slots, one per category: within max(1, 0.8)
+    # With K = 10 the 5 positives are a short history: the list keeps ceil(5 / 2) = 3.
+    prompt, golden = build_prompt_and_golden_list(
+        "u1", user, popularity={}, category=category, prompt_length=3, list_length=10
+    )
+    assert prompt.items == ("new2", "new3")
+    # Ranked old1 (5), new1, old2 (4s by id); one slot per category in a list of 3, so new1
+    # (x, like old1) is passed over, then fills the list: the cap is relaxed.
+    assert golden.items == ("old1", "old2", "new1") and golden.cap_relaxed
+
+
+def test_prompt_length_leaves_a_short_history_half_for_its_golden_list() -> None:
+    # min(L, P - min(K, ceil(P / 2))) with L = 20, K = 10
+    lengths = [prompt_length_for(p, 20, 10) for p in (0, 1, 2, 3, 10, 21, 25, 30, 31, 100)]
+    assert lengths == [0, 0, 1, 1, 5, 11, 15, 20, 20, 20]
+    assert prompt_length_for(50, 0, 10) == 0

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from schemas import CatalogueItem
 from schemas.training_data import EffectiveRating
 from streams.derive.derived_state import DeriveConfig
+from streams.derive.golden_list import prompt_length_for
 from streams.derive.split import held_out_count, split_user
 from streams.derive.training_snapshot import build_training_snapshot, train_popularity
 
@@ -79,6 +80,13 @@ def test_snapshot_builds_from_the_training_part_only() -> None:
         assert snapshot.validation[user] and snapshot.test[user]
         assert not held_out & set(snapshot.prompts[user].items)
         assert not held_out & set(golden.items)
+        # Every user with a split has a training positive, hence a golden list; a request is
+        # conditioned on their last 10 positives, the golden list's prompt on no more.
+        positives = snapshot.train_sequences[user]
+        assert golden.items and snapshot.histories[user] == positives[-10:]
+        length = prompt_length_for(len(positives), prompt_length=10, list_length=10)
+        assert snapshot.prompts[user].items == (positives[-length:] if length else ())
+        assert set(golden.items) <= set(positives[: len(positives) - length])
     for pairs in snapshot.pairs.values():
         for pair in pairs:
             held_out = set(snapshot.validation[pair.user_id]) | set(snapshot.test[pair.user_id])

@@ -1,13 +1,17 @@
 """Prompts and golden lists (PageLLM section 4.2, Stage 1), as pure functions of one user.
 
-The prompt holds the user's most recent L positives, oldest first. The golden list ranks the
-remaining positives by rating, then by the item's fine-grained popularity s_i (its mean rating
-over all users), then by item id, and caps the share of any one category at lambda: an item of
-a category that already fills its share is passed over for the next item of another category.
-All candidates are positives (r > 3), so a pass-over trades at most a small score gap for
-coverage. When the candidates cannot fill the list within the cap (too few categories), the
-best passed-over items fill the rest and the list says ``cap_relaxed``: a shorter list would
-drop relevant items to satisfy diversity, which the paper's balancing does not ask for.
+The prompt holds the user's most recent positives, oldest first: L of them when the user has
+at least L + K (K the list length), fewer for a shorter history, so that the golden list keeps
+min(K, ceil(P / 2)) of the P positives (``prompt_length_for``): every user with a positive
+contributes a golden list, where a fixed L = 20 left users with 20 or fewer positives none.
+The golden list ranks the remaining positives by rating, then by the item's fine-grained
+popularity s_i (its mean rating over all users), then by item id, and caps the share of any
+one category at lambda: an item of a category that already fills its share is passed over for
+the next item of another category. All candidates are positives (r > 3), so a pass-over trades
+at most a small score gap for coverage. When the candidates cannot fill the list within the
+cap (too few categories), the best passed-over items fill the rest and the list says
+``cap_relaxed``: a shorter list would drop relevant items to satisfy diversity, which the
+paper's balancing does not ask for.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ def chronological_positives(ratings: Mapping[str, EffectiveRating]) -> list[Effe
     return sorted(
         (r for r in ratings.values() if is_positive(r.rating)), key=lambda r: (r.ts, r.item_id)
     )
+
+
+def prompt_length_for(positives: int, prompt_length: int, list_length: int) -> int:
+    """min(L, P - min(K, ceil(P / 2))), and 0 for P = 0: the prompt of a user with P positives."""
+    kept_for_the_list = min(list_length, (positives + 1) // 2)
+    return max(0, min(prompt_length, positives - kept_for_the_list))
 
 
 def category_slots(size: int, cap: float) -> int:
@@ -77,8 +87,9 @@ def prompt_and_golden_list(
     category_cap: float = DEFAULT_CATEGORY_CAP,
 ) -> tuple[UserPrompt, GoldenList]:
     """q_u and sigma_u^gt of one user, read off their sorted ratings (no sorting here)."""
-    latest = history.chronological[-prompt_length:] if prompt_length > 0 else []
-    prompt = tuple(item for _, item in latest)  # the last L positives, oldest first
+    length = prompt_length_for(len(history.chronological), prompt_length, list_length)
+    latest = history.chronological[-length:] if length > 0 else []
+    prompt = tuple(item for _, item in latest)  # the most recent, oldest first
     in_prompt = set(prompt)
     candidates = (item for _, _, item in history.ranked if item not in in_prompt)
     items, relaxed = apply_category_cap(

@@ -39,6 +39,10 @@ class TrainingSnapshot:
     train_ratings: dict[str, dict[str, int]] = field(default_factory=dict)  # user -> item -> r
     # user -> the training positives by (time, item id): the interaction sequence
     train_sequences: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # user -> their most recent L training positives, oldest first: what a page request is
+    # conditioned on when recommending. A short history's prompt (paired with its golden list)
+    # holds fewer (``golden_list.prompt_length_for``); a request uses all it knows.
+    histories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     skipped: Counter[tuple[PairFamily, str]] = field(default_factory=Counter)
     users_left_out: int = 0
 
@@ -97,6 +101,8 @@ def build_training_snapshot(
         snapshot.validation[user], snapshot.test[user] = split.validation, split.test
         snapshot.train_ratings[user] = {i: r.rating for i, r in split.train.items()}
         snapshot.train_sequences[user] = tuple(item for _, item in history.chronological)
+        recent = history.chronological[-config.prompt_length :] if config.prompt_length else []
+        snapshot.histories[user] = tuple(item for _, item in recent)
         for pair in pairs:
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())
@@ -117,6 +123,7 @@ def snapshot_digest(snapshot: TrainingSnapshot) -> str:
         "test": snapshot.test,
         "train_ratings": snapshot.train_ratings,
         "train_sequences": snapshot.train_sequences,
+        "histories": snapshot.histories,
     }
     encoded = json.dumps(content, sort_keys=True, default=str).encode()
     return hashlib.sha256(encoded).hexdigest()
