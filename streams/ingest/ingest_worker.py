@@ -98,11 +98,12 @@ class Ingestor:
             claims = self.store.fences.claim([(topic, p) for p in partitions], self.writer_id)
             self._claimed.update(claims)
             marks = self.store.stored_watermarks(topic, sorted(partitions))
+            if topic != self.settings.catalogue_topic:
+                stored = self.store.stored_event_ids(topic, sorted(partitions))
+                for partition, digests in stored.items():
+                    self._event_ids[(topic, partition)] = EventIdIndex(digests)
             for partition, offset in marks.items():
                 self._watermarks[(topic, partition)] = offset
-                if topic != self.settings.catalogue_topic:
-                    ids = EventIdIndex(self.store.stored_event_ids(topic, partition))
-                    self._event_ids[(topic, partition)] = ids
                 log.info("partition %s[%d]: stored up to offset %d", topic, partition, offset)
 
     def build_batch(

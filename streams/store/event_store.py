@@ -178,22 +178,32 @@ class EventStore:
             marks[int(partition)] = int(offset)
         return marks
 
-    def stored_event_ids(self, topic: str, partition: int) -> np.ndarray:
-        """The distinct digests (``event_id_digest``) of the accepted events stored from a
-        partition, in ascending byte order (DuckDB sorts them faster than NumPy would)."""
+    def stored_event_ids(self, topic: str, partitions: list[int]) -> dict[int, np.ndarray]:
+        """Per partition of ``topic``, the distinct digests (``event_id_digest``) of the accepted
+        events stored from it, in ascending byte order (DuckDB sorts them faster than NumPy
+        would). One scan of the store for all of them: it reads every file."""
+        if not partitions:
+            return {}
         with duckdb.connect() as con:
             table = con.sql(
-                f"SELECT DISTINCT {DIGEST_SQL} AS digest "
+                f"SELECT DISTINCT kafka_partition AS partition, {DIGEST_SQL} AS digest "
                 "FROM read_parquet(?, union_by_name = true) "
-                "WHERE kafka_topic = ? AND kafka_partition = ? AND event_id IS NOT NULL "
-                "AND reject_reason IS NULL ORDER BY digest",
-                params=[self.ledger_glob, topic, partition],
+                f"WHERE kafka_topic = ? AND kafka_partition IN ({','.join('?' * len(partitions))}) "
+                "AND event_id IS NOT NULL AND reject_reason IS NULL ORDER BY partition, digest",
+                params=[self.ledger_glob, topic, *partitions],
             ).to_arrow_table()
+        of = table.column("partition").to_numpy()
         digests = table.column("digest").combine_chunks().cast(pa.binary(16))
-        if not len(digests):
-            return np.empty(0, DIGEST)
-        data = digests.buffers()[1]
-        return np.frombuffer(data, DIGEST, count=len(digests), offset=digests.offset * 16).copy()
+        everything = (
+            np.frombuffer(
+                digests.buffers()[1], DIGEST, count=len(digests), offset=digests.offset * 16
+            )
+            if len(digests)
+            else np.empty(0, DIGEST)
+        )
+        starts = np.searchsorted(of, partitions, side="left")
+        ends = np.searchsorted(of, partitions, side="right")
+        return {p: everything[a:b].copy() for p, a, b in zip(partitions, starts, ends, strict=True)}
 
     def remove_orphaned_temporaries(self, older_than_s: float = 3600.0) -> int:
         """Delete temporary files a crashed writer left behind; they were never visible."""
