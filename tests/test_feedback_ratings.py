@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from schemas import Click, Impression, PageSlot, Purchase, Rating
 from streams.derive.feedback_ratings import RatingRule, effective_ratings, skipped_items
@@ -105,3 +109,29 @@ def test_the_strongest_implicit_signal_wins_and_is_dated_by_its_first_occurrence
 def test_a_click_without_its_impression_infers_no_skips() -> None:
     got = effective_ratings([click("unknown", "x", 3, minute=1)])
     assert list(got) == ["x"]
+
+
+_ORDER_PROBE = """
+from tests.test_feedback_ratings import click, page, rating
+from streams.derive.feedback_ratings import effective_ratings
+items = [f"item{n}" for n in range(30)]
+events = [rating(i, 4, n) for n, i in enumerate(items[:15])]
+events += [page("r1", items[15:]), click("r1", items[-1], 15, 40)]
+print(list(effective_ratings(events)))
+"""
+
+
+def test_the_order_of_ratings_does_not_change_with_the_process() -> None:
+    # Training examples are built in this order; Python salts string hashes per process, so
+    # an order taken from a set would differ between two runs of the same training.
+    runs = {
+        subprocess.run(
+            [sys.executable, "-c", _ORDER_PROBE],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(runs) == 1, runs

@@ -119,8 +119,11 @@ class RatingAccumulator:
             )
         return None
 
-    def items(self) -> set[str]:
-        return set(self._explicit) | set(self._implicit)
+    def items(self) -> list[str]:
+        """Every item with a rating, by item id: a set's order would change with Python's
+        string hashing from one process to the next, and with it the order of every ratings
+        dict built from this (training examples among them)."""
+        return sorted(self._explicit.keys() | self._implicit.keys())
 
 
 def effective_ratings(
