@@ -9,6 +9,7 @@ The stages a run still needs run as one Ray Train job (``RayStageRunner``) or in
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +27,11 @@ from learner.stages import (
     stages_for,
 )
 from streams.derive.training_snapshot import TrainingSnapshot
+from streams.store.atomic_files import write_atomically
 
 log = logging.getLogger(__name__)
+
+STAGE_SECONDS_FILE = "stage_seconds.json"
 
 
 class StageRunner(Protocol):
@@ -69,5 +73,13 @@ def train_all(
         else:
             missing.append(stage)
     if missing:
-        runner(missing, run_dir, snapshot, settings, on_stage)
+        record_stage_seconds(run_dir, runner(missing, run_dir, snapshot, settings, on_stage))
     return load_models(run_dir, list(ablations))
+
+
+def record_stage_seconds(run_dir: Path, seconds: dict[str, float]) -> None:
+    """Add the seconds each stage took to ``run_dir/stage_seconds.json`` (those of stages kept
+    from a stopped run stay as they were)."""
+    path = run_dir / STAGE_SECONDS_FILE
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    write_atomically(path, json.dumps(recorded | seconds, indent=1))

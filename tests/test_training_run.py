@@ -1,8 +1,9 @@
 """A training run in its directory: repeatable with fixed seeds, resumed from the stages it
-has, refused when the settings or data changed."""
+has, refused when the settings or data changed, each stage's seconds recorded."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from learner.interactions_file import read_interactions
-from learner.pipeline import train_all
+from learner.pipeline import STAGE_SECONDS_FILE, train_all
 from learner.settings import LearnerSettings
 from learner.stages import RunMismatch
 from streams.derive.derived_state import DeriveConfig
@@ -43,6 +44,10 @@ def test_a_run_is_repeatable_resumes_and_refuses_other_settings(tmp_path: Path) 
     assert same_weights(first.reward_model, second.reward_model)
     assert not same_weights(first.reference, first.policies["both"])  # PPO moved the policy
     assert set(first.curves) == {"meta", "finetune", "reward", "ppo_both"}
+    seconds_file = tmp_path / "a" / STAGE_SECONDS_FILE
+    first_seconds = json.loads(seconds_file.read_text())
+    assert set(first_seconds) == {"meta", "finetune", "reward", "ppo_both"}
+    assert all(s > 0 for s in first_seconds.values())
 
     # A run stopped before its PPO stage: the earlier stages are kept, PPO alone is trained.
     shutil.rmtree(tmp_path / "a" / "policy_both")
@@ -50,6 +55,10 @@ def test_a_run_is_repeatable_resumes_and_refuses_other_settings(tmp_path: Path) 
     resumed = train_all(snapshot, settings, tmp_path / "a", ["sft", "both"],
                         on_stage=lambda title: titles.append(title))  # fmt: skip
     assert titles == ["PPO (both)"]
+    resumed_seconds = json.loads(seconds_file.read_text())
+    assert resumed_seconds.keys() == first_seconds.keys()
+    assert resumed_seconds["ppo_both"] != first_seconds["ppo_both"]  # retrained: timed again
+    assert all(resumed_seconds[s] == first_seconds[s] for s in ("meta", "finetune", "reward"))
     assert same_weights(resumed.policies["both"], second.policies["both"])
 
     changed = LearnerSettings.model_validate(TINY | {"ppo": TINY["ppo"] | {"lr": 1e-3}})
