@@ -119,3 +119,17 @@ def hidden_size(model: torch.nn.Module) -> int:
     """The width of the model's hidden states (GPT-2 calls it n_embd)."""
     config = model.config  # type: ignore[attr-defined]
     return int(getattr(config, "n_embd", None) or config.hidden_size)
+
+
+def last_hidden_states(model: PreTrainedModel, **inputs: torch.Tensor) -> torch.Tensor:
+    """(batch, length, width): the decoder's final hidden states, without the output layer.
+
+    The output layer maps each state to a logit per token of the vocabulary (users included),
+    by far a step's largest cost on a large catalogue: apply it (``output_logits``) only to
+    the states whose next token is scored."""
+    return model.base_model(**inputs).last_hidden_state
+
+
+def output_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The output layer (the language-model head) applied to ``hidden``."""
+    return model.get_output_embeddings()(hidden)

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from learner.backbone import last_hidden_states, output_logits
 from learner.constrained_decoding import GeneratedPages, generate_pages, page_logprobs, position_ids
 from learner.data_parallel import IN_PROCESS, Shard
 from learner.vocabulary import Vocabulary
@@ -138,19 +139,20 @@ def forward_page(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(log pi of each page token under the decoding masks, the last hidden state at each of
     those states, for the value head)."""
-    out = model(
+    hidden = last_hidden_states(
+        model,
         input_ids=pages.input_ids,
         attention_mask=pages.attention_mask,
         position_ids=position_ids(pages.attention_mask),
-        output_hidden_states=True,
     )
     start = pages.prompt_length - 1  # the state before the first page token
-    logits = out.logits[:, start:-1, :]
+    states = hidden[:, start:-1, :]
+    logits = output_logits(model, states)
     item_ids = torch.tensor(vocab.item_ids)
     logprobs = page_logprobs(
         logits, pages.page_ids, pages.bans, item_ids, k, vocab.tokenizer.eos_token_id
     )
-    return logprobs, out.hidden_states[-1][:, start:-1, :]
+    return logprobs, states
 
 
 class PPOTrainer:

@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
+from torch.nn import functional as F
 
+from learner.backbone import last_hidden_states, output_logits
 from learner.data_parallel import IN_PROCESS, Shard
-from learner.token_sequences import RatingExample, TokenExample, collate
+from learner.token_sequences import IGNORE, RatingExample, TokenExample, collate
 from learner.training_loop import (
     Batch,
     KeepBest,
@@ -56,8 +58,17 @@ class RatingHead(nn.Module):
 
 
 def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the labelled tokens given their prefixes."""
-    return model(**batch).loss
+    """-mean over labelled t of log softmax(W h_{t-1})[x_t]: the logits only where scored.
+
+    Padding and prompts are most of a batch's positions, so this is the full-sequence loss
+    at a fraction of the output layer's cost (the same value: tested)."""
+    hidden = last_hidden_states(
+        model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    )
+    targets = batch["labels"][:, 1:]
+    scored = targets != IGNORE
+    logits = output_logits(model, hidden[:, :-1][scored])
+    return F.cross_entropy(logits.float(), targets[scored])
 
 
 def rating_loss(
@@ -65,7 +76,7 @@ def rating_loss(
 ) -> torch.Tensor:
     """L_rating = mean (r - f(u, i))^2 (all rating prompts have the same length)."""
     ids = torch.tensor([e.ids for e in examples])
-    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1, :]
+    hidden = last_hidden_states(model, input_ids=ids)[:, -1, :]
     target = torch.tensor([e.rating for e in examples])
     return torch.mean((target - head(hidden)) ** 2)
 

@@ -1,4 +1,5 @@
-"""The supervised warm-up learns learnable toy data: every loss term falls."""
+"""The supervised warm-up learns learnable toy data: every loss term falls; its next-token
+loss, which applies the output layer only where a token is scored, is the full-sequence one."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from learner.supervised import (
     TrainingCurve,
     finetune_on_golden_lists,
     meta_pretrain,
+    next_token_loss,
 )
 from learner.token_sequences import (
+    collate,
     golden_example,
     meta_examples,
     rating_examples,
@@ -51,6 +54,24 @@ def test_meta_pretraining_lowers_next_token_and_rating_losses() -> None:
     for term in ("meta_next_token", "rating_mse"):
         first, last = curve.epochs[term][0], curve.epochs[term][-1]
         assert last < 0.5 * first, f"{term}: {first:.3f} -> {last:.3f}"
+
+
+def test_next_token_loss_is_transformers_full_sequence_loss() -> None:
+    vocab, history, golden = toy_world()
+    model = build_policy(vocab, BackboneSettings(n_embd=32, n_layer=2, n_head=2), seed=1)
+    # Prompts of different lengths (so right padding), golden pages and meta prompts mixed.
+    examples = [golden_example(vocab, u, history[u][: 1 + n % 4], golden[u])
+                for n, u in enumerate(USERS[:6])]  # fmt: skip
+    examples += meta_examples(vocab, CATEGORY, {}, 2, 2)[:4]
+    batch = collate(examples, vocab.tokenizer.pad_token_id)
+    ours = next_token_loss(model, batch)
+    reference = model(**batch).loss  # transformers: logits at every position, then shifted
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    ours.backward()
+    ours_grad = model.get_output_embeddings().weight.grad.clone()
+    model.zero_grad()
+    reference.backward()
+    torch.testing.assert_close(ours_grad, model.get_output_embeddings().weight.grad)
 
 
 def test_finetuning_learns_the_golden_lists() -> None:
