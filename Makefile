@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality bench-eval-scale bench-retrain bench-serve bench-loop clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality tune-quality bench-eval-scale bench-retrain bench-serve bench-loop clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench-ab: $(INSTALLED)
 bench-quality: $(INSTALLED)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m tests.benchmarks.bench_quality
+
+# Ray Tune on validation only; TUNE_BUDGET_S (3600) and TUNE_SAMPLES (64) bound it.
+tune-quality: $(INSTALLED)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m tests.benchmarks.tune_quality
 
 # EVAL_FLAGS: extra `pagellm eval` flags, e.g. EVAL_FLAGS="--workers 2".
 bench-eval-scale: $(INSTALLED)

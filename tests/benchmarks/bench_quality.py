@@ -47,6 +47,7 @@ from learner.ray_jobs import RayStageRunner
 from learner.settings import LearnerSettings
 from learner.shortcut_probe import shortcut_probe
 from learner.stages import validation_users
+from schemas import CatalogueItem
 from schemas.training_data import EffectiveRating
 from streams.derive.derived_state import DeriveConfig
 from streams.derive.training_snapshot import TrainingSnapshot, build_training_snapshot
@@ -70,8 +71,10 @@ def most_recent(ratings: dict[str, EffectiveRating], n: int | None) -> dict[str,
     return {r.item_id: r for r in latest}
 
 
-def load_snapshot(history: int | None) -> TrainingSnapshot:
-    """ml-100k under the protocol, each user's ratings cut to their ``history`` latest."""
+def load_ratings(
+    history: int | None,
+) -> tuple[dict[str, dict[str, EffectiveRating]], dict[str, CatalogueItem]]:
+    """ml-100k's ratings, each user's cut to their ``history`` latest, and its catalogue."""
     reader = DatasetReader("movielens", DATA)
     ratings: dict[str, dict[str, EffectiveRating]] = {}
     for row in reader.ratings():
@@ -81,7 +84,12 @@ def load_snapshot(history: int | None) -> TrainingSnapshot:
                 user_id=e.user_id, item_id=e.item_id, rating=e.rating, ts=e.ts, explicit=True
             )
     kept = {user: most_recent(r, history) for user, r in ratings.items()}
-    return build_training_snapshot(kept, reader.catalogue, DeriveConfig())
+    return kept, reader.catalogue
+
+
+def load_snapshot(history: int | None) -> TrainingSnapshot:
+    """ml-100k under the protocol, each user's ratings cut to their ``history`` latest."""
+    return build_training_snapshot(*load_ratings(history), DeriveConfig())
 
 
 def interaction_matrix(snapshot: TrainingSnapshot) -> tuple[np.ndarray, list[str], list[str]]:

@@ -1,0 +1,201 @@
+"""Tuning on validation only: a Ray Tune random search over the settings that matter.
+
+A trial trains ``sft`` and ``both`` with its settings (the derivation's too: prompt length
+and category cap change the training data) and reports both policies' validation NDCG@100.
+It never reads a test item, so the test split stays for the one benchmark that reads it.
+Trials run in parallel, a CPU each, until the sample count or the time budget is spent; the
+defaults are always the first trial, so the search says whether anything beat them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner.offline_eval import recommend, relevance_metrics
+from learner.pipeline import train_all
+from learner.ray_jobs import ray_init_options
+from learner.settings import LearnerSettings
+from schemas import CatalogueItem
+from schemas.training_data import EffectiveRating
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.training_snapshot import build_training_snapshot
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val_ndcg_both"
+Ratings = Mapping[str, Mapping[str, EffectiveRating]]
+
+
+def search_space() -> dict[str, Any]:
+    """Dotted setting -> its distribution: ``derive.`` keys are ``DeriveConfig``'s, the
+    others ``LearnerSettings``'."""
+    from ray import tune
+
+    return {
+        "supervised.meta_lr": tune.loguniform(1e-5, 1e-3),
+        "supervised.meta_epochs": tune.choice([3, 6, 10]),
+        "supervised.finetune_lr": tune.loguniform(1e-5, 1e-3),
+        "backbone.n_embd": tune.choice([64, 128, 256]),
+        "reward.lr": tune.loguniform(1e-5, 1e-3),
+        "reward.epochs": tune.choice([5, 10]),
+        "ppo.lr": tune.loguniform(3e-6, 1e-4),
+        "ppo.kl_coef": tune.choice([0.02, 0.05, 0.1, 0.2]),
+        "derive.prompt_length": tune.choice([10, 20, 30]),
+        "derive.category_cap": tune.choice([0.3, 0.5, 1.0]),
+    }
+
+
+def current_values(space: Mapping[str, Any], base: LearnerSettings) -> dict[str, Any]:
+    """The value each searched setting has now (``base`` and ``DeriveConfig``'s defaults)."""
+    tree = {"derive": DeriveConfig().model_dump()} | base.model_dump()
+    values = {}
+    for key in space:
+        node: Any = tree
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return values
+
+
+def with_overrides(
+    base: LearnerSettings, overrides: Mapping[str, Any]
+) -> tuple[LearnerSettings, DeriveConfig]:
+    """``base`` and the default ``DeriveConfig`` with each dotted override set (validated: a
+    misspelt or out-of-range setting is an error naming it)."""
+    learner = base.model_dump()
+    derive = DeriveConfig().model_dump()
+    for key, value in overrides.items():
+        head, *path = key.split(".")
+        node = derive if head == "derive" else learner
+        parts = path if head == "derive" else [head, *path]
+        for part in parts[:-1]:
+            node = node[part]
+        if parts[-1] not in node:
+            raise KeyError(f"{key}: no such setting")
+        node[parts[-1]] = value
+    return LearnerSettings.model_validate(learner), DeriveConfig.model_validate(derive)
+
+
+def validation_scores(
+    ratings: Ratings,
+    catalogue: Mapping[str, CatalogueItem],
+    settings: LearnerSettings,
+    derive: DeriveConfig,
+    run_dir: Path,
+) -> dict[str, float]:
+    """Train sft and both in ``run_dir`` (this process) and score them on validation items."""
+    snapshot = build_training_snapshot(dict(ratings), dict(catalogue), derive)
+    models = train_all(snapshot, settings, run_dir, ["sft", "both"])
+    users = sorted(snapshot.validation)
+    scores = {}
+    for ablation in ("sft", "both"):
+        lists = recommend(
+            models.policies[ablation], models.vocab, snapshot, users, for_validation=True
+        )
+        scores[f"val_ndcg_{ablation}"] = relevance_metrics(lists, snapshot.validation)["ndcg@100"]
+    return scores
+
+
+def _trial(
+    config: dict[str, Any],
+    ratings: Ratings,
+    catalogue: Mapping[str, CatalogueItem],
+    base: LearnerSettings,
+) -> None:
+    from ray import tune
+
+    torch.set_num_threads(1)  # one CPU per trial
+    started = time.monotonic()
+    settings, derive = with_overrides(base, config)
+    with tempfile.TemporaryDirectory(prefix="pagellm-trial-") as run_dir:
+        scores = validation_scores(ratings, catalogue, settings, derive, Path(run_dir))
+    tune.report(scores | {"trial_s": time.monotonic() - started})
+
+
+def run_search(
+    ratings: Ratings,
+    catalogue: Mapping[str, CatalogueItem],
+    out: Path,
+    budget_s: float,
+    samples: int,
+    base: LearnerSettings | None = None,
+    space: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The search's record (written to ``out/search.json``): every trial's settings and
+    scores, best first, and the best trial's settings."""
+    from ray import tune
+
+    base = base or LearnerSettings(ray={"workers": 1})
+    space = dict(space or search_space())
+    defaults = current_values(space, base)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, ratings=ratings, catalogue=catalogue, base=base),
+        {"cpu": 1},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE,
+            mode="max",
+            num_samples=samples,
+            time_budget_s=budget_s,
+            search_alg=tune.search.BasicVariantGenerator(
+                points_to_evaluate=[defaults], random_state=0
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name="tune-quality", storage_path=str((out / "ray").resolve()), verbose=1
+        ),
+    )
+    import ray
+
+    # The cluster the settings name (or a local Ray, stopped when the search ends).
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(**ray_init_options(base.ray))
+    try:
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    trials = []
+    for result in results:
+        if result.error is not None or not result.metrics or OBJECTIVE not in result.metrics:
+            trials.append({"settings": result.config, "error": str(result.error)})
+            continue
+        metrics = result.metrics
+        trials.append(
+            {
+                "settings": result.config,
+                "val_ndcg_both": round(metrics["val_ndcg_both"], 4),
+                "val_ndcg_sft": round(metrics["val_ndcg_sft"], 4),
+                "trial_s": round(metrics["trial_s"], 1),
+            }
+        )
+    scored = sorted((t for t in trials if OBJECTIVE in t), key=lambda t: t[OBJECTIVE], reverse=True)
+    record = {
+        "objective": f"{OBJECTIVE}: validation NDCG@100 of the both policy",
+        "budget_s": budget_s,
+        "samples": samples,
+        "defaults": defaults,
+        "best": scored[0]["settings"] if scored else None,
+        "trials": scored + [t for t in trials if OBJECTIVE not in t],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "search.json").write_text(json.dumps(record, indent=1, default=str))
+    return record
+
+
+def best_overrides(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's settings that differ from the defaults (nothing when they won)."""
+    best = record.get("best") or {}
+    return {k: v for k, v in best.items() if v != record["defaults"][k]}
