@@ -87,6 +87,50 @@ def recommend(
     return out
 
 
+@torch.no_grad()
+def recommend_by_pages(
+    policy: nn.Module,
+    vocab: Vocabulary,
+    snapshot: TrainingSnapshot,
+    users: Sequence[str],
+    k: int,
+    n: int = RECOMMENDATIONS,
+    batch_size: int = 64,
+    for_validation: bool = False,
+) -> dict[str, list[str]]:
+    """user -> n items as successive greedy pages of k: page j is generated with the items of
+    pages 1..j-1 banned, so the ranking is the order in which the policy fills its pages (what
+    PPO trained), not its first slot alone. Bans as in ``recommend``."""
+    policy.eval()
+    out = {}
+    for start in range(0, len(users), batch_size):
+        chunk = users[start : start + batch_size]
+        requests = [(u, snapshot.histories[u]) for u in chunk]
+        seen = [
+            set(snapshot.train_ratings.get(u, {}))
+            | (set() if for_validation else set(snapshot.validation[u]))
+            for u in chunk
+        ]
+        ranked: list[list[str]] = [[] for _ in chunk]
+        while (wanted := n - len(ranked[0])) > 0:
+            banned = [s | set(r) for s, r in zip(seen, ranked, strict=True)]
+            # The history is banned by the generator too; a page never outgrows what is left.
+            left = min(
+                len(vocab.items) - len((b | set(h)) & vocab.item_index.keys())
+                for b, (_, h) in zip(banned, requests, strict=True)
+            )
+            size = min(k, wanted, left)
+            if size <= 0:
+                break
+            pages = generate_pages(
+                policy, vocab, requests, size, greedy=True, also_banned=banned
+            ).pages
+            for row, page in enumerate(pages):
+                ranked[row] += page
+        out.update(zip(chunk, ranked, strict=True))
+    return out
+
+
 def relevance_metrics(
     recommendations: dict[str, list[str]], test: dict[str, tuple[str, ...]]
 ) -> dict[str, float]:

@@ -101,3 +101,42 @@ def test_bad_rows_are_refused_naming_the_line_and_field(tmp_path: Path) -> None:
     (tmp_path / "cols.csv").write_text("user,item\n")
     with pytest.raises(InteractionsError, match="missing column"):
         read_interactions(tmp_path / "cols.csv")
+
+
+def test_ranking_by_successive_pages_fills_distinct_unseen_items_page_by_page(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    from learner.backbone import BackboneSettings, build_policy
+    from learner.constrained_decoding import generate_pages
+    from learner.offline_eval import recommend_by_pages
+    from learner.vocabulary import build_vocabulary
+    from streams.derive.derived_state import DeriveConfig
+    from streams.derive.training_snapshot import build_training_snapshot
+
+    torch.set_num_threads(1)
+    write_interactions(tmp_path / "ratings.csv", users=12)
+    data = read_interactions(tmp_path / "ratings.csv")
+    snapshot = build_training_snapshot(data.ratings, data.catalogue, DeriveConfig(prompt_length=5))
+    users = sorted(snapshot.test)
+    vocab = build_vocabulary(users, sorted(snapshot.catalogue), ["c0", "c1", "c2", "c3"])
+    policy = build_policy(vocab, BackboneSettings(n_embd=16, n_layer=1, n_head=2), seed=3)
+    for for_validation in (False, True):
+        lists = recommend_by_pages(
+            policy, vocab, snapshot, users, k=4, n=30, batch_size=5, for_validation=for_validation
+        )
+        for user in users:
+            seen = set(snapshot.train_ratings[user])
+            if not for_validation:
+                seen |= set(snapshot.validation[user])
+            ranked = lists[user]
+            assert len(ranked) == min(30, 80 - len(seen)) == len(set(ranked))
+            assert not set(ranked) & seen
+            # The first page is the policy's greedy page; the second, with the first banned.
+            request = [(user, snapshot.histories[user])]
+            first = generate_pages(policy, vocab, request, 4, greedy=True, also_banned=[seen])
+            second = generate_pages(
+                policy, vocab, request, 4, greedy=True, also_banned=[seen | set(first.pages[0])]
+            )
+            assert ranked[:8] == first.pages[0] + second.pages[0]
