@@ -253,7 +253,7 @@ def bench_dataset(name: str, snapshot: TrainingSnapshot, out: Path) -> dict:
         console.print("implicit is not installed: ALS left out (pip install implicit)")
 
     def stage(title: str) -> None:
-        console.print(f"[{name} {time.perf_counter() - started:.0f} s] {title}")
+        console.print(f"[{name} {time.perf_counter() - started:.0f} s] {title}", markup=False)
 
     settings = LearnerSettings()
     probe = shortcut_probe(snapshot, validation_users(snapshot, settings))
