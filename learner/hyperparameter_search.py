@@ -169,8 +169,11 @@ def run_search(
             ray.shutdown()
     trials = []
     for result in results:
-        if result.error is not None or not result.metrics or OBJECTIVE not in result.metrics:
+        if result.error is not None:
             trials.append({"settings": result.config, "error": str(result.error)})
+            continue
+        if OBJECTIVE not in (result.metrics or {}):
+            trials.append({"settings": result.config, "stopped": "by the time budget"})
             continue
         metrics = result.metrics
         trials.append(

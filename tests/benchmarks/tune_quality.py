@@ -35,7 +35,8 @@ def main() -> None:
     default = next((t for t in scored if t["settings"] == record["defaults"]), None)
     summary = {
         "trials": len(record["trials"]),
-        "failed": len(record["trials"]) - len(scored),
+        "failed": sum("error" in t for t in record["trials"]),
+        "stopped_by_budget": sum("stopped" in t for t in record["trials"]),
         "defaults_val_ndcg_both": default and default[OBJECTIVE],
         "defaults_val_ndcg_sft": default and default["val_ndcg_sft"],
         "best_val_ndcg_both": scored[0][OBJECTIVE] if scored else None,
