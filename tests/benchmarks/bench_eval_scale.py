@@ -13,9 +13,11 @@ The file is generated (seeded, so every run reads the same one): 25,000 users, 1
 
 The command runs as a user would run it, in a subprocess. Its peak RSS is the largest sum, over
 samples every 0.5 s, of the RSS of the command and every process under it (Ray's workers
-included). ``stage_s`` holds the seconds of each training stage, read from the run's
-``stage_seconds.json``. The last line printed is the JSON summary; targets: wall_s <= 5400,
-peak_rss_mb <= 8192.
+included); the peak of the summed PSS is printed beside it (a shared page counted once, split
+between the processes that map it: what the tree occupies), and the largest processes at the
+RSS peak (``at_rss_peak``). ``stage_s`` holds the seconds of each training stage, read from
+the run's ``stage_seconds.json``. The last line printed is the JSON summary; targets:
+wall_s <= 5400, peak_rss_mb <= 8192.
 """
 
 from __future__ import annotations
@@ -111,38 +113,65 @@ def write_interactions(path: Path, seed: int = 0) -> dict[str, int]:
     return {"users": len(chosen), "items": items, "interactions": int(sum(map(len, chosen)))}
 
 
-def tree_rss_mb(root: int) -> float:
-    """RSS of process ``root`` and every process under it, in MB (Linux: read from /proc)."""
-    parent, rss = {}, {}
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process under it (Linux: read from /proc)."""
+    parent = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            # Fields after the command name (which may hold spaces): state, ppid, ...
-            parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            rss[int(entry.name)] = int((entry / "statm").read_text().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue  # it ended between the listing and the reading
-    tree, frontier = {root}, [root]
+        if entry.name.isdigit():
+            try:
+                # Fields after the command name (which may hold spaces): state, ppid, ...
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # it ended between the listing and the reading
+    tree, frontier = [root], [root]
     while frontier:
-        children = [p for p, pp in parent.items() if pp in frontier and p not in tree]
-        tree.update(children)
-        frontier = children
-    return sum(rss.get(p, 0) for p in tree) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        frontier = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree += frontier
+    return tree
 
 
-def run_measured(command: list[str]) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak tree RSS in MB) of ``command``."""
+def memory_mb(pid: int) -> tuple[str, float, float]:
+    """(name, RSS, PSS) of a process in MB. RSS counts every shared page (libraries, Ray's
+    shared objects) in full in each process that maps it; PSS counts a shared page's share."""
+    name = Path(f"/proc/{pid}/comm").read_text().strip()
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value, *_ = line.split()
+        fields[key.rstrip(":")] = int(value) / 1024
+    return name, fields.get("Rss", 0.0), fields.get("Pss", 0.0)
+
+
+def tree_memory(root: int) -> list[tuple[str, float, float]]:
+    """(name, RSS MB, PSS MB) of each process of ``root``'s tree."""
+    found = []
+    for pid in process_tree(root):
+        try:
+            found.append(memory_mb(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def run_measured(command: list[str]) -> tuple[int, float, dict[str, object]]:
+    """(exit code, wall seconds, peak memory) of ``command``: the peaks of the tree's summed
+    RSS and summed PSS, and the processes at the RSS peak."""
     started = time.perf_counter()
     child = subprocess.Popen(command)
-    peak = 0.0
+    peak: dict[str, object] = {"rss_mb": 0.0, "pss_mb": 0.0, "at_rss_peak": []}
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.wait(0.5):
-            peak = max(peak, tree_rss_mb(child.pid))
+            tree = tree_memory(child.pid)
+            rss, pss = sum(t[1] for t in tree), sum(t[2] for t in tree)
+            if rss > peak["rss_mb"]:  # type: ignore[operator]
+                top = sorted(tree, key=lambda t: -t[1])[:8]
+                peak["rss_mb"], peak["at_rss_peak"] = (
+                    rss,
+                    [{"process": n, "rss_mb": round(r), "pss_mb": round(q)} for n, r, q in top],
+                )
+            peak["pss_mb"] = max(pss, peak["pss_mb"])  # type: ignore[type-var]
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -169,13 +198,15 @@ def main() -> None:
         "--fresh",
         *sys.argv[1:],
     ]
-    code, wall, peak = run_measured(command)
+    code, wall, memory = run_measured(command)
     seconds_file = OUT / "eval" / "run" / "stage_seconds.json"
     stage_s = json.loads(seconds_file.read_text()) if seconds_file.exists() else {}
     summary = shape | {
         "exit_code": code,
         "wall_s": round(wall, 1),
-        "peak_rss_mb": round(peak, 1),
+        "peak_rss_mb": round(memory["rss_mb"], 1),  # type: ignore[arg-type]
+        "peak_pss_mb": round(memory["pss_mb"], 1),  # type: ignore[arg-type]
+        "at_rss_peak": memory["at_rss_peak"],
         "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
         "cpus": os.cpu_count(),
     }
