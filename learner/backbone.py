@@ -35,10 +35,9 @@ from learner.vocabulary import (
 
 
 class BackboneSettings(BaseModel):
-    """Size of the default decoder (the paper: 768, 12 layers, 12 heads, 1024 positions); the
-    width, of 64, 128 and 256, tuned on ml-100k's validation items by `make tune-quality`."""
+    """Size of the default decoder (the paper: 768, 12 layers, 12 heads, 1024 positions)."""
 
-    n_embd: int = Field(64, ge=8)
+    n_embd: int = Field(128, ge=8)
     n_layer: int = Field(2, ge=1)
     n_head: int = Field(4, ge=1)
     n_positions: int = Field(64, ge=8, description="longest prompt + page, in tokens")

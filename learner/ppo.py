@@ -34,16 +34,15 @@ PageReward = Callable[[Sequence[Request], Sequence[Sequence[str]]], torch.Tensor
 
 
 class PPOSettings(BaseModel):
-    """The paper's defaults (section 5.1.4): clip 0.2, batch 64, 5 epochs; lr and kl_coef
-    tuned on ml-100k's validation items by `make tune-quality` (the paper's: 1e-5, 0.1)."""
+    """The paper's defaults (section 5.1.4): clip 0.2, lr 1e-5, batch 64, KL 0.1, 5 epochs."""
 
     iterations: int = Field(20, ge=1, description="rollout batches")
     batch_size: int = Field(64, ge=1, description="pages generated per iteration, all workers")
     minibatch_size: int = Field(16, ge=1)
     epochs: int = Field(5, ge=1, description="passes over each rollout batch")
-    lr: float = Field(7.36e-5, gt=0)
+    lr: float = Field(1e-5, gt=0)
     clip: float = Field(0.2, gt=0)
-    kl_coef: float = Field(0.2, ge=0, description="beta of the per-token KL penalty")
+    kl_coef: float = Field(0.1, ge=0, description="beta of the per-token KL penalty")
     gamma: float = Field(1.0, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     value_coef: float = Field(0.5, ge=0)

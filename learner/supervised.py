@@ -29,13 +29,12 @@ from learner.training_loop import (
 
 
 class SupervisedSettings(BaseModel):
-    """The paper's defaults (section 5.1.4), but for meta_epochs, meta_lr and finetune_lr,
-    tuned on ml-100k's validation items by `make tune-quality` (the paper's: 3, 5e-5, 2e-5)."""
+    """The paper's defaults (section 5.1.4)."""
 
-    meta_epochs: int = Field(6, ge=0)
-    meta_lr: float = Field(1.88e-4, gt=0)
+    meta_epochs: int = Field(3, ge=0)
+    meta_lr: float = Field(5e-5, gt=0)
     finetune_epochs: int = Field(10, ge=0, description="at most; see finetune_patience")
-    finetune_lr: float = Field(1.21e-5, gt=0)
+    finetune_lr: float = Field(2e-5, gt=0)
     finetune_patience: int | None = Field(
         2,
         ge=1,

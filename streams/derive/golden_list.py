@@ -25,8 +25,7 @@ from streams.derive.sorted_ratings import SortedRatings
 
 DEFAULT_PROMPT_LENGTH = 20
 DEFAULT_LIST_LENGTH = 10
-# The paper's 0.4, raised to 0.5 by `make tune-quality` (README: tuning on validation).
-DEFAULT_CATEGORY_CAP = 0.5
+DEFAULT_CATEGORY_CAP = 0.4
 
 
 def chronological_positives(ratings: Mapping[str, EffectiveRating]) -> list[EffectiveRating]:
