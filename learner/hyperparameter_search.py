@@ -49,7 +49,7 @@ def search_space() -> dict[str, Any]:
         "ppo.lr": tune.loguniform(3e-6, 1e-4),
         "ppo.kl_coef": tune.choice([0.02, 0.05, 0.1, 0.2]),
         "derive.prompt_length": tune.choice([10, 20, 30]),
-        "derive.category_cap": tune.choice([0.3, 0.5, 1.0]),
+        "derive.category_cap": tune.choice([0.3, 0.4, 0.5, 1.0]),
     }
 
 
@@ -173,7 +173,7 @@ def run_search(
             trials.append({"settings": result.config, "error": str(result.error)})
             continue
         if OBJECTIVE not in (result.metrics or {}):
-            trials.append({"settings": result.config, "stopped": "by the time budget"})
+            trials.append({"settings": result.config, "stopped": "not finished within the budget"})
             continue
         metrics = result.metrics
         trials.append(

@@ -36,7 +36,7 @@ def main() -> None:
     summary = {
         "trials": len(record["trials"]),
         "failed": sum("error" in t for t in record["trials"]),
-        "stopped_by_budget": sum("stopped" in t for t in record["trials"]),
+        "unfinished_at_budget": sum("stopped" in t for t in record["trials"]),
         "defaults_val_ndcg_both": default and default[OBJECTIVE],
         "defaults_val_ndcg_sft": default and default["val_ndcg_sft"],
         "best_val_ndcg_both": scored[0][OBJECTIVE] if scored else None,
