@@ -10,7 +10,6 @@ defaults are always the first trial, so the search says whether anything beat th
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,8 +26,6 @@ from schemas import CatalogueItem
 from schemas.training_data import EffectiveRating
 from streams.derive.derived_state import DeriveConfig
 from streams.derive.training_snapshot import build_training_snapshot
-
-log = logging.getLogger(__name__)
 
 OBJECTIVE = "val_ndcg_both"
 Ratings = Mapping[str, Mapping[str, EffectiveRating]]
@@ -53,15 +50,30 @@ def search_space() -> dict[str, Any]:
     }
 
 
+def settings_tree(base: LearnerSettings) -> dict[str, Any]:
+    """``base`` as nested dicts, with the default ``DeriveConfig`` under ``derive``: the tree
+    the dotted keys of the search name."""
+    return base.model_dump() | {"derive": DeriveConfig().model_dump()}
+
+
+def parent_of(tree: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """(the dict holding dotted ``key``'s setting, its last part); KeyError naming ``key``."""
+    *path, leaf = key.split(".")
+    node = tree
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or leaf not in node:
+        raise KeyError(f"{key}: no such setting")
+    return node, leaf
+
+
 def current_values(space: Mapping[str, Any], base: LearnerSettings) -> dict[str, Any]:
     """The value each searched setting has now (``base`` and ``DeriveConfig``'s defaults)."""
-    tree = {"derive": DeriveConfig().model_dump()} | base.model_dump()
+    tree = settings_tree(base)
     values = {}
     for key in space:
-        node: Any = tree
-        for part in key.split("."):
-            node = node[part]
-        values[key] = node
+        node, leaf = parent_of(tree, key)
+        values[key] = node[leaf]
     return values
 
 
@@ -70,18 +82,12 @@ def with_overrides(
 ) -> tuple[LearnerSettings, DeriveConfig]:
     """``base`` and the default ``DeriveConfig`` with each dotted override set (validated: a
     misspelt or out-of-range setting is an error naming it)."""
-    learner = base.model_dump()
-    derive = DeriveConfig().model_dump()
+    tree = settings_tree(base)
     for key, value in overrides.items():
-        head, *path = key.split(".")
-        node = derive if head == "derive" else learner
-        parts = path if head == "derive" else [head, *path]
-        for part in parts[:-1]:
-            node = node[part]
-        if parts[-1] not in node:
-            raise KeyError(f"{key}: no such setting")
-        node[parts[-1]] = value
-    return LearnerSettings.model_validate(learner), DeriveConfig.model_validate(derive)
+        node, leaf = parent_of(tree, key)
+        node[leaf] = value
+    derive = tree.pop("derive")
+    return LearnerSettings.model_validate(tree), DeriveConfig.model_validate(derive)
 
 
 def validation_scores(

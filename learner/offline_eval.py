@@ -36,6 +36,13 @@ from streams.derive.training_snapshot import TrainingSnapshot
 RECOMMENDATIONS = 100
 
 
+def excluded_items(snapshot: TrainingSnapshot, user: str, for_validation: bool) -> set[str]:
+    """The items no list for ``user`` may hold: their training items, and their validation
+    items unless the list is scored on them (the protocol's candidates are the rest)."""
+    seen = set(snapshot.train_ratings.get(user, {}))
+    return seen if for_validation else seen | set(snapshot.validation[user])
+
+
 @torch.no_grad()
 def first_slot_scores(
     policy: nn.Module, vocab: Vocabulary, requests: Sequence[tuple[str, Sequence[str]]]
@@ -73,9 +80,7 @@ def recommend(
         chunk = users[start : start + batch_size]
         scores = first_slot_scores(policy, vocab, [(u, snapshot.histories[u]) for u in chunk])
         for row, user in enumerate(chunk):
-            seen = set(snapshot.train_ratings.get(user, {}))
-            if not for_validation:
-                seen |= set(snapshot.validation[user])
+            seen = excluded_items(snapshot, user, for_validation)
             banned = [vocab.item_index[i] for i in seen if i in vocab.item_index]
             scores[row, banned] = float("-inf")
             if outside is not None:
@@ -106,11 +111,7 @@ def recommend_by_pages(
     for start in range(0, len(users), batch_size):
         chunk = users[start : start + batch_size]
         requests = [(u, snapshot.histories[u]) for u in chunk]
-        seen = [
-            set(snapshot.train_ratings.get(u, {}))
-            | (set() if for_validation else set(snapshot.validation[u]))
-            for u in chunk
-        ]
+        seen = [excluded_items(snapshot, u, for_validation) for u in chunk]
         ranked: list[list[str]] = [[] for _ in chunk]
         while (wanted := n - len(ranked[0])) > 0:
             banned = [s | set(r) for s, r in zip(seen, ranked, strict=True)]

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -153,25 +154,36 @@ def tree_memory(root: int) -> list[tuple[str, float, float]]:
     return found
 
 
-def run_measured(command: list[str]) -> tuple[int, float, dict[str, object]]:
-    """(exit code, wall seconds, peak memory) of ``command``: the peaks of the tree's summed
-    RSS and summed PSS, and the processes at the RSS peak."""
+@dataclass
+class MemoryPeak:
+    """The peaks of a process tree's summed RSS and summed PSS (MB), and its largest
+    processes when the RSS peaked."""
+
+    rss_mb: float = 0.0
+    pss_mb: float = 0.0
+    at_rss_peak: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, tree: list[tuple[str, float, float]]) -> None:
+        rss, pss = sum(t[1] for t in tree), sum(t[2] for t in tree)
+        if rss > self.rss_mb:
+            top = sorted(tree, key=lambda t: -t[1])[:8]
+            self.rss_mb = rss
+            self.at_rss_peak = [
+                {"process": n, "rss_mb": round(r), "pss_mb": round(q)} for n, r, q in top
+            ]
+        self.pss_mb = max(self.pss_mb, pss)
+
+
+def run_measured(command: list[str]) -> tuple[int, float, MemoryPeak]:
+    """(exit code, wall seconds, peak memory sampled every 0.5 s) of ``command``."""
     started = time.perf_counter()
     child = subprocess.Popen(command)
-    peak: dict[str, object] = {"rss_mb": 0.0, "pss_mb": 0.0, "at_rss_peak": []}
+    peak = MemoryPeak()
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.5):
-            tree = tree_memory(child.pid)
-            rss, pss = sum(t[1] for t in tree), sum(t[2] for t in tree)
-            if rss > peak["rss_mb"]:  # type: ignore[operator]
-                top = sorted(tree, key=lambda t: -t[1])[:8]
-                peak["rss_mb"], peak["at_rss_peak"] = (
-                    rss,
-                    [{"process": n, "rss_mb": round(r), "pss_mb": round(q)} for n, r, q in top],
-                )
-            peak["pss_mb"] = max(pss, peak["pss_mb"])  # type: ignore[type-var]
+            peak.add(tree_memory(child.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -204,9 +216,9 @@ def main() -> None:
     summary = shape | {
         "exit_code": code,
         "wall_s": round(wall, 1),
-        "peak_rss_mb": round(memory["rss_mb"], 1),  # type: ignore[arg-type]
-        "peak_pss_mb": round(memory["pss_mb"], 1),  # type: ignore[arg-type]
-        "at_rss_peak": memory["at_rss_peak"],
+        "peak_rss_mb": round(memory.rss_mb, 1),
+        "peak_pss_mb": round(memory.pss_mb, 1),
+        "at_rss_peak": memory.at_rss_peak,
         "stage_s": {k: round(v, 1) for k, v in stage_s.items()},
         "cpus": os.cpu_count(),
     }

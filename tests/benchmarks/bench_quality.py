@@ -44,6 +44,7 @@ from rich.console import Console
 
 from learner.ablations import ABLATIONS
 from learner.offline_eval import (
+    excluded_items,
     plot_training_curves,
     recommend,
     recommend_by_pages,
@@ -117,12 +118,8 @@ def interaction_matrix(snapshot: TrainingSnapshot) -> tuple[np.ndarray, list[str
 
 
 def excluded(snapshot: TrainingSnapshot, with_validation: bool) -> dict[str, set[str]]:
-    """Per user, the items no list may hold: train (and validation, when testing)."""
-    return {
-        u: set(snapshot.train_ratings[u])
-        | (set(snapshot.validation[u]) if with_validation else set())
-        for u in snapshot.test
-    }
+    """Per user, the items no list may hold (the policies' rule: ``excluded_items``)."""
+    return {u: excluded_items(snapshot, u, not with_validation) for u in snapshot.test}
 
 
 def top_n(
