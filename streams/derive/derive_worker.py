@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from streams.derive.derived_state import DeriveConfig, DerivedState
 from streams.derive.derived_tables import derived_tables, init_derived
+from streams.derive.garbage_collection import full_sweep, settle_long_lived
 from streams.derive.snapshot_store import read_stream
 from streams.store.event_store import EventStore
 
@@ -109,7 +110,9 @@ class DeriveWorker:
                     report.seconds,
                 )
             self.write_heartbeat(report)
+            settle_long_lived()
             if time.monotonic() - last_refresh >= refresh_every_s:
                 log.info("refreshed %d stale users", self.refresh())
+                log.debug("full sweep: %d unreachable objects", full_sweep())
                 last_refresh = time.monotonic()
             time.sleep(interval_s)
