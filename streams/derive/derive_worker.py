@@ -110,9 +110,11 @@ class DeriveWorker:
                     report.seconds,
                 )
             self.write_heartbeat(report)
-            settle_long_lived()
+            if report.files:  # an idle poll changed no state: nothing new to settle
+                settle_long_lived()
             if time.monotonic() - last_refresh >= refresh_every_s:
                 log.info("refreshed %d stale users", self.refresh())
-                log.debug("full sweep: %d unreachable objects", full_sweep())
+                unreachable = full_sweep()
+                log.debug("full sweep: %d unreachable objects", unreachable)
                 last_refresh = time.monotonic()
             time.sleep(interval_s)
