@@ -6,10 +6,11 @@ categories of their most recent events (what the cold-start fallback ranks withi
 its category and its popularity, the number of positive signals (clicks, purchases, ratings of
 4 or 5) the store holds for it.
 
-Ledger files are immutable, so a refresh reads only the files it has not read before and folds
-their events into each user's ``RatingAccumulator``: the cost of a refresh follows the new
-events, not the store's size. A page therefore reflects the store as of the last refresh
-(``context_refresh_s``), and the store lags Kafka by an ingest micro-batch.
+Ledger files are immutable, so a refresh reads only the files it has not read before
+(``LedgerFollower``) and folds their events into each user's ``RatingAccumulator``: the cost
+of a refresh follows the new events, not the store's size. A page therefore reflects the store
+as of the last refresh (``context_refresh_s``), and the store lags Kafka by an ingest
+micro-batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from streams.derive.feedback_ratings import RatingAccumulator, RatingRule
 from streams.derive.golden_list import chronological_positives
 from streams.derive.snapshot_store import read_stream
 from streams.store.event_store import EventStore
+from streams.store.ledger_follower import LedgerFollower
 
 Event = Impression | Click | Purchase | Rating
 
@@ -63,6 +65,14 @@ class StoreContext:
         self._users: dict[str, UserState] = {}
         self._lock = threading.Lock()
         self._ranking: list[str] | None = None
+
+    def clear(self) -> None:
+        """Forget every user and item (before folding the whole store in again)."""
+        with self._lock:
+            self.catalogue.clear()
+            self.item_popularity.clear()
+            self._users.clear()
+            self._ranking = None
 
     def fold(self, events: Iterable[Event], catalogue: Iterable[CatalogueItem] = ()) -> None:
         """Add events (in stream order) and catalogue records."""
@@ -124,21 +134,22 @@ class StoreContext:
 
 
 class StoreReader:
-    """Reads the store's ledger files it has not read yet into a ``StoreContext``."""
+    """Reads the store's ledger rows it has not read yet into a ``StoreContext``."""
 
     def __init__(self, store_dir: Path | str, context: StoreContext) -> None:
         self.store = EventStore(store_dir)
         self.context = context
-        self._read: set[str] = set()
+        self.follower = LedgerFollower(self.store)
 
     def refresh(self) -> int:
         """Fold the new files' accepted events in (stream order within them); the number read."""
         if not self.store.ledger_dir.exists():
             return 0
-        new = [f for f in self.store.ledger_files() if f not in self._read]
-        if not new:
+        new = self.follower.poll()
+        if not new.files:
             return 0
-        events, catalogue = read_stream(self.store, tuple(new))
+        events, catalogue = read_stream(self.store, new.files)
+        if new.from_scratch:
+            self.context.clear()
         self.context.fold(events, catalogue.values())
-        self._read.update(new)
         return len(events)

@@ -34,7 +34,7 @@ def one_of_each() -> LedgerBatch:
 
 def test_empty_store_views_bind_and_are_empty(store: EventStore) -> None:
     con = connect_store(store.root)
-    for view in view_definitions(store):
+    for view in view_definitions(store, store.current_ledger()):
         assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
 
 

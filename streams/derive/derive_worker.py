@@ -2,8 +2,9 @@
 
 It tails the event store rather than Kafka: the ledger is already validated, deduplicated and
 in partition order, so derivation needs no second consumer with its own delivery logic. On
-start it derives from every file (a full rebuild); then each poll folds in only the new files'
-events, touching only their users and items, and appends their new rows. Every
+start it derives from the whole ledger (a full rebuild); then each poll folds in only the new
+files' events (``LedgerFollower``), touching only their users and items, and appends their new
+rows. Every
 ``refresh_every_s`` it rebuilds the users whose popularity tie-breaks went stale.
 """
 
@@ -21,6 +22,7 @@ from streams.derive.derived_tables import derived_tables, init_derived
 from streams.derive.garbage_collection import full_sweep, settle_long_lived
 from streams.derive.snapshot_store import read_stream
 from streams.store.event_store import EventStore
+from streams.store.ledger_follower import LedgerFollower
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +41,17 @@ class DeriveWorker:
     def __init__(self, store: EventStore, config: DeriveConfig, writer_id: str = "derive") -> None:
         self.store, self.writer_id = store, writer_id
         self.state = DerivedState({}, config)
-        self.seen: set[str] = set()
+        self.follower = LedgerFollower(store)
         init_derived(store)
-
-    def _new_files(self) -> tuple[str, ...]:
-        return tuple(f for f in self.store.ledger_files() if f not in self.seen)
 
     def poll(self) -> PollReport:
         """Fold in the files that appeared since the last poll; write what changed."""
         start = time.perf_counter()
-        files = self._new_files()
-        if not files:
+        new = self.follower.poll()
+        if not new.files:
             return PollReport()
-        events, catalogue = read_stream(self.store, files)
-        if not self.seen:  # the first poll is a full rebuild: exact, nothing stale
+        events, catalogue = read_stream(self.store, new.files)
+        if new.from_scratch:  # the first poll is a full rebuild: exact, nothing stale
             self.state = DerivedState.rebuild(catalogue, self.state.config, events)
             users, items = set(self.state.users), set(self.state.items)
         else:
@@ -63,8 +62,7 @@ class DeriveWorker:
                 i for i, s in self.state.items.items() if before.get(i) != (s.count, s.rating_sum)
             }
         self._write(users, items | set(catalogue))
-        self.seen.update(files)
-        return PollReport(len(files), len(events), len(users), time.perf_counter() - start)
+        return PollReport(len(new.files), len(events), len(users), time.perf_counter() - start)
 
     def write_heartbeat(self, report: PollReport) -> None:
         """``STORE/workers/<id>.json``: when it last polled and how far it has folded in (what
@@ -72,7 +70,7 @@ class DeriveWorker:
         doc = {
             "pid": os.getpid(),
             "polled_at": datetime.now(UTC).isoformat(),
-            "files_folded": len(self.seen),
+            "files_folded": len(self.follower.seen),
             "events_last_poll": report.events,
         }
         path = self.store.root / WORKERS_DIR / f"{self.writer_id}.json"

@@ -1,16 +1,20 @@
 """Consistent, versioned snapshots of the training data for the learner.
 
-The event store's files are immutable, so "the stream up to a point" is a set of files. A
-snapshot's manifest records that set and the derivation settings; its id is a hash of both.
-Loading a snapshot reads exactly those files in stream order (per partition, by offset) and
-derives the training data with pure functions, so the same id always yields the same data,
-however much has been ingested since.
+"The stream up to a point" is a stream position: the highest offset of each Kafka partition
+the store holds. A partition's records are stored in offset order and a replay is never
+stored again, so the rows at or below a position never change, whatever the store ingests or
+the compactor merges afterwards. A snapshot's manifest records that position, how many rows
+it covers (to detect a store that lost some) and the derivation settings; its id is a hash of
+the position and the settings. Loading a snapshot reads exactly those rows in stream order
+(per partition, by offset) and derives the training data with pure functions, so the same id
+always yields the same data, however much has been ingested or compacted since.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +27,7 @@ from streams.derive.training_snapshot import TrainingSnapshot, build_training_sn
 from streams.store.atomic_files import write_atomically
 from streams.store.event_store import LEDGER_DIR, EventStore
 from streams.store.ledger_schema import catalogue_item_from_row, event_from_row
+from streams.store.sql_literals import sql_literal
 
 SNAPSHOT_DIR = "snapshots"
 
@@ -35,27 +40,48 @@ class SnapshotError(LookupError):
 class SnapshotManifest:
     snapshot_id: str
     created_at: str
-    files: tuple[str, ...]
-    stream_position: dict[str, int]
+    stream_position: dict[str, int]  # "topic/partition" -> highest offset included
     config: dict[str, object]
+    rows: int | None = None  # ledger rows at or below the position (None: an older snapshot)
 
 
-def _stream_position(store: EventStore, files: list[str]) -> dict[str, int]:
-    """Highest offset per ``topic/partition`` the files hold: where in the stream this is."""
-    with duckdb.connect() as con:
-        rows = con.execute(
-            "SELECT kafka_topic, kafka_partition, max(kafka_offset) FROM read_parquet(?) "
-            "WHERE kafka_topic IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
-            [[str(store.root / f) for f in files]],
-        ).fetchall()
-    return {f"{topic}/{partition}": int(offset) for topic, partition, offset in rows}
+def _up_to(position: Mapping[str, int]) -> tuple[str, list[object]]:
+    """A SQL condition (and its parameters) true for the rows at or below ``position``."""
+    if not position:
+        return "false", []
+    terms, params = [], []
+    for key, offset in sorted(position.items()):
+        topic, partition = key.rsplit("/", 1)
+        terms.append("(kafka_topic = ? AND kafka_partition = ? AND kafka_offset <= ?)")
+        params += [topic, int(partition), offset]
+    return "(" + " OR ".join(terms) + ")", params
+
+
+def _scan(store: EventStore, files: tuple[str, ...]) -> str:
+    """The files and the ledger's seed (it holds every column older files may lack)."""
+    missing = [f for f in files if not (store.root / f).exists()]
+    if missing:
+        raise SnapshotError(
+            f"{len(missing)} of the ledger's files are gone from {store.root} "
+            f"(first: {missing[0]}); read the store again from its current files"
+        )
+    store.init()
+    paths = [str(store.seed_path(LEDGER_DIR)), *store.absolute(files)]
+    return "read_parquet([" + ", ".join(map(sql_literal, paths)) + "], union_by_name = true)"
 
 
 def create_snapshot(store: EventStore, config: DeriveConfig | None = None) -> SnapshotManifest:
-    """Pin the store's current files as a snapshot; returns its manifest (saved in the store)."""
+    """Pin the store's current stream position as a snapshot; returns its manifest (saved in
+    the store)."""
     config = config or DeriveConfig()
-    files = store.ledger_files()
-    identity = json.dumps({"files": files, "config": config.model_dump()}, sort_keys=True)
+    with duckdb.connect() as con:
+        rows = con.execute(
+            "SELECT kafka_topic, kafka_partition, max(kafka_offset), count(*) "
+            f"FROM {_scan(store, store.current_ledger().files)} "
+            "WHERE kafka_topic IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+    position = {f"{topic}/{partition}": int(offset) for topic, partition, offset, _ in rows}
+    identity = json.dumps({"position": position, "config": config.model_dump()}, sort_keys=True)
     snapshot_id = hashlib.sha256(identity.encode()).hexdigest()[:16]
     path = store.root / SNAPSHOT_DIR / f"{snapshot_id}.json"
     if path.exists():
@@ -63,12 +89,12 @@ def create_snapshot(store: EventStore, config: DeriveConfig | None = None) -> Sn
     manifest = SnapshotManifest(
         snapshot_id=snapshot_id,
         created_at=datetime.now(UTC).isoformat(),
-        files=tuple(files),
-        stream_position=_stream_position(store, files),
+        stream_position=position,
         config=config.model_dump(),
+        rows=sum(int(n) for *_, n in rows),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(manifest.__dict__, indent=1, default=list))
+    write_atomically(path, json.dumps(manifest.__dict__, indent=1))
     return manifest
 
 
@@ -80,27 +106,21 @@ def read_manifest(store: EventStore, snapshot_id: str) -> SnapshotManifest:
             f"no snapshot {snapshot_id!r} in {store.root}; known: {', '.join(known) or 'none'}"
         )
     doc = json.loads(path.read_text())
-    doc["files"] = tuple(doc["files"])
+    doc.pop("files", None)  # snapshots made before the compactor named files, not a position
     return SnapshotManifest(**doc)
 
 
 def read_stream(
-    store: EventStore, files: tuple[str, ...]
+    store: EventStore, files: tuple[str, ...], up_to: Mapping[str, int] | None = None
 ) -> tuple[list[Event], dict[str, CatalogueItem]]:
-    """Accepted events in stream order and the latest catalogue record per item."""
-    missing = [f for f in files if not (store.root / f).exists()]
-    if missing:
-        raise SnapshotError(
-            f"{len(missing)} of the snapshot's files are gone from {store.root} "
-            f"(first: {missing[0]}); the snapshot can no longer be reproduced"
-        )
-    store.init()  # the seed, read with the files, holds every column older files may lack
-    paths = [str(store.seed_path(LEDGER_DIR)), *(str(store.root / f) for f in files)]
+    """Accepted events of ``files`` (at or below the position ``up_to``) in stream order, and
+    the latest catalogue record per item."""
+    where, params = _up_to(up_to) if up_to is not None else ("true", [])
     with duckdb.connect() as con:
         table = con.sql(
-            "SELECT * FROM read_parquet(?, union_by_name = true) WHERE reject_reason IS NULL "
+            f"SELECT * FROM {_scan(store, files)} WHERE {where} AND reject_reason IS NULL "
             "AND duplicate IS NOT TRUE ORDER BY kafka_topic, kafka_partition, kafka_offset",
-            params=[paths],
+            params=params,
         ).to_arrow_table()
     events: list[Event] = []
     catalogue: dict[str, CatalogueItem] = {}
@@ -112,11 +132,29 @@ def read_stream(
     return events, catalogue
 
 
+def _check_rows(store: EventStore, files: tuple[str, ...], manifest: SnapshotManifest) -> None:
+    """Refuse a snapshot whose rows the store no longer holds in full."""
+    if manifest.rows is None:
+        return
+    where, params = _up_to(manifest.stream_position)
+    with duckdb.connect() as con:
+        (held,) = con.execute(
+            f"SELECT count(*) FROM {_scan(store, files)} WHERE {where}", params
+        ).fetchone()  # type: ignore[misc]
+    if held != manifest.rows:
+        raise SnapshotError(
+            f"snapshot {manifest.snapshot_id} covered {manifest.rows} ledger rows, the store "
+            f"at {store.root} now holds {held} of them: it can no longer be reproduced"
+        )
+
+
 def load_snapshot(store: EventStore, snapshot_id: str) -> tuple[SnapshotManifest, TrainingSnapshot]:
-    """The training data of a snapshot, derived afresh from exactly its files."""
+    """The training data of a snapshot, derived afresh from exactly its rows."""
     manifest = read_manifest(store, snapshot_id)
     config = DeriveConfig.model_validate(manifest.config)
-    events, catalogue = read_stream(store, manifest.files)
+    files = store.current_ledger().files
+    _check_rows(store, files, manifest)
+    events, catalogue = read_stream(store, files, up_to=manifest.stream_position)
     by_user: dict[str, list[Event]] = {}
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)

@@ -11,6 +11,11 @@ Replays: every row keeps its Kafka topic, partition and offset. A partition is c
 offset order by one worker at a time, so the highest stored offset of a partition (its
 watermark) tells exactly which records are already durable; a replayed record at or below it
 is dropped before it is written.
+
+Small files do not stay: the compactor (``compactor``) merges them into large files per event
+date under ``compacted/``, and its manifest (``compaction_manifest``) says which files hold
+what. ``current_ledger`` pins one consistent set of files to read; the fresh files alone
+(``ledger_files``) are what live followers watch for new rows.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streams.store.atomic_files import write_atomically
+from streams.store.compaction_manifest import ensure_guard, read_manifest
 from streams.store.event_ids import DIGEST, DIGEST_SQL
 from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
 from streams.store.partition_fences import Partition, PartitionFences
@@ -47,6 +54,22 @@ class SourceMismatch(RuntimeError):
     """The store holds events of another incarnation of the topic; offsets would collide."""
 
 
+@dataclass(frozen=True)
+class LedgerFiles:
+    """One consistent set of the ledger's files, as of one version of the compaction manifest:
+    read ``files`` and every stored row is read exactly once."""
+
+    version: int
+    compacted: tuple[str, ...]  # active compacted files, relative to the store root
+    fresh: tuple[str, ...]  # fresh files present and not covered by a compacted one
+    covered: frozenset[str]  # fresh files whose rows a compacted file holds (not in ``files``)
+    offsets: Mapping[str, int]  # "topic/partition" -> highest offset the compacted files hold
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return self.compacted + self.fresh
+
+
 class EventStore:
     """Append-only Parquet ledger under ``root``; safe for concurrent writers and readers."""
 
@@ -60,8 +83,21 @@ class EventStore:
         return self.dataset_glob(LEDGER_DIR)
 
     def ledger_files(self) -> list[str]:
-        """The ledger's visible files, relative to the root, in name (write-time) order."""
+        """The ledger's fresh files (the writers' own, compacted or not yet), relative to the
+        root, in name (write-time) order."""
         return sorted(str(p.relative_to(self.root)) for p in self.ledger_dir.glob("*/*.parquet"))
+
+    def current_ledger(self) -> LedgerFiles:
+        """The files to read for the whole ledger as it is now (see ``LedgerFiles``)."""
+        manifest = read_manifest(self.root)  # before listing: a file it covers is still there
+        covered = frozenset(manifest.covered)
+        return LedgerFiles(
+            version=manifest.version,
+            compacted=tuple(sorted(manifest.files)),
+            fresh=tuple(f for f in self.ledger_files() if f not in covered),
+            covered=covered,
+            offsets=manifest.offsets,
+        )
 
     def dataset_glob(self, dataset: str) -> str:
         """The glob of a dataset's files (``<root>/<dataset>/date=*/*.parquet``)."""
@@ -70,6 +106,7 @@ class EventStore:
     def init(self) -> None:
         """Create the ledger with a zero-row seed file, so that views bind on an empty store."""
         self.init_dataset(LEDGER_DIR, empty_ledger_table())
+        ensure_guard(self.root)
 
     def init_dataset(self, dataset: str, empty: pa.Table) -> None:
         """Seed ``dataset`` with a zero-row file of its current schema.
@@ -162,9 +199,11 @@ class EventStore:
         )
 
     def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        """Highest stored offset per partition of ``topic`` (-1 where nothing is stored)."""
-        marks = dict.fromkeys(partitions, -1)
-        if not partitions:
+        """Highest stored offset per partition of ``topic`` (-1 where nothing is stored): the
+        compaction manifest's, raised by a scan of the fresh files it does not cover."""
+        ledger = self.current_ledger()
+        marks = {p: ledger.offsets.get(f"{topic}/{p}", -1) for p in partitions}
+        if not partitions or not ledger.fresh:
             return marks
         with duckdb.connect() as con:
             rows = con.execute(
@@ -172,11 +211,15 @@ class EventStore:
                     FROM read_parquet(?)
                     WHERE kafka_topic = ? AND kafka_partition IN ({",".join("?" * len(partitions))})
                     GROUP BY kafka_partition""",
-                [self.ledger_glob, topic, *partitions],
+                [self.absolute(ledger.fresh), topic, *partitions],
             ).fetchall()
         for partition, offset in rows:
-            marks[int(partition)] = int(offset)
+            marks[int(partition)] = max(marks[int(partition)], int(offset))
         return marks
+
+    def absolute(self, files: Iterable[str]) -> list[str]:
+        """Absolute paths of files named relative to the root."""
+        return [str(self.root / f) for f in files]
 
     def stored_event_ids(self, topic: str, partitions: list[int]) -> dict[int, np.ndarray]:
         """Per partition of ``topic``, the distinct digests (``event_id_digest``) of the accepted
@@ -184,13 +227,14 @@ class EventStore:
         would). One scan of the store for all of them: it reads every file."""
         if not partitions:
             return {}
+        files = self.absolute(self.current_ledger().files)
         with duckdb.connect() as con:
             table = con.sql(
                 f"SELECT DISTINCT kafka_partition AS partition, {DIGEST_SQL} AS digest "
                 "FROM read_parquet(?, union_by_name = true) "
                 f"WHERE kafka_topic = ? AND kafka_partition IN ({','.join('?' * len(partitions))}) "
                 "AND event_id IS NOT NULL AND reject_reason IS NULL ORDER BY partition, digest",
-                params=[self.ledger_glob, topic, *partitions],
+                params=[files, topic, *partitions],
             ).to_arrow_table()
         of = table.column("partition").to_numpy()
         digests = table.column("digest").combine_chunks().cast(pa.binary(16))

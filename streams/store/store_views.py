@@ -1,7 +1,9 @@
 """The analysts' tables: DuckDB views over the event store's Parquet files.
 
-Views re-read the glob at every query, so a query sees every batch made durable before it
-started. Two ways in, neither of which locks anything a writer needs:
+A connection's views read one version of the compaction manifest's files (see
+``compaction_manifest``) plus the fresh files' glob, which they re-read at every query, so a
+query sees every batch made durable before it started, and every row once, compacted or not.
+Two ways in, neither of which locks anything a writer needs:
 
 * Python: ``connect_store(root)`` returns an in-memory DuckDB connection with the views;
 * the duckdb CLI: ``duckdb -readonly STORE/catalog.duckdb`` (written by ``write_catalog``).
@@ -9,6 +11,7 @@ started. Two ways in, neither of which locks anything a writer needs:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping
@@ -17,7 +20,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from streams.store.event_store import LEDGER_DIR, EventStore
+from streams.store.compaction_manifest import EVENT_DATE_SQL, ensure_guard, guard_path
+from streams.store.event_store import LEDGER_DIR, EventStore, LedgerFiles
 from streams.store.ledger_schema import empty_ledger_table
 from streams.store.sql_literals import sql_literal
 
@@ -27,17 +31,49 @@ CATALOG_FILE = "catalog.duckdb"
 _DATASET = re.compile(r"\{dataset:([\w/-]+)\}")
 
 _COMMON = "event_id, user_id, session_id, ts, schema_version"
-_SOURCE = "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, ingested_at, date"
+_SOURCE = (
+    "kafka_topic, kafka_partition, kafka_offset, kafka_timestamp, ingested_at, date, event_date"
+)
 
 
-def _ledger_scan(store: EventStore) -> str:
+def _ledger_scan(store: EventStore, ledger: LedgerFiles) -> str:
+    """Every stored row once: the compacted files of ``ledger``'s manifest version and the fresh
+    files it does not cover, refused once that version's files may have been deleted."""
+    fresh = (
+        f"SELECT * EXCLUDE (filename), {EVENT_DATE_SQL} AS event_date "
+        f"FROM read_parquet({sql_literal(store.ledger_glob)}, hive_partitioning = true, "
+        "union_by_name = true, filename = true)"
+    )
+    if ledger.covered:  # DuckDB prunes these by name before it opens any file
+        skipped = ", ".join(sql_literal(p) for p in store.absolute(sorted(ledger.covered)))
+        fresh += f" WHERE filename NOT IN ({skipped})"
+    union = fresh
+    if ledger.compacted:
+        listed = ", ".join(sql_literal(p) for p in store.absolute(ledger.compacted))
+        union = (
+            f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
+            f"union_by_name = true) UNION ALL BY NAME {fresh}"
+        )
+    if not guard_path(store.root).exists():  # a read-only store never compacted: no guard yet
+        return f"({union})"
+    readable_from = (
+        f"(SELECT readable_from FROM read_json({sql_literal(str(guard_path(store.root)))}, "
+        "columns = {'readable_from': 'BIGINT'}))"
+    )
+    stale = (
+        f"this connection's views read version {ledger.version} of the store's compacted files, "
+        "some of which the compactor has since deleted: connect again (or rewrite the catalog "
+        "with `pagellm store init`)"
+    )
     return (
-        f"read_parquet({sql_literal(store.ledger_glob)}, hive_partitioning = true, "
-        "union_by_name = true)"
+        f"(SELECT * FROM ({union}) WHERE CASE WHEN {readable_from} <= {ledger.version} "
+        f"THEN true ELSE error({sql_literal(stale)}) END)"
     )
 
 
-def missing_ledger_columns(con: duckdb.DuckDBPyConnection, store: EventStore) -> dict[str, str]:
+def missing_ledger_columns(
+    con: duckdb.DuckDBPyConnection, store: EventStore, ledger: LedgerFiles
+) -> dict[str, str]:
     """Columns of the current ledger schema that no file of the store has yet -> their type.
 
     A store written before a column was added (and not re-seeded since, see
@@ -54,17 +90,20 @@ def missing_ledger_columns(con: duckdb.DuckDBPyConnection, store: EventStore) ->
     finally:
         con.unregister("_ledger_schema")
     present = {
-        row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {_ledger_scan(store)}").fetchall()
+        row[0]
+        for row in con.execute(f"DESCRIBE SELECT * FROM {_ledger_scan(store, ledger)}").fetchall()
     }
     return {name: kind for name, kind, *_ in wanted if name not in present}
 
 
-def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Name -> SELECT of every analyst view, in dependency order (``missing`` columns, of
-    ``missing_ledger_columns``, as typed nulls)."""
+def view_definitions(
+    store: EventStore, ledger: LedgerFiles, missing: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Name -> SELECT of every analyst view over ``ledger``'s files, in dependency order
+    (``missing`` columns, of ``missing_ledger_columns``, as typed nulls)."""
     nulls = "".join(f", NULL::{kind} AS {name}" for name, kind in (missing or {}).items())
     return {
-        "ingested": f"SELECT *{nulls} FROM {_ledger_scan(store)}",
+        "ingested": f"SELECT *{nulls} FROM {_ledger_scan(store, ledger)}",
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
             f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
@@ -84,7 +123,7 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
         ),
         "impressed_items": (
             f"SELECT {_COMMON}, request_id, model_version, experiment, variant, "
-            "slot.item_id AS item_id, slot.position AS position, date "
+            "slot.item_id AS item_id, slot.position AS position, date, event_date "
             "FROM impressions, unnest(page) AS t(slot)"
         ),
         "clicks": (
@@ -111,7 +150,7 @@ def view_definitions(store: EventStore, missing: Mapping[str, str] | None = None
         ),
         "rejected_events": (
             "SELECT kafka_topic, kafka_partition, kafka_offset, kafka_key, kafka_timestamp, "
-            "reject_reason AS reason, raw, dead_letter, ingested_at, date "
+            "reject_reason AS reason, raw, dead_letter, ingested_at, date, event_date "
             "FROM ingested WHERE reject_reason IS NOT NULL"
         ),
     }
@@ -124,7 +163,10 @@ def resolve_datasets(select: str, store: EventStore) -> str:
 
 def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
     """The ledger's views, then those registered with the store (``register_views``)."""
-    views = view_definitions(store, missing_ledger_columns(con, store))
+    with contextlib.suppress(OSError):  # a store mounted read-only is still read
+        ensure_guard(store.root)
+    ledger = store.current_ledger()
+    views = view_definitions(store, ledger, missing_ledger_columns(con, store, ledger))
     views |= {n: resolve_datasets(s, store) for n, s in store.registered_views().items()}
     for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")

@@ -1,0 +1,122 @@
+"""The manifest of the ledger's compacted tier: the one file that says which files hold what.
+
+Ingest workers write one small file per micro-batch into ``ingested/`` (the fresh tier), where
+live readers find them by glob. The compactor merges them into a few large files per event
+date under ``compacted/`` and records here which large files are active, which small files
+their rows came from (``covered``: readers skip those), and which large files a later merge
+replaced (``retired``). Readers build their views from one version of it, so a query sees
+every row once whether it started before, during or after a compaction.
+
+Nothing is deleted while a reader may still use it: a covered or retired file goes only
+``retention_s`` after the version that stopped using it, and before deleting the compactor
+raises ``readable_from`` in a small guard file that every view checks, so a view older than
+that fails loudly instead of silently missing the deleted rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from streams.store.atomic_files import fsync_dir, temporary_beside, write_atomically
+
+# A rejected record has no event time of its own: it goes with the day it was ingested.
+EVENT_DATE_SQL = "(coalesce(ts, ingested_at) AT TIME ZONE 'UTC')::DATE"
+COMPACTED_DIR = "compacted"
+MANIFEST_FILE = "manifest.json"
+GUARD_FILE = "readable_from.json"
+
+
+class CompactedFile(BaseModel):
+    event_date: str
+    rows: int
+    bytes: int
+
+
+class Retirement(BaseModel):
+    """When a file stopped being read: views of ``version`` and later do not use it."""
+
+    version: int
+    at: datetime
+
+
+class CompactionManifest(BaseModel):
+    version: int = 0
+    readable_from: int = Field(0, description="views built from older versions may fail")
+    files: dict[str, CompactedFile] = {}  # active compacted files, relative to the store root
+    covered: dict[str, Retirement] = {}  # fresh files whose rows an active file holds
+    retired: dict[str, Retirement] = {}  # compacted files merged into a larger one
+    offsets: dict[str, int] = {}  # "topic/partition" -> highest offset the compacted files hold
+
+    def offset_of(self, topic: str, partition: int) -> int:
+        return self.offsets.get(f"{topic}/{partition}", -1)
+
+
+def compacted_dir(root: Path) -> Path:
+    return root / COMPACTED_DIR
+
+
+def guard_path(root: Path) -> Path:
+    return compacted_dir(root) / GUARD_FILE
+
+
+def read_manifest(root: Path) -> CompactionManifest:
+    """The current manifest (version 0, empty, before the first compaction)."""
+    path = compacted_dir(root) / MANIFEST_FILE
+    if not path.exists():
+        return CompactionManifest()
+    return CompactionManifest.model_validate_json(path.read_bytes())
+
+
+def write_manifest(root: Path, manifest: CompactionManifest) -> None:
+    write_atomically(compacted_dir(root) / MANIFEST_FILE, manifest.model_dump_json(indent=1))
+
+
+class Guard(BaseModel):
+    """The small file views and followers check at every read: the manifest version current
+    when it was written, and the oldest version whose views may still run."""
+
+    version: int = 0
+    readable_from: int = 0
+
+
+def read_guard(root: Path) -> Guard:
+    path = guard_path(root)
+    return Guard.model_validate_json(path.read_bytes()) if path.exists() else Guard()
+
+
+def write_guard(root: Path, guard: Guard) -> None:
+    write_atomically(guard_path(root), guard.model_dump_json())
+
+
+def ensure_guard(root: Path) -> None:
+    """Create the guard file (version 0) unless it exists; never overwrites a newer one."""
+    path = guard_path(root)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_beside(path)
+    tmp.write_text(Guard().model_dump_json())
+    try:
+        os.link(tmp, path)  # fails if the compactor wrote it meanwhile: theirs is newer
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def compaction_lock(root: Path) -> Iterator[None]:
+    """One compactor at a time per store (``flock``, released if the process dies)."""
+    directory = compacted_dir(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,48 @@
+"""Following the ledger: each stored row handed out once, to a reader that keeps up with it.
+
+The derive worker and serving's store reader fold new rows into state they keep in memory.
+They start from the whole ledger (``current_ledger``: compacted files and the fresh files no
+compacted file covers), then watch the fresh files' folder for names they have not read.
+Compaction never hands them rows twice: compacted files hold only rows of fresh files, which
+they read, or skipped as covered, already. Nor can it take rows from them unseen: a fresh file
+is deleted only after the guard's ``readable_from`` passed the version that covered it, and
+that version is newer than any the follower saw before the file appeared. So a follower whose
+last poll saw version v and now finds ``readable_from`` above v may have missed a file, and
+starts over from the whole ledger (with the default retention, only one away for an hour).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.store.compaction_manifest import read_guard
+from streams.store.event_store import EventStore
+
+
+@dataclass(frozen=True)
+class NewFiles:
+    files: tuple[str, ...]  # relative to the store root, to read in this order
+    from_scratch: bool  # the whole ledger: drop what was folded in before
+
+
+class LedgerFollower:
+    def __init__(self, store: EventStore) -> None:
+        self.store = store
+        self.seen: set[str] = set()
+        self._version: int | None = None  # the manifest version seen before the last listing
+
+    def poll(self) -> NewFiles:
+        """The files to read now: the whole ledger at first (or after missing a deletion),
+        then the fresh files not read yet."""
+        if self._version is not None:
+            version = read_guard(self.store.root).version
+            present = self.store.ledger_files()
+            if read_guard(self.store.root).readable_from <= self._version:
+                self._version = version
+                new = tuple(f for f in present if f not in self.seen)
+                self.seen = set(present)  # deleted files' names can go: they never return
+                return NewFiles(new, False)
+        ledger = self.store.current_ledger()
+        self._version = ledger.version
+        self.seen = set(ledger.fresh) | set(ledger.covered)
+        return NewFiles(ledger.files, True)
