@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -36,6 +37,8 @@ def settings_from(args: argparse.Namespace) -> StreamSettings:
             "partitions",
             "replication_factor",
             "min_insync_replicas",
+            "compact_min_age_s",
+            "compact_retention_s",
         )
         if getattr(args, name, None) is not None
     }
@@ -119,7 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     worker.add_argument("--id", dest="writer_id", help="worker id used in file names")
     worker.set_defaults(run=run_worker)
 
-    store = commands.add_parser("store", help="the event store: init it, or query it with SQL")
+    store = commands.add_parser("store", help="the event store: init, query with SQL, compact")
     store_actions = store.add_subparsers(dest="action", required=True, metavar="ACTION")
     _store_action(store_actions, "init", "create the layout and the DuckDB catalog", run_store_init)
     sql = _store_action(store_actions, "sql", "run SQL over the analyst views", run_store_sql)
@@ -128,6 +131,25 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--format", choices=["table", "csv", "json"], default="table",
         help="table (for people, the default), csv with a header, or json (an array of "
              "objects): csv and json come from DuckDB's own writers, for scripts",
+    )  # fmt: skip
+
+    compact = _store_action(
+        store_actions,
+        "compact",
+        "merge the ledger's small files into large ones per event date; delete merged ones",
+        run_store_compact,
+    )
+    compact.add_argument(
+        "--min-age", dest="compact_min_age_s", type=float,
+        help="merge fresh files at least this many seconds old (PAGELLM_COMPACT_MIN_AGE_S, 300)",
+    )
+    compact.add_argument(
+        "--retention", dest="compact_retention_s", type=float,
+        help="delete merged files this many seconds after the last view that read them "
+             "(PAGELLM_COMPACT_RETENTION_S, 3600)",
+    )
+    compact.add_argument(
+        "--every", type=float, metavar="SECONDS", help="run again every SECONDS until stopped",
     )  # fmt: skip
 
     imp = commands.add_parser(
@@ -292,6 +314,34 @@ def run_store_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_store_compact(args: argparse.Namespace) -> int:
+    from streams.store.compactor import compact, purge
+    from streams.store.event_store import EventStore
+    from streams.store.store_views import write_catalog
+
+    settings = settings_from(args)
+    store = EventStore(settings.store_dir)
+    if not store.ledger_dir.exists():
+        console.print(f"no event store at {store.root}; nothing to compact", style="red")
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            merged = compact(store, settings.compact_min_age_s, settings.compact_target_mb << 20)
+            purged = purge(store, settings.compact_retention_s)
+            if merged.fresh_files or purged.deleted:
+                write_catalog(store)  # the CLI's views name the files of the new version
+            console.print(
+                f"compaction version {merged.version}: {merged.fresh_files} fresh and "
+                f"{merged.merged_files} compacted files merged into {merged.written_files} "
+                f"({merged.rows:,} rows) in {merged.seconds:.1f} s; {purged.deleted} merged "
+                f"files deleted; views of versions before {purged.readable_from} refuse to run"
+            )
+            if args.every is None:
+                return 0
+            time.sleep(args.every)
+    return 0
+
+
 def run_store_sql(args: argparse.Namespace) -> int:
     import duckdb
 
@@ -392,7 +442,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
     if args.action == "create":
         manifest = create_snapshot(store, derive_config_from(args))
         console.print(
-            f"snapshot {manifest.snapshot_id}: {len(manifest.files)} files, "
+            f"snapshot {manifest.snapshot_id}: {manifest.rows} ledger rows, "
             f"stream position {manifest.stream_position}"
         )
         return 0

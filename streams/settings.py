@@ -65,6 +65,18 @@ class StreamSettings(BaseSettings):
     max_clock_skew_s: float = Field(
         300.0, ge=0, description="events stamped further in the future than this are rejected"
     )
+    compact_min_age_s: float = Field(
+        300.0, ge=0, description="the compactor merges fresh ledger files at least this old"
+    )
+    compact_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="merged files are deleted this long after the compactor stopped reading "
+        "them: longer than any query or a follower's pause (older views then refuse to run)",
+    )
+    compact_target_mb: int = Field(
+        256, ge=1, description="a compacted file of an event date grows by merges up to this"
+    )
 
     @model_validator(mode="after")
     def _writable(self) -> StreamSettings:
