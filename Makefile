@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-derive bench-ab bench-quality tune-quality bench-eval-scale bench-retrain bench-serve bench-loop clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-compact bench-derive bench-ab bench-quality tune-quality bench-eval-scale bench-retrain bench-serve bench-loop clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(JARS)
 
 bench-ingest: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_ingest
+
+bench-compact: $(INSTALLED)
+	$(BIN)/python -m tests.benchmarks.bench_compact
 
 bench-derive: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_derive

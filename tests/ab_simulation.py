@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
 from abtest.experiment import Experiment, Variant
 from abtest.metrics_sql import VariantData, moment_columns
+from abtest.registry import ExperimentRegistry
 from abtest.sufficient_stats import cross_name
+from streams.store.event_store import EventStore
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -26,6 +30,16 @@ def two_variant_experiment(
         start=start,
         **settings,
     )
+
+
+def bench_store(root: Path, start: datetime, end: datetime) -> tuple[EventStore, Experiment]:
+    """A new, empty store at ``root`` (whatever was there is removed) holding one experiment,
+    ``bench``, a 50/50 two-variant one from ``start`` to ``end``: the benchmarks' setting."""
+    shutil.rmtree(root, ignore_errors=True)
+    store = EventStore(root)
+    store.init()
+    registry = ExperimentRegistry(root)
+    return store, registry.create(two_variant_experiment("bench", start, end=end))
 
 
 def draw_users(rng: np.random.Generator, shape: tuple[int, ...], gmv_lift: float = 0.0) -> dict:

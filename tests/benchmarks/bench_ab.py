@@ -28,11 +28,10 @@ from pathlib import Path
 from rich.console import Console
 
 from abtest.experiment import Experiment
-from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape, as_ledger_rows, synthetic_traffic
 from streams.progress_bars import progress_bar
 from streams.store.event_store import LEDGER_DIR, EventStore
-from tests.ab_simulation import two_variant_experiment
+from tests.ab_simulation import bench_store
 
 USERS = int(os.environ.get("BENCH_AB_USERS", 10_000_000))
 GMV_LIFT = 0.005
@@ -73,10 +72,7 @@ def timed_process(args: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
-    shutil.rmtree(STORE, ignore_errors=True)
-    store = EventStore(STORE)
-    store.init()
-    experiment = ExperimentRegistry(STORE).create(two_variant_experiment("bench", START, end=END))
+    store, experiment = bench_store(STORE, START, END)
     started = time.perf_counter()
     events = generate(store, experiment)
     console.print(f"{events:,} events for {USERS:,} users in {time.perf_counter() - started:.0f} s")
