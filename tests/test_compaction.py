@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from schemas import parse_event
@@ -60,11 +61,12 @@ def test_compaction_merges_fresh_files_into_one_file_per_event_date(store: Event
     report = compact(store, min_age_s=0)
 
     manifest = read_manifest(store.root)
-    dates = sorted(f.event_date for f in manifest.files.values())
+    ledger = manifest.of("ingested")
+    dates = sorted(f.period for f in ledger.files.values())
     # Five event dates of clicks; the rejected records go with the day they were ingested.
     assert len(dates) == len(set(dates)) == report.written_files
     assert {(NOW - timedelta(days=d)).date().isoformat() for d in range(DAYS)} <= set(dates)
-    assert report.fresh_files == DAYS and set(manifest.covered) == set(store.ledger_files()[1:])
+    assert report.fresh_files == DAYS and set(ledger.covered) == set(store.ledger_files()[1:])
     assert counts(connect_store(store.root)) == before
     assert manifest.offsets == {"t/0": 54, "t/1": 53}
 
@@ -88,10 +90,10 @@ def test_a_late_event_is_merged_into_its_dates_small_compacted_file(store: Event
     report = compact(store, min_age_s=0)
 
     assert (report.fresh_files, report.merged_files, report.written_files) == (1, 1, 1)
-    manifest = read_manifest(store.root)
+    ledger = read_manifest(store.root).of("ingested")
     day = (NOW - timedelta(days=2)).date().isoformat()
-    assert [f.rows for f in manifest.files.values() if f.event_date == day] == [11]
-    assert len(manifest.retired) == 1
+    assert [f.rows for f in ledger.files.values() if f.period == day] == [11]
+    assert len(ledger.retired) == 1
     assert counts(connect_store(store.root)) == (56, 51, 51, 5)
 
 
@@ -139,8 +141,9 @@ def test_purge_deletes_merged_files_and_old_views_refuse_to_run(store: EventStor
 def test_a_crashed_compactors_files_never_show_and_are_removed(store: EventStore) -> None:
     write_days(store, 0)
     compact(store, min_age_s=0)
-    stray = compacted_dir(store.root) / "event_date=2026-06-01" / "00000000000000000001-x.parquet"
-    stray.write_bytes(next(compacted_dir(store.root).glob("event_date=*/*.parquet")).read_bytes())
+    day = compacted_dir(store.root) / "ingested" / "event_date=2026-06-01"
+    stray = day / "00000000000000000001-x.parquet"
+    stray.write_bytes(next(day.glob("*.parquet")).read_bytes())
     staging = compacted_dir(store.root) / ".staging-dead"
     (staging / "event_date=2026-06-01").mkdir(parents=True)
 
@@ -163,7 +166,7 @@ def test_a_filter_on_event_date_reads_only_that_dates_files(store: EventStore) -
     # The compacted scan opens the files of the two newest event dates and the rejects' day
     # (which the filter then drops), of all the compacted files.
     scanned = [tuple(map(int, m)) for m in re.findall(r"Scanning Files: (\d+)/(\d+)", plan)]
-    total = len(read_manifest(store.root).files)
+    total = len(read_manifest(store.root).of("ingested").files)
     assert (3, total) in scanned and total == DAYS + 1
     assert con.execute(
         f"SELECT count(*) FROM events WHERE event_date >= DATE '{since}'"
@@ -178,7 +181,7 @@ def test_watermarks_come_from_the_manifest_and_the_uncovered_files(store: EventS
     after = store.stored_event_ids("t", [0, 1])
     assert all((after[p] == ids[p]).all() and len(ids[p]) == 25 for p in (0, 1))
     # The compacted files are not read for it: unreadable, the lookup still answers.
-    for path in compacted_dir(store.root).glob("event_date=*/*.parquet"):
+    for path in compacted_dir(store.root).glob("ingested/event_date=*/*.parquet"):
         path.write_bytes(b"not parquet")
     assert store.stored_watermarks("t", [0, 1, 2]) == {0: 54, 1: 53, 2: -1}
     batch = LedgerBatch()
@@ -257,3 +260,47 @@ def test_the_compact_command_rewrites_the_catalog_for_the_duckdb_cli(store: Even
         assert counts(con) == (66, 60, 60, 6)
     missing = pagellm("store", "compact", "--store", str(store.root / "nope"))
     assert missing.returncode == 2 and b"no event store" in missing.stderr
+
+
+def test_the_derived_datasets_are_compacted_and_their_views_unchanged(store: EventStore) -> None:
+    worker = DeriveWorker(store, DeriveConfig(prompt_length=5, seed=3))
+    offset = 0
+    for seed in range(4):  # four polls, each writing a file per derived dataset
+        offset = write_ratings(
+            store, range(seed * 5, seed * 5 + 10), seed=seed, first_offset=offset
+        )
+        worker.poll()
+    views = ("golden_lists", "preference_pairs", "pair_skips", "item_stats")
+
+    def rows() -> dict[str, list]:
+        con = connect_store(store.root)
+        return {v: sorted(map(str, con.execute(f"SELECT * FROM {v}").fetchall())) for v in views}
+
+    before = rows()
+    assert store.datasets() == [
+        "ingested",
+        "derived/golden_lists",
+        "derived/item_stats",
+        "derived/pair_skips",
+        "derived/preference_pairs",
+    ]
+    compact(store, min_age_s=0)
+    purge(store, retention_s=0)
+
+    manifest = read_manifest(store.root)
+    for dataset in store.datasets()[1:]:
+        assert len(manifest.of(dataset).files) == 1  # one write date
+        assert store.fresh_files(dataset) == [str(store.seed_path(dataset).relative_to(store.root))]
+    assert rows() == before
+
+
+def test_a_view_registered_over_a_glob_keeps_its_dataset_out_of_compaction(
+    store: EventStore,
+) -> None:
+    store.init_dataset("legacy", pa.table({"x": pa.array([], pa.int64())}))
+    store.write_table("legacy", pa.table({"x": [1, 2]}), "w")
+    store.register_views({"legacy_rows": "SELECT * FROM read_parquet({dataset:legacy})"})
+    assert store.datasets() == ["ingested"]
+    compact(store, min_age_s=0)
+    purge(store, retention_s=0)
+    assert connect_store(store.root).execute("SELECT sum(x) FROM legacy_rows").fetchone() == (3,)

@@ -198,7 +198,7 @@ def test_views_registered_with_the_store_name_their_datasets_wherever_it_lies(
         r[0] for r in connect_store(store.root).execute("SHOW TABLES").fetchall()
     }
     init_derived(store)
-    assert "{dataset:derived/golden_lists}" in store.registered_views()["golden_lists"]
+    assert "{table:derived/golden_lists}" in store.registered_views()["golden_lists"]
     moved = store.root.rename(tmp_path / "moved")
     con = connect_store(moved)
     assert con.execute("SELECT count(*) FROM golden_lists").fetchall() == [(0,)]

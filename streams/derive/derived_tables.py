@@ -117,8 +117,8 @@ def derived_tables(
 
 def derived_view_definitions() -> dict[str, str]:
     """Analyst views: the latest version per user (golden lists, pairs) or item (stats);
-    ``{dataset:NAME}`` is filled in by the store (``store_views.resolve_datasets``)."""
-    src = {d: f"read_parquet({{dataset:{d}}}, union_by_name = true)" for d in SCHEMAS}
+    ``{table:NAME}`` is filled in by the store (``store_views.resolve_datasets``)."""
+    src = {d: f"{{table:{d}}}" for d in SCHEMAS}
     latest_user = (
         f"SELECT user_id, max(version) AS version FROM {src[GOLDEN_LISTS]} GROUP BY user_id"
     )

@@ -1,11 +1,13 @@
-"""The manifest of the ledger's compacted tier: the one file that says which files hold what.
+"""The manifest of the store's compacted files: the one file that says which files hold what.
 
-Ingest workers write one small file per micro-batch into ``ingested/`` (the fresh tier), where
-live readers find them by glob. The compactor merges them into a few large files per event
-date under ``compacted/`` and records here which large files are active, which small files
-their rows came from (``covered``: readers skip those), and which large files a later merge
-replaced (``retired``). Readers build their views from one version of it, so a query sees
-every row once whether it started before, during or after a compaction.
+Writers append one small file per write into a dataset's folder (the fresh files: ingest
+workers' micro-batches in ``ingested/``, the derive worker's rows in ``derived/...``), where
+live readers find them by glob. The compactor merges them into a few large files per period
+(the ledger's event date, another dataset's write date) under ``compacted/<dataset>/``, and
+records here, per dataset, which large files are active, which small files their rows came
+from (``covered``: readers skip those), and which large files a later merge replaced
+(``retired``). Readers build their views from one version of it, so a query sees every row
+once whether it started before, during or after a compaction.
 
 Nothing is deleted while a reader may still use it: a covered or retired file goes only
 ``retention_s`` after the version that stopped using it, and before deleting the compactor
@@ -34,7 +36,7 @@ GUARD_FILE = "readable_from.json"
 
 
 class CompactedFile(BaseModel):
-    event_date: str
+    period: str  # the day its rows belong to (see ``compactor.Layout``)
     rows: int
     bytes: int
 
@@ -46,16 +48,22 @@ class Retirement(BaseModel):
     at: datetime
 
 
+class CompactedDataset(BaseModel):
+    """One dataset's part; every path is relative to the store root."""
+
+    files: dict[str, CompactedFile] = {}  # active compacted files
+    covered: dict[str, Retirement] = {}  # fresh files whose rows an active file holds
+    retired: dict[str, Retirement] = {}  # compacted files merged into a larger one
+
+
 class CompactionManifest(BaseModel):
     version: int = 0
     readable_from: int = Field(0, description="views built from older versions may fail")
-    files: dict[str, CompactedFile] = {}  # active compacted files, relative to the store root
-    covered: dict[str, Retirement] = {}  # fresh files whose rows an active file holds
-    retired: dict[str, Retirement] = {}  # compacted files merged into a larger one
-    offsets: dict[str, int] = {}  # "topic/partition" -> highest offset the compacted files hold
+    datasets: dict[str, CompactedDataset] = {}
+    offsets: dict[str, int] = {}  # the ledger's: "topic/partition" -> highest offset compacted
 
-    def offset_of(self, topic: str, partition: int) -> int:
-        return self.offsets.get(f"{topic}/{partition}", -1)
+    def of(self, dataset: str) -> CompactedDataset:
+        return self.datasets.get(dataset, CompactedDataset())
 
 
 def compacted_dir(root: Path) -> Path:

@@ -1,12 +1,14 @@
-"""The compactor: merges the ledger's small fresh files into large files per event date.
+"""The compactor: merges the store's small fresh files into large files per period.
 
-An ingest worker makes each micro-batch durable as one file, up to two a second; a day of
-them costs every query thousands of footers to read. ``compact`` merges the fresh files old
-enough (``min_age_s``) with the still-small compacted file of each event date they touch into
-one file per event date, its rows sorted by event time (so a filter on ``ts`` skips row groups
-and one on ``event_date`` skips files), and commits the result by writing a new version of
-the manifest. ``purge`` deletes what no reader has used for ``retention_s``. See
-``compaction_manifest`` for why readers see every row exactly once throughout.
+An ingest worker makes each micro-batch durable as one file, up to two a second, and the
+derive worker writes a file per dataset per poll; a day of them costs every query thousands of
+files to list and read. ``compact`` merges, per dataset, the fresh files old enough
+(``min_age_s``) with the still-small compacted file of each period they touch into one file
+per period, and commits the result by writing a new version of the manifest. The ledger's
+period is the event date, its rows sorted by event time (so a filter on ``event_date`` skips
+files and one on ``ts`` row groups); another dataset's is the day its rows were written.
+``purge`` deletes what no reader has used for ``retention_s``. See ``compaction_manifest`` for
+why readers see every row exactly once throughout.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 from streams.store.atomic_files import fsync_dir
 from streams.store.compaction_manifest import (
     EVENT_DATE_SQL,
+    CompactedDataset,
     CompactedFile,
     CompactionManifest,
     Guard,
@@ -45,6 +48,22 @@ _STAGING_PREFIX = ".staging-"
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How a dataset's compacted files are cut: by ``key`` (a column, its folder name), which a
+    fresh row gets from ``period_sql``; rows in ``order`` (SQL, or "" for any order)."""
+
+    key: str
+    period_sql: str
+    order: str
+
+
+LEDGER_LAYOUT = Layout(
+    "event_date", EVENT_DATE_SQL, "ts, kafka_topic, kafka_partition, kafka_offset"
+)
+WRITE_DATE_LAYOUT = Layout("date", "date", "")  # the fresh folders' own hive column
+
+
+@dataclass(frozen=True)
 class CompactionReport:
     version: int  # the manifest version now current
     fresh_files: int  # fresh files merged
@@ -60,21 +79,31 @@ class PurgeReport:
     readable_from: int  # views built from an older manifest version now refuse to run
 
 
+@dataclass(frozen=True)
+class _Merge:
+    """One dataset's part of a compaction, before it is committed."""
+
+    fresh: list[str]
+    merged: list[str]
+    written: dict[str, CompactedFile]
+    offsets: list[tuple[str, int, int]]  # (topic, partition, highest offset) of fresh rows
+
+
 def _scan(paths: list[str]) -> str:
     listed = ", ".join(sql_literal(p) for p in paths)
     return f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true)"
 
 
 def _fresh_candidates(
-    store: EventStore, manifest: CompactionManifest, min_age_s: float
+    store: EventStore, dataset: str, part: CompactedDataset, min_age_s: float
 ) -> list[str]:
     """Fresh files no compacted file covers yet, written at least ``min_age_s`` ago (the seed,
     which only carries the schema, stays)."""
-    seed = str(store.seed_path(LEDGER_DIR).relative_to(store.root))
+    seed = str(store.seed_path(dataset).relative_to(store.root))
     cutoff = time.time() - min_age_s
     candidates = []
-    for name in store.ledger_files():
-        if name == seed or name in manifest.covered:
+    for name in store.fresh_files(dataset):
+        if name == seed or name in part.covered:
             continue
         try:
             if (store.root / name).stat().st_mtime <= cutoff:
@@ -84,24 +113,64 @@ def _fresh_candidates(
     return candidates
 
 
-def _publish(store: EventStore, staged: Path) -> dict[str, CompactedFile]:
-    """Move the staged files (``event_date=D/*.parquet``) into place, durably; their entries."""
+def _publish(store: EventStore, dataset: str, staged: Path) -> dict[str, CompactedFile]:
+    """Move the staged files (``KEY=PERIOD/*.parquet``) into place, durably; their entries."""
     written: dict[str, CompactedFile] = {}
-    for part in sorted(staged.glob("event_date=*/*.parquet")):
+    for part in sorted(staged.glob("*=*/*.parquet")):
         with open(part, "rb") as f:
             os.fsync(f.fileno())
-        event_date = part.parent.name.split("=", 1)[1]
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        target = compacted_dir(store.root) / part.parent.name / name
+        target = compacted_dir(store.root) / dataset / part.parent.name / name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, target)
         fsync_dir(target.parent)
         written[str(target.relative_to(store.root))] = CompactedFile(
-            event_date=event_date,
+            period=part.parent.name.split("=", 1)[1],
             rows=pq.ParquetFile(target).metadata.num_rows,
             bytes=target.stat().st_size,
         )
     return written
+
+
+def _merge(
+    store: EventStore, dataset: str, part: CompactedDataset, fresh: list[str], target_bytes: int
+) -> _Merge:
+    """Write ``fresh`` (and the small compacted files of the periods it touches) as one file
+    per period, published but not yet in the manifest."""
+    layout = LEDGER_LAYOUT if dataset == LEDGER_DIR else WRITE_DATE_LAYOUT
+    staged = compacted_dir(store.root) / f"{_STAGING_PREFIX}{uuid.uuid4().hex}"
+    # The seed is read along: it holds every column of the current schema.
+    fresh_scan = _scan([str(store.seed_path(dataset)), *store.absolute(fresh)])
+    with duckdb.connect() as con:
+        found = con.execute(f"SELECT DISTINCT {layout.period_sql} FROM {fresh_scan}").fetchall()
+        periods = {str(d) for (d,) in found}
+        merged = [
+            name
+            for name, entry in part.files.items()
+            if entry.period in periods and entry.bytes < target_bytes
+        ]
+        added = "" if layout.period_sql == layout.key else f", {layout.period_sql} AS {layout.key}"
+        rows = f"SELECT *{added} FROM {fresh_scan}"
+        if merged:
+            rows += f" UNION ALL BY NAME SELECT * FROM {_scan(store.absolute(merged))}"
+        if layout.order:
+            rows += f" ORDER BY {layout.order}"
+        con.execute(
+            f"COPY ({rows}) TO {sql_literal(str(staged))} "
+            f"(FORMAT parquet, PARTITION_BY ({layout.key}), COMPRESSION zstd, "
+            "COMPRESSION_LEVEL 1)"
+        )
+        offsets = (
+            con.execute(
+                f"SELECT kafka_topic, kafka_partition, max(kafka_offset) FROM {fresh_scan} "
+                "WHERE kafka_topic IS NOT NULL GROUP BY ALL"
+            ).fetchall()
+            if dataset == LEDGER_DIR
+            else []
+        )
+    written = _publish(store, dataset, staged)
+    shutil.rmtree(staged, ignore_errors=True)
+    return _Merge(fresh, merged, written, offsets)
 
 
 def compact(
@@ -110,67 +179,52 @@ def compact(
     target_bytes: int = 256 << 20,
     max_fresh_files: int = 20_000,
 ) -> CompactionReport:
-    """Merge the fresh files older than ``min_age_s`` (at most ``max_fresh_files`` of them, the
-    oldest first) into compacted files; a compacted file of a touched event date smaller than
-    ``target_bytes`` is merged again, a larger one is left as it is."""
+    """Merge each dataset's fresh files older than ``min_age_s`` (at most ``max_fresh_files``
+    of them, the oldest first) into compacted files; a compacted file of a touched period
+    smaller than ``target_bytes`` is merged again, a larger one is left as it is."""
     started = time.perf_counter()
     with compaction_lock(store.root):
         for leftover in compacted_dir(store.root).glob(f"{_STAGING_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)  # a crashed run's; never visible
         manifest = read_manifest(store.root)
-        fresh = _fresh_candidates(store, manifest, min_age_s)[:max_fresh_files]
-        if not fresh:
+        merges: dict[str, _Merge] = {}
+        for dataset in store.datasets():
+            part = manifest.of(dataset)
+            fresh = _fresh_candidates(store, dataset, part, min_age_s)[:max_fresh_files]
+            if fresh:
+                merges[dataset] = _merge(store, dataset, part, fresh, target_bytes)
+        if not merges:
             return CompactionReport(manifest.version, 0, 0, 0, 0, time.perf_counter() - started)
-        staged = compacted_dir(store.root) / f"{_STAGING_PREFIX}{uuid.uuid4().hex}"
-        # The seed is read along: it holds every column of the current schema.
-        fresh_scan = _scan([str(store.seed_path(LEDGER_DIR)), *store.absolute(fresh)])
-        with duckdb.connect() as con:
-            found = con.execute(f"SELECT DISTINCT {EVENT_DATE_SQL} FROM {fresh_scan}").fetchall()
-            dates = {str(d) for (d,) in found}
-            merged = [
-                name
-                for name, entry in manifest.files.items()
-                if entry.event_date in dates and entry.bytes < target_bytes
-            ]
-            rows = f"SELECT *, {EVENT_DATE_SQL} AS event_date FROM {fresh_scan}"
-            if merged:
-                rows += f" UNION ALL BY NAME SELECT * FROM {_scan(store.absolute(merged))}"
-            con.execute(
-                f"COPY ({rows} ORDER BY ts, kafka_topic, kafka_partition, kafka_offset) "
-                f"TO {sql_literal(str(staged))} (FORMAT parquet, PARTITION_BY (event_date), "
-                "COMPRESSION zstd, COMPRESSION_LEVEL 1)"
-            )
-            offsets = con.execute(
-                f"SELECT kafka_topic, kafka_partition, max(kafka_offset) FROM {fresh_scan} "
-                "WHERE kafka_topic IS NOT NULL GROUP BY ALL"
-            ).fetchall()
-        written = _publish(store, staged)
-        shutil.rmtree(staged, ignore_errors=True)
         version = manifest.version + 1
-        now = datetime.now(UTC)
-        retirement = Retirement(version=version, at=now)
-        new_offsets = dict(manifest.offsets)
-        for topic, partition, offset in offsets:
-            key = f"{topic}/{partition}"
-            new_offsets[key] = max(new_offsets.get(key, -1), int(offset))
+        retirement = Retirement(version=version, at=datetime.now(UTC))
+        datasets = dict(manifest.datasets)
+        offsets = dict(manifest.offsets)
+        for dataset, m in merges.items():
+            part = manifest.of(dataset)
+            datasets[dataset] = CompactedDataset(
+                files={n: e for n, e in part.files.items() if n not in m.merged} | m.written,
+                covered=part.covered | dict.fromkeys(m.fresh, retirement),
+                retired=part.retired | dict.fromkeys(m.merged, retirement),
+            )
+            for topic, partition, offset in m.offsets:
+                key = f"{topic}/{partition}"
+                offsets[key] = max(offsets.get(key, -1), int(offset))
         write_manifest(
             store.root,
             CompactionManifest(
                 version=version,
                 readable_from=manifest.readable_from,
-                files={n: e for n, e in manifest.files.items() if n not in merged} | written,
-                covered=manifest.covered | dict.fromkeys(fresh, retirement),
-                retired=manifest.retired | dict.fromkeys(merged, retirement),
-                offsets=new_offsets,
+                datasets=datasets,
+                offsets=offsets,
             ),
         )
         write_guard(store.root, Guard(version=version, readable_from=manifest.readable_from))
     report = CompactionReport(
         version=version,
-        fresh_files=len(fresh),
-        merged_files=len(merged),
-        written_files=len(written),
-        rows=sum(e.rows for e in written.values()),
+        fresh_files=sum(len(m.fresh) for m in merges.values()),
+        merged_files=sum(len(m.merged) for m in merges.values()),
+        written_files=sum(len(m.written) for m in merges.values()),
+        rows=sum(e.rows for m in merges.values() for e in m.written.values()),
         seconds=time.perf_counter() - started,
     )
     log.info("compaction %s", report)
@@ -183,17 +237,22 @@ def purge(store: EventStore, retention_s: float = 3600.0) -> PurgeReport:
     with compaction_lock(store.root):
         manifest = read_manifest(store.root)
         due_at = datetime.now(UTC) - timedelta(seconds=retention_s)
-        due = {n: r for n, r in (manifest.covered | manifest.retired).items() if r.at <= due_at}
         # A compactor that died between publishing its files and committing the manifest left
         # them unlisted: no reader ever saw them.
-        listed = set(manifest.files) | set(manifest.retired)
+        listed = {n for p in manifest.datasets.values() for n in (*p.files, *p.retired)}
         orphans = [
             p
-            for p in compacted_dir(store.root).glob("event_date=*/*.parquet")
+            for p in compacted_dir(store.root).glob("**/*=*/*.parquet")
             if str(p.relative_to(store.root)) not in listed
         ]
         for orphan in orphans:
             orphan.unlink()
+        due = {
+            name: r
+            for part in manifest.datasets.values()
+            for name, r in (part.covered | part.retired).items()
+            if r.at <= due_at
+        }
         if not due:
             return PurgeReport(len(orphans), manifest.readable_from)
         readable_from = max(manifest.readable_from, *(r.version for r in due.values()))
@@ -203,14 +262,16 @@ def purge(store: EventStore, retention_s: float = 3600.0) -> PurgeReport:
             (store.root / name).unlink(missing_ok=True)
         for directory in {(store.root / name).parent for name in due}:
             fsync_dir(directory)
+        kept = {
+            dataset: CompactedDataset(
+                files=part.files,
+                covered={n: r for n, r in part.covered.items() if n not in due},
+                retired={n: r for n, r in part.retired.items() if n not in due},
+            )
+            for dataset, part in manifest.datasets.items()
+        }
         write_manifest(
             store.root,
-            manifest.model_copy(
-                update={
-                    "readable_from": readable_from,
-                    "covered": {n: r for n, r in manifest.covered.items() if n not in due},
-                    "retired": {n: r for n, r in manifest.retired.items() if n not in due},
-                }
-            ),
+            manifest.model_copy(update={"readable_from": readable_from, "datasets": kept}),
         )
     return PurgeReport(len(due) + len(orphans), readable_from)

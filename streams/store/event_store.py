@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 LEDGER_DIR = "ingested"
 SOURCES_FILE = "sources.json"
 VIEWS_FILE = "views.json"
+TABLE = re.compile(r"\{table:([\w/-]+)\}")  # a registered view's placeholder for a dataset
 _SEED_NAME = "00000000000000000000-seed.parquet"
 _SEED_DATE = "1970-01-01"
 
@@ -55,15 +57,15 @@ class SourceMismatch(RuntimeError):
 
 
 @dataclass(frozen=True)
-class LedgerFiles:
-    """One consistent set of the ledger's files, as of one version of the compaction manifest:
+class PinnedFiles:
+    """One consistent set of a dataset's files, as of one version of the compaction manifest:
     read ``files`` and every stored row is read exactly once."""
 
     version: int
     compacted: tuple[str, ...]  # active compacted files, relative to the store root
     fresh: tuple[str, ...]  # fresh files present and not covered by a compacted one
     covered: frozenset[str]  # fresh files whose rows a compacted file holds (not in ``files``)
-    offsets: Mapping[str, int]  # "topic/partition" -> highest offset the compacted files hold
+    offsets: Mapping[str, int]  # the ledger's: "topic/partition" -> highest offset compacted
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -83,20 +85,30 @@ class EventStore:
         return self.dataset_glob(LEDGER_DIR)
 
     def ledger_files(self) -> list[str]:
-        """The ledger's fresh files (the writers' own, compacted or not yet), relative to the
-        root, in name (write-time) order."""
-        return sorted(str(p.relative_to(self.root)) for p in self.ledger_dir.glob("*/*.parquet"))
+        """The ledger's fresh files (see ``fresh_files``)."""
+        return self.fresh_files(LEDGER_DIR)
 
-    def current_ledger(self) -> LedgerFiles:
-        """The files to read for the whole ledger as it is now (see ``LedgerFiles``)."""
+    def fresh_files(self, dataset: str) -> list[str]:
+        """A dataset's fresh files (the writers' own, compacted or not yet), relative to the
+        root, in name (write-time) order."""
+        return sorted(
+            str(p.relative_to(self.root)) for p in (self.root / dataset).glob("*/*.parquet")
+        )
+
+    def current_ledger(self) -> PinnedFiles:
+        return self.current_files(LEDGER_DIR)
+
+    def current_files(self, dataset: str) -> PinnedFiles:
+        """The files to read for the whole of ``dataset`` as it is now (see ``PinnedFiles``)."""
         manifest = read_manifest(self.root)  # before listing: a file it covers is still there
-        covered = frozenset(manifest.covered)
-        return LedgerFiles(
+        part = manifest.of(dataset)
+        covered = frozenset(part.covered)
+        return PinnedFiles(
             version=manifest.version,
-            compacted=tuple(sorted(manifest.files)),
-            fresh=tuple(f for f in self.ledger_files() if f not in covered),
+            compacted=tuple(sorted(part.files)),
+            fresh=tuple(f for f in self.fresh_files(dataset) if f not in covered),
             covered=covered,
-            offsets=manifest.offsets,
+            offsets=manifest.offsets if dataset == LEDGER_DIR else {},
         )
 
     def dataset_glob(self, dataset: str) -> str:
@@ -125,8 +137,10 @@ class EventStore:
 
     def register_views(self, views: Mapping[str, str]) -> None:
         """Add views that every connection to the store creates after its own (see
-        ``store_views``): name -> SELECT, where ``{dataset:NAME}`` stands for the files of
-        dataset NAME. The store need not know who stores what beside its ledger."""
+        ``store_views``): name -> SELECT, where ``{table:NAME}`` stands for every row of
+        dataset NAME (``{dataset:NAME}``, of views registered before compaction existed, for
+        the glob of its fresh files). The store need not know who stores what beside its
+        ledger."""
         path = self.root / VIEWS_FILE
         current = self.registered_views()
         if current | dict(views) != current:
@@ -135,6 +149,12 @@ class EventStore:
     def registered_views(self) -> dict[str, str]:
         path = self.root / VIEWS_FILE
         return json.loads(path.read_text()) if path.exists() else {}
+
+    def datasets(self) -> list[str]:
+        """The ledger and every dataset a registered view reads as ``{table:NAME}``: those the
+        compactor merges (a glob over ``{dataset:NAME}`` could not skip merged files)."""
+        named = {m for select in self.registered_views().values() for m in TABLE.findall(select)}
+        return [LEDGER_DIR, *sorted(named - {LEDGER_DIR})]
 
     def bind_source(self, topic: str, topic_id: str) -> None:
         """Record which incarnation of ``topic`` feeds this store; refuse any other.

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from streams.store.compaction_manifest import EVENT_DATE_SQL, ensure_guard, guard_path
-from streams.store.event_store import LEDGER_DIR, EventStore, LedgerFiles
+from streams.store.event_store import LEDGER_DIR, TABLE, EventStore, PinnedFiles
 from streams.store.ledger_schema import empty_ledger_table
 from streams.store.sql_literals import sql_literal
 
@@ -36,20 +36,21 @@ _SOURCE = (
 )
 
 
-def _ledger_scan(store: EventStore, ledger: LedgerFiles) -> str:
-    """Every stored row once: the compacted files of ``ledger``'s manifest version and the fresh
-    files it does not cover, refused once that version's files may have been deleted."""
+def dataset_scan(store: EventStore, dataset: str, pinned: PinnedFiles, derived: str = "") -> str:
+    """Every row of ``dataset`` once: the compacted files of ``pinned``'s manifest version and
+    the fresh files it does not cover (with the ``derived`` columns, which the compactor
+    stores), refused once that version's files may have been deleted."""
     fresh = (
-        f"SELECT * EXCLUDE (filename), {EVENT_DATE_SQL} AS event_date "
-        f"FROM read_parquet({sql_literal(store.ledger_glob)}, hive_partitioning = true, "
-        "union_by_name = true, filename = true)"
+        f"SELECT * EXCLUDE (filename){derived} "
+        f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
+        "hive_partitioning = true, union_by_name = true, filename = true)"
     )
-    if ledger.covered:  # DuckDB prunes these by name before it opens any file
-        skipped = ", ".join(sql_literal(p) for p in store.absolute(sorted(ledger.covered)))
+    if pinned.covered:  # DuckDB prunes these by name before it opens any file
+        skipped = ", ".join(sql_literal(p) for p in store.absolute(sorted(pinned.covered)))
         fresh += f" WHERE filename NOT IN ({skipped})"
     union = fresh
-    if ledger.compacted:
-        listed = ", ".join(sql_literal(p) for p in store.absolute(ledger.compacted))
+    if pinned.compacted:
+        listed = ", ".join(sql_literal(p) for p in store.absolute(pinned.compacted))
         union = (
             f"SELECT * FROM read_parquet([{listed}], hive_partitioning = true, "
             f"union_by_name = true) UNION ALL BY NAME {fresh}"
@@ -61,18 +62,22 @@ def _ledger_scan(store: EventStore, ledger: LedgerFiles) -> str:
         "columns = {'readable_from': 'BIGINT'}))"
     )
     stale = (
-        f"this connection's views read version {ledger.version} of the store's compacted files, "
-        "some of which the compactor has since deleted: connect again (or rewrite the catalog "
-        "with `pagellm store init`)"
+        f"this connection's views read version {pinned.version} of the store's compacted "
+        "files, some of which the compactor has since deleted: connect again (or rewrite the "
+        "catalog with `pagellm store init`)"
     )
     return (
-        f"(SELECT * FROM ({union}) WHERE CASE WHEN {readable_from} <= {ledger.version} "
+        f"(SELECT * FROM ({union}) WHERE CASE WHEN {readable_from} <= {pinned.version} "
         f"THEN true ELSE error({sql_literal(stale)}) END)"
     )
 
 
+def _ledger_scan(store: EventStore, ledger: PinnedFiles) -> str:
+    return dataset_scan(store, LEDGER_DIR, ledger, f", {EVENT_DATE_SQL} AS event_date")
+
+
 def missing_ledger_columns(
-    con: duckdb.DuckDBPyConnection, store: EventStore, ledger: LedgerFiles
+    con: duckdb.DuckDBPyConnection, store: EventStore, ledger: PinnedFiles
 ) -> dict[str, str]:
     """Columns of the current ledger schema that no file of the store has yet -> their type.
 
@@ -97,7 +102,7 @@ def missing_ledger_columns(
 
 
 def view_definitions(
-    store: EventStore, ledger: LedgerFiles, missing: Mapping[str, str] | None = None
+    store: EventStore, ledger: PinnedFiles, missing: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """Name -> SELECT of every analyst view over ``ledger``'s files, in dependency order
     (``missing`` columns, of ``missing_ledger_columns``, as typed nulls)."""
@@ -157,8 +162,10 @@ def view_definitions(
 
 
 def resolve_datasets(select: str, store: EventStore) -> str:
-    """A registered view's SELECT with each ``{dataset:NAME}`` as that dataset's quoted glob."""
-    return _DATASET.sub(lambda m: sql_literal(store.dataset_glob(m.group(1))), select)
+    """A registered view's SELECT with each ``{table:NAME}`` as every row of that dataset
+    (``dataset_scan``) and each ``{dataset:NAME}`` as its fresh files' quoted glob."""
+    select = TABLE.sub(lambda m: dataset_scan(store, m[1], store.current_files(m[1])), select)
+    return _DATASET.sub(lambda m: sql_literal(store.dataset_glob(m[1])), select)
 
 
 def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
