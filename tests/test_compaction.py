@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 import pyarrow as pa
@@ -17,10 +17,10 @@ from streams.derive.derived_state import DeriveConfig
 from streams.derive.snapshot_store import create_snapshot, load_snapshot
 from streams.store.compaction_manifest import compacted_dir, read_manifest
 from streams.store.compactor import compact, purge
-from streams.store.event_store import EventStore
+from streams.store.event_store import EventStore, PinnedFiles
 from streams.store.ledger_follower import LedgerFollower
 from streams.store.ledger_schema import LedgerBatch, SourceRecord
-from streams.store.store_views import CATALOG_FILE, connect_store, write_catalog
+from streams.store.store_views import CATALOG_FILE, connect_store, fresh_horizon, write_catalog
 from tests.test_cli import pagellm
 from tests.test_schemas import NOW, VALID
 from tests.test_snapshots import write_ratings
@@ -304,3 +304,13 @@ def test_a_view_registered_over_a_glob_keeps_its_dataset_out_of_compaction(
     compact(store, min_age_s=0)
     purge(store, retention_s=0)
     assert connect_store(store.root).execute("SELECT sum(x) FROM legacy_rows").fetchone() == (3,)
+
+
+def test_the_fresh_horizon_is_a_minute_ago_or_the_last_covered_file() -> None:
+    pinned = PinnedFiles(0, (), (), frozenset(), {})
+    noon = int(datetime(2026, 12, 2, 12, tzinfo=UTC).timestamp()) * 10**9
+    a_minute_before = f"ingested/date=2026-12-02/{noon - 60 * 10**9:020d}"
+    assert fresh_horizon("ingested", pinned, noon) == a_minute_before
+    covered = "ingested/date=2026-12-02/" + f"{noon - 10**9:020d}-w-1.parquet"
+    later = PinnedFiles(1, (), (), frozenset({covered}), {})
+    assert fresh_horizon("ingested", later, noon) == covered

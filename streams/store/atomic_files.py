@@ -31,6 +31,16 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
+def _write_synced(tmp: Path, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+    with open(tmp, "wb") as sink:
+        if callable(content):
+            content(sink)
+        else:
+            sink.write(content.encode() if isinstance(content, str) else content)
+        sink.flush()
+        os.fsync(sink.fileno())
+
+
 def write_atomically(
     path: Path,
     content: bytes | str | Callable[[BinaryIO], None],
@@ -41,16 +51,33 @@ def write_atomically(
     ``publish_under`` is held around the rename alone (a lock that may refuse it)."""
     tmp = temporary_beside(path)
     try:
-        with open(tmp, "wb") as sink:
-            if callable(content):
-                content(sink)
-            else:
-                sink.write(content.encode() if isinstance(content, str) else content)
-            sink.flush()
-            os.fsync(sink.fileno())
+        _write_synced(tmp, content)
         with publish_under or contextlib.nullcontext():
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def publish_new_file(
+    staging: Path,
+    content: Callable[[BinaryIO], None],
+    name_now: Callable[[], Path],
+    publish_under: contextlib.AbstractContextManager[object] | None = None,
+) -> Path:
+    """Write a new file as ``write_atomically`` does, under a temporary name in ``staging``, but
+    let ``name_now`` pick its path at the moment it becomes visible (under ``publish_under``),
+    so that names taken from the clock order files by when readers could first see them."""
+    tmp = temporary_beside(staging / "new")
+    try:
+        _write_synced(tmp, content)
+        with publish_under or contextlib.nullcontext():
+            path = name_now()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path

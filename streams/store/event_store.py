@@ -3,9 +3,10 @@
 DuckDB allows one writing process per database file, and a writer locks readers out. So the
 store is not a database file: each ingest worker writes every micro-batch as one Parquet file,
 first under a temporary name, fsynced, then atomically renamed into a hive-style partition
-``ingested/date=YYYY-MM-DD/``. A reader's glob sees a batch entirely or not at all, and any
-number of readers (and writers) work at once. The analysts' views over the files live in
-``store_views``.
+``ingested/date=YYYY-MM-DD/`` under a name that starts with the time of the rename in ns (so
+names order files by when they became visible). A reader's glob sees a batch entirely or not
+at all, and any number of readers (and writers) work at once. The analysts' views over the
+files live in ``store_views``.
 
 Replays: every row keeps its Kafka topic, partition and offset. A partition is consumed in
 offset order by one worker at a time, so the highest stored offset of a partition (its
@@ -26,17 +27,18 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from streams.store.atomic_files import write_atomically
+from streams.store.atomic_files import publish_new_file, write_atomically
 from streams.store.compaction_manifest import ensure_guard, read_manifest
 from streams.store.event_ids import DIGEST, DIGEST_SQL
 from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
@@ -129,7 +131,7 @@ class EventStore:
         seed = self.seed_path(dataset)
         if not seed.exists() or not pq.read_schema(seed).equals(empty.schema):
             seed.parent.mkdir(parents=True, exist_ok=True)
-            self._write_atomically(empty, seed)
+            write_atomically(seed, self._parquet_writer(empty))
 
     def seed_path(self, dataset: str) -> Path:
         """The zero-row file that holds ``dataset``'s current schema (``init_dataset``)."""
@@ -185,38 +187,33 @@ class EventStore:
         With ``claimed`` (the epochs of ``fences.claim``), ``Fenced`` refuses it if another
         writer has taken one of those partitions since.
         """
-        now = datetime.now(UTC)
         guard = self.fences.publishing(claimed) if claimed is not None else None
-        table = batch.to_table(ingested_at=now)
-        return self.write_table(LEDGER_DIR, table, writer_id, now, publish_under=guard)
+        table = batch.to_table(ingested_at=datetime.now(UTC))
+        return self.write_table(LEDGER_DIR, table, writer_id, publish_under=guard)
 
     def write_table(
         self,
         dataset: str,
         table: pa.Table,
         writer_id: str,
-        now: datetime | None = None,
         publish_under: contextlib.AbstractContextManager[object] | None = None,
     ) -> Path:
-        """Append ``table`` to ``dataset`` as one file, atomically visible to readers."""
-        now = now or datetime.now(UTC)
-        name = f"{time.time_ns():020d}-{writer_id}-{uuid.uuid4().hex[:8]}.parquet"
-        path = self.root / dataset / f"date={now:%Y-%m-%d}" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._write_atomically(table, path, publish_under)
-        return path
+        """Append ``table`` to ``dataset`` as one file, atomically visible to readers. Its name
+        (and date folder) is the time it became visible, in ns: views rely on that order."""
 
-    def _write_atomically(
-        self,
-        table: pa.Table,
-        path: Path,
-        publish_under: contextlib.AbstractContextManager[object] | None = None,
-    ) -> None:
-        write_atomically(
-            path,
-            lambda sink: pq.write_table(table, sink, compression="zstd", compression_level=1),
-            publish_under,
-        )
+        def name_now() -> Path:
+            now = time.time_ns()
+            day = datetime.fromtimestamp(now / 1e9, UTC)
+            name = f"{now:020d}-{writer_id}-{uuid.uuid4().hex[:8]}.parquet"
+            return self.root / dataset / f"date={day:%Y-%m-%d}" / name
+
+        staging = self.root / dataset
+        staging.mkdir(parents=True, exist_ok=True)
+        return publish_new_file(staging, self._parquet_writer(table), name_now, publish_under)
+
+    @staticmethod
+    def _parquet_writer(table: pa.Table) -> Callable[[BinaryIO], None]:
+        return lambda sink: pq.write_table(table, sink, compression="zstd", compression_level=1)
 
     def stored_watermarks(self, topic: str, partitions: list[int]) -> dict[int, int]:
         """Highest stored offset per partition of ``topic`` (-1 where nothing is stored): the
