@@ -31,6 +31,7 @@ from serving.server import read_state
 from streams.derive.derive_worker import WORKERS_DIR
 from streams.ingest.worker_process import process_alive
 from streams.settings import StreamSettings
+from streams.store.compactor import CompactionStatus, compaction_status
 from streams.store.event_store import EventStore
 
 KAFKA_TIMEOUT_MS = 5000
@@ -70,6 +71,7 @@ class PlatformStatus:
     broker: str  # "up", or why it is not
     ingest: IngestStatus | None
     derive: DeriveStatus | None
+    compaction: CompactionStatus
     loop: dict[str, object] | None
     last_retrain: dict[str, object] | None
     production: str | None
@@ -174,6 +176,7 @@ def collect_status(streams: StreamSettings, serve_run_dir: Path) -> PlatformStat
         broker=broker,
         ingest=ingest,
         derive=derive,
+        compaction=compaction_status(store),
         loop=read_loop_state(registry),
         last_retrain=retrains[-1].model_dump(mode="json") if retrains else None,
         production=state.production,
@@ -212,6 +215,17 @@ def render(status: PlatformStatus, console: Console) -> None:
             f"ago, {d.files_folded} of {d.ledger_files} ledger files folded in "
             f"(lag {max(0, d.ledger_files - d.files_folded)} files)"
         )
+    c = status.compaction
+    last = (
+        f"version {c.version} at {c.compacted_at:%Y-%m-%d %H:%M:%S} UTC"
+        if c.compacted_at
+        else "never run"
+    )
+    oldest = f", the oldest {c.oldest_waiting_s:.0f} s old" if c.oldest_waiting_s else ""
+    console.print(
+        f"compaction: {last}; {c.compacted_files} compacted files, {c.waiting_files} fresh files "
+        f"waiting{oldest}, {c.awaiting_deletion} merged files awaiting deletion"
+    )
     loop = status.loop
     console.print(
         "retrain loop: "

@@ -16,7 +16,7 @@ from streams.derive.derive_worker import DeriveWorker
 from streams.derive.derived_state import DeriveConfig
 from streams.derive.snapshot_store import create_snapshot, load_snapshot
 from streams.store.compaction_manifest import compacted_dir, read_manifest
-from streams.store.compactor import compact, purge
+from streams.store.compactor import compact, compaction_status, purge
 from streams.store.event_store import EventStore, PinnedFiles
 from streams.store.ledger_follower import LedgerFollower
 from streams.store.ledger_schema import LedgerBatch, SourceRecord
@@ -314,3 +314,17 @@ def test_the_fresh_horizon_is_a_minute_ago_or_the_last_covered_file() -> None:
     covered = "ingested/date=2026-12-02/" + f"{noon - 10**9:020d}-w-1.parquet"
     later = PinnedFiles(1, (), (), frozenset({covered}), {})
     assert fresh_horizon("ingested", later, noon) == covered
+
+
+def test_the_status_counts_waiting_compacted_and_deletable_files(store: EventStore) -> None:
+    assert compaction_status(store).waiting_files == 0
+    write_days(store, 0)
+    waiting = compaction_status(store)
+    assert (waiting.version, waiting.compacted_at, waiting.waiting_files) == (0, None, DAYS)
+    assert waiting.oldest_waiting_s is not None and 0 <= waiting.oldest_waiting_s < 60
+    compact(store, min_age_s=0)
+    done = compaction_status(store)
+    assert (done.version, done.waiting_files, done.awaiting_deletion) == (1, 0, DAYS)
+    assert done.compacted_files == DAYS + 1 and done.compacted_at is not None
+    purge(store, retention_s=0)
+    assert compaction_status(store).awaiting_deletion == 0

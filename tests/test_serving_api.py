@@ -255,6 +255,7 @@ def test_status_shows_the_broker_its_partitions_the_versions_and_the_spool(
     assert status["serving"]["health"]["impressions"]["dropped"] == 0
     table = pagellm("status", *flags, env={"PAGELLM_EVENTS_TOPIC": TOPIC}).stdout.decode()
     assert "impression spool" in table and f"production {status['production']}" in table
+    assert status["compaction"]["version"] == 0 and "compaction: never run;" in table
     down = pagellm("status", "--json", "--store", str(server.store.root), "--bootstrap",
                    "127.0.0.1:1", "--run-dir", str(server.run_dir))  # fmt: skip
     assert down.returncode == 1

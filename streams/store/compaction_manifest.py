@@ -58,6 +58,7 @@ class CompactedDataset(BaseModel):
 
 class CompactionManifest(BaseModel):
     version: int = 0
+    compacted_at: datetime | None = None  # when ``version`` was committed
     readable_from: int = Field(0, description="views built from older versions may fail")
     datasets: dict[str, CompactedDataset] = {}
     offsets: dict[str, int] = {}  # the ledger's: "topic/partition" -> highest offset compacted

@@ -80,6 +80,36 @@ class PurgeReport:
 
 
 @dataclass(frozen=True)
+class CompactionStatus:
+    """Where compaction stands, for ``pagellm status``."""
+
+    version: int
+    compacted_at: datetime | None  # None: never compacted
+    compacted_files: int
+    waiting_files: int  # fresh files no compacted file covers yet (seeds left out)
+    oldest_waiting_s: float | None  # age of the oldest of them
+    awaiting_deletion: int  # covered and retired files the purge has not deleted yet
+
+
+def compaction_status(store: EventStore) -> CompactionStatus:
+    manifest = read_manifest(store.root)
+    now, waiting = time.time(), []
+    for dataset in store.datasets():
+        seed = str(store.seed_path(dataset).relative_to(store.root))
+        waiting += [f for f in store.current_files(dataset).fresh if f != seed]
+    ages = [now - int(Path(f).name.split("-", 1)[0]) / 1e9 for f in waiting]
+    parts = manifest.datasets.values()
+    return CompactionStatus(
+        version=manifest.version,
+        compacted_at=manifest.compacted_at,
+        compacted_files=sum(len(p.files) for p in parts),
+        waiting_files=len(waiting),
+        oldest_waiting_s=max(ages, default=None),
+        awaiting_deletion=sum(len(p.covered) + len(p.retired) for p in parts),
+    )
+
+
+@dataclass(frozen=True)
 class _Merge:
     """One dataset's part of a compaction, before it is committed."""
 
@@ -213,6 +243,7 @@ def compact(
             store.root,
             CompactionManifest(
                 version=version,
+                compacted_at=retirement.at,
                 readable_from=manifest.readable_from,
                 datasets=datasets,
                 offsets=offsets,
