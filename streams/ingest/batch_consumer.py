@@ -63,9 +63,11 @@ class _WaitForBatchOnRevoke(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.service.batch_lock:  # the batch in flight is stored and committed
+            self.service.owned = self.service.owned - set(revoked)
             self.service.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.service.owned = frozenset(assigned)  # the whole new assignment (eager protocol)
         log.info("partitions assigned: %s", sorted(assigned))
 
 
@@ -86,9 +88,11 @@ class BatchConsumer(Service):
         self.batch_lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
-
-    def assignment(self) -> set[TopicPartition]:
-        return set(self.consumer.assignment()) if self.consumer else set()
+        # What this worker may store and commit: from the rebalance callbacks, not the
+        # client's ``assignment()``, which between a revocation and the next assignment can
+        # still name the revoked partitions (a worker then claimed one its successor held, and
+        # one of the two was fenced). Replaced whole, never mutated: other threads read it.
+        self.owned: frozenset[TopicPartition] = frozenset()
 
     async def on_start(self) -> None:
         s = self.settings
@@ -158,7 +162,7 @@ class BatchConsumer(Service):
         assert self.consumer is not None
         async with self.batch_lock:
             await self.persist(records)
-            owned = self.assignment()
+            owned = self.owned
             offsets = {tp: o for tp, o in next_offsets(records).items() if tp in owned}
             if not offsets:
                 return

@@ -189,7 +189,7 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
         store,
         settings,
         writer_id or default_writer_id(),
-        owns=lambda topic, partition: TopicPartition(topic, partition) in consumer.assignment(),
+        owns=lambda topic, partition: TopicPartition(topic, partition) in consumer.owned,
     )
     datadir = store.root / ".faust" / ingestor.writer_id
     datadir.mkdir(parents=True, exist_ok=True)
