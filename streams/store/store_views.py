@@ -1,8 +1,9 @@
 """The analysts' tables: DuckDB views over the event store's Parquet files.
 
-A connection's views read one version of the compaction manifest's files (see
-``compaction_manifest``) plus the fresh files' glob, which they re-read at every query, so a
-query sees every batch made durable before it started, and every row once, compacted or not.
+A connection's views read one version of the compaction manifest's compacted files (see
+``compaction_manifest``), the fresh files it does not cover up to a horizon by name, and the
+fresh files after it by a glob they re-read at every query (``dataset_scan``): a query sees
+every batch made durable before it started, and every row once, compacted or not.
 Two ways in, neither of which locks anything a writer needs:
 
 * Python: ``connect_store(root)`` returns an in-memory DuckDB connection with the views;
@@ -65,9 +66,10 @@ def dataset_scan(store: EventStore, dataset: str, pinned: PinnedFiles, derived: 
     read with the seed's schema (see below), the named ones by name."""
     horizon = fresh_horizon(dataset, pinned)
     options = "hive_partitioning = true, union_by_name = true"
-    # Not by name: that reads every globbed file's schema at each query, covered ones too. The
-    # first file globbed is the seed, which has the current schema; a file written after the
-    # horizon by a worker of an older schema (mid-upgrade) fails the query until it is older.
+    # Without union_by_name, which would read every globbed file's schema at each query (the
+    # merged ones awaiting deletion too): the first file globbed is the seed, which has the
+    # current schema, and a file after the horizon written by a worker of an older schema
+    # (mid-upgrade) may fail the query until it is older than the horizon.
     parts = [
         f"SELECT * EXCLUDE (filename){derived} "
         f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
