@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +20,9 @@ from schemas import InvalidEvent, event_to_json, parse_event
 from streams.derive.derived_state import DeriveConfig
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
+
+if TYPE_CHECKING:
+    from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True, soft_wrap=True)
@@ -315,9 +318,7 @@ def run_store_init(args: argparse.Namespace) -> int:
 
 
 def run_store_compact(args: argparse.Namespace) -> int:
-    from streams.store.compactor import compact, purge
     from streams.store.event_store import EventStore
-    from streams.store.store_views import write_catalog
 
     settings = settings_from(args)
     store = EventStore(settings.store_dir)
@@ -326,20 +327,41 @@ def run_store_compact(args: argparse.Namespace) -> int:
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            merged = compact(store, settings.compact_min_age_s, settings.compact_target_mb << 20)
-            purged = purge(store, settings.compact_retention_s)
-            if merged.fresh_files or purged.deleted:
-                write_catalog(store)  # the CLI's views name the files of the new version
-            console.print(
-                f"compaction version {merged.version}: {merged.fresh_files} fresh and "
-                f"{merged.merged_files} compacted files merged into {merged.written_files} "
-                f"({merged.rows:,} rows) in {merged.seconds:.1f} s; {purged.deleted} merged "
-                f"files deleted; views of versions before {purged.readable_from} refuse to run"
-            )
+            compact_and_purge(store, settings)
             if args.every is None:
                 return 0
             time.sleep(args.every)
     return 0
+
+
+def compact_and_purge(store: EventStore, settings: StreamSettings) -> None:
+    """Merge every fresh file old enough, in rounds of ``compact_max_files`` per dataset, then
+    delete what the retention allows; rewrite the catalog if anything changed."""
+    from streams.store.compactor import compact, purge
+    from streams.store.store_views import write_catalog
+
+    changed, more = False, True
+    while more:
+        merged = compact(
+            store,
+            settings.compact_min_age_s,
+            settings.compact_target_mb << 20,
+            settings.compact_max_files,
+        )
+        changed, more = changed or merged.fresh_files > 0, merged.more_waiting
+        console.print(
+            f"compaction version {merged.version}: {merged.fresh_files} fresh and "
+            f"{merged.merged_files} compacted files merged into {merged.written_files} "
+            f"({merged.rows:,} rows) in {merged.seconds:.1f} s"
+            + ("; more fresh files wait for the next round" if more else "")
+        )
+    purged = purge(store, settings.compact_retention_s)
+    console.print(
+        f"{purged.deleted} merged files deleted; views of versions before "
+        f"{purged.readable_from} refuse to run"
+    )
+    if changed or purged.deleted:
+        write_catalog(store)  # the CLI's views name the files of the new version
 
 
 def run_store_sql(args: argparse.Namespace) -> int:

@@ -77,6 +77,9 @@ class StreamSettings(BaseSettings):
     compact_target_mb: int = Field(
         256, ge=1, description="a compacted file of an event date grows by merges up to this"
     )
+    compact_max_files: int = Field(
+        20_000, ge=1, description="fresh files of a dataset merged per round (one DuckDB COPY)"
+    )
 
     @model_validator(mode="after")
     def _writable(self) -> StreamSettings:

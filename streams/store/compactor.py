@@ -71,6 +71,7 @@ class CompactionReport:
     written_files: int  # compacted files written
     rows: int  # rows in the files written
     seconds: float
+    more_waiting: bool = False  # a dataset had more fresh files than one run takes
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,12 @@ def compact(
             shutil.rmtree(leftover, ignore_errors=True)  # a crashed run's; never visible
         manifest = read_manifest(store.root)
         merges: dict[str, _Merge] = {}
+        more_waiting = False
         for dataset in store.datasets():
             part = manifest.of(dataset)
-            fresh = _fresh_candidates(store, dataset, part, min_age_s)[:max_fresh_files]
-            if fresh:
+            candidates = _fresh_candidates(store, dataset, part, min_age_s)
+            more_waiting |= len(candidates) > max_fresh_files
+            if fresh := candidates[:max_fresh_files]:
                 merges[dataset] = _merge(store, dataset, part, fresh, target_bytes)
         if not merges:
             return CompactionReport(manifest.version, 0, 0, 0, 0, time.perf_counter() - started)
@@ -257,6 +260,7 @@ def compact(
         written_files=sum(len(m.written) for m in merges.values()),
         rows=sum(e.rows for m in merges.values() for e in m.written.values()),
         seconds=time.perf_counter() - started,
+        more_waiting=more_waiting,
     )
     log.info("compaction %s", report)
     return report
