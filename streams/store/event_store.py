@@ -92,7 +92,7 @@ class EventStore:
 
     def fresh_files(self, dataset: str) -> list[str]:
         """A dataset's fresh files (the writers' own, compacted or not yet), relative to the
-        root, in name (write-time) order."""
+        root, in name order: the order in which they became visible."""
         return sorted(
             str(p.relative_to(self.root)) for p in (self.root / dataset).glob("*/*.parquet")
         )
