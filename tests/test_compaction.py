@@ -332,3 +332,21 @@ def test_the_status_counts_waiting_compacted_and_deletable_files(store: EventSto
     assert done.compacted_files == DAYS + 1 and done.compacted_at is not None
     purge(store, retention_s=0)
     assert compaction_status(store).awaiting_deletion == 0
+
+
+def test_a_view_names_the_files_before_its_horizon_and_globs_the_later_ones(
+    store: EventStore,
+) -> None:
+    write_days(store, 0, days=2)
+    # Renamed as if published two minutes ago: older than any new view's horizon.
+    for name in store.ledger_files()[1:]:
+        path = store.root / name
+        ns = int(path.name.split("-", 1)[0]) - 120 * 10**9
+        path.rename(path.with_name(f"{ns:020d}-{path.name.split('-', 1)[1]}"))
+    con = connect_store(store.root)
+    assert counts(con) == (22, 20, 20, 2)
+    write_days(store, 22, days=1)  # after the horizon: found by the glob at the next query
+    assert counts(con) == (33, 30, 30, 3)
+    view = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'ingested'").fetchone()
+    named = [n for n in store.ledger_files() if str(store.root / n) in view[0]]
+    assert len(named) == 3  # the seed and the two old files, not the new one
