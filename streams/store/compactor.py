@@ -97,7 +97,7 @@ def compaction_status(store: EventStore) -> CompactionStatus:
     now, waiting = time.time(), []
     for dataset in store.datasets():
         seed = str(store.seed_path(dataset).relative_to(store.root))
-        waiting += [f for f in store.current_files(dataset).fresh if f != seed]
+        waiting += [f for f in store.current_files(dataset, manifest).fresh if f != seed]
     ages = [now - int(Path(f).name.split("-", 1)[0]) / 1e9 for f in waiting]
     parts = manifest.datasets.values()
     return CompactionStatus(

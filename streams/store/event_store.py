@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from streams.store.atomic_files import publish_new_file, write_atomically
-from streams.store.compaction_manifest import ensure_guard, read_manifest
+from streams.store.compaction_manifest import CompactionManifest, ensure_guard, read_manifest
 from streams.store.event_ids import DIGEST, DIGEST_SQL
 from streams.store.ledger_schema import LedgerBatch, empty_ledger_table
 from streams.store.partition_fences import Partition, PartitionFences
@@ -100,9 +100,12 @@ class EventStore:
     def current_ledger(self) -> PinnedFiles:
         return self.current_files(LEDGER_DIR)
 
-    def current_files(self, dataset: str) -> PinnedFiles:
-        """The files to read for the whole of ``dataset`` as it is now (see ``PinnedFiles``)."""
-        manifest = read_manifest(self.root)  # before listing: a file it covers is still there
+    def current_files(
+        self, dataset: str, manifest: CompactionManifest | None = None
+    ) -> PinnedFiles:
+        """The files to read for the whole of ``dataset`` as it is now (see ``PinnedFiles``),
+        as of ``manifest`` if given (read before the listing: a file it covers is still there)."""
+        manifest = manifest or read_manifest(self.root)
         part = manifest.of(dataset)
         covered = frozenset(part.covered)
         return PinnedFiles(

@@ -23,7 +23,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from streams.store.compaction_manifest import EVENT_DATE_SQL, ensure_guard, guard_path
+from streams.store.compaction_manifest import (
+    EVENT_DATE_SQL,
+    ensure_guard,
+    guard_path,
+    read_manifest,
+)
 from streams.store.event_store import LEDGER_DIR, TABLE, EventStore, PinnedFiles
 from streams.store.ledger_schema import empty_ledger_table
 from streams.store.sql_literals import sql_literal
@@ -189,10 +194,11 @@ def view_definitions(
     }
 
 
-def resolve_datasets(select: str, store: EventStore) -> str:
+def resolve_datasets(select: str, store: EventStore, pinned: Mapping[str, PinnedFiles]) -> str:
     """A registered view's SELECT with each ``{table:NAME}`` as every row of that dataset
-    (``dataset_scan``) and each ``{dataset:NAME}`` as its fresh files' quoted glob."""
-    select = TABLE.sub(lambda m: dataset_scan(store, m[1], store.current_files(m[1])), select)
+    (``dataset_scan`` over ``pinned[NAME]``) and each ``{dataset:NAME}`` as its fresh files'
+    quoted glob."""
+    select = TABLE.sub(lambda m: dataset_scan(store, m[1], pinned[m[1]]), select)
     return _DATASET.sub(lambda m: sql_literal(store.dataset_glob(m[1])), select)
 
 
@@ -200,9 +206,11 @@ def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
     """The ledger's views, then those registered with the store (``register_views``)."""
     with contextlib.suppress(OSError):  # a store mounted read-only is still read
         ensure_guard(store.root)
-    ledger = store.current_ledger()
+    manifest = read_manifest(store.root)  # one version for every dataset, read once
+    pinned = {d: store.current_files(d, manifest) for d in store.datasets()}
+    ledger = pinned[LEDGER_DIR]
     views = view_definitions(store, ledger, missing_ledger_columns(con, store, ledger))
-    views |= {n: resolve_datasets(s, store) for n, s in store.registered_views().items()}
+    views |= {n: resolve_datasets(s, store, pinned) for n, s in store.registered_views().items()}
     for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
