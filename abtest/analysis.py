@@ -11,6 +11,7 @@ for multiple testing.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -51,6 +52,9 @@ class Report(BaseModel):
     tests_in_family: int = 0  # how many p-values the correction adjusted together
     looks: int = 1  # reports of this experiment so far, this one included
     results: list[MetricResult]
+    # "rollup": the experiment's user rollup (``user_rollup``), whose round ended the window;
+    # "events": the raw events, up to the report's time.
+    read_from: Literal["rollup", "events"] = "events"
 
 
 def phase_summaries(

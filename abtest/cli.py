@@ -6,9 +6,11 @@ The report's statistics and plotting (scipy, matplotlib) load only for the comma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,6 +150,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     report.add_argument("name")
     report.add_argument("--out", type=Path, help="directory of the JSON and PNG")
     report.add_argument("--now", type=_time, help="report as of this time (default: now)")
+    report.add_argument(
+        "--raw", action="store_true", help="read the raw events even where a recent rollup exists"
+    )
+    rollup = action(
+        "rollup", "keep every experiment's user rollup current, which reports read", run_rollup
+    )
+    rollup.add_argument(
+        "--every", type=float, metavar="S", help="a round every S seconds (default: one round)"
+    )
     plan = action("plan", "users and days needed to detect a lift, from recent traffic", run_plan)
     plan.add_argument("--metric", type=MetricName, default=MetricName.GMV_PER_USER,
                       help="the metric to power (gmv_per_user)")  # fmt: skip
@@ -285,7 +296,7 @@ def run_report(args: argparse.Namespace) -> int:
     store_dir = _store_dir(args)
     with err.status(f"computing the report of {args.name} over {store_dir} ..."):
         report = build_report(
-            store_dir, args.name, args.now, memory_limit=AbSettings().memory_limit
+            store_dir, args.name, args.now, memory_limit=AbSettings().memory_limit, raw=args.raw
         )
     console.print(report_table(report))
     files = write_report(report, args.out or store_dir / "experiments" / "reports")
@@ -293,6 +304,24 @@ def run_report(args: argparse.Namespace) -> int:
     if report.srm_flagged:
         return 3  # scripts must not miss it either
     return 0 if report.sufficient_data else 4
+
+
+def run_rollup(args: argparse.Namespace) -> int:
+    from abtest.user_rollup import RollupWorker
+
+    worker = RollupWorker(_store_dir(args))
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            for r in worker.run_round():
+                how = "rebuilt" if r.rebuilt else f"{r.changed_users:,} users recomputed"
+                console.print(
+                    f"rollup of {r.experiment}: {r.users:,} exposed users up to "
+                    f"{r.window_end:%Y-%m-%d %H:%M:%S} UTC, {how}, {r.seconds:.1f} s"
+                )
+            if args.every is None:
+                return 0
+            time.sleep(args.every)
+    return 0
 
 
 def run_plan(args: argparse.Namespace) -> int:

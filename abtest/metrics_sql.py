@@ -90,21 +90,25 @@ def _phase_end(phase: str, phases: int) -> str:
     )
 
 
-def variant_moments_sql(phases: int = 1) -> str:
-    """The whole report query; parameters $experiment, $pre_start, $start, $end and the phase
-    bounds $phase_start_k (k >= 1) and $phase_end_k (k >= 0)."""
+def experiment_users_sql(phases: int = 1, only_users: str = "") -> str:
+    """One row per exposed user: user_key, phase, variant, ambiguous and every column of
+    ``moment_columns`` (0 for a user without events); parameters as ``variant_moments_sql``.
+    ``only_users``: a relation of ``user_key``s to restrict it to (the rollup's changed users).
+    """
     # A user's phase is that of their first impression: of their per-phase rows, the first.
     # A CASE over the few phase starts costs next to nothing; an ASOF join doubled the scan.
     first_phase = (
         "QUALIFY row_number() OVER (PARTITION BY user_key ORDER BY phase) = 1" if phases > 1 else ""
     )
+    restrict = f"AND hash(user_id) IN (SELECT user_key FROM {only_users})" if only_users else ""
+    totals = ", ".join(f"coalesce(u.{c}, 0) AS {c}" for c in moment_columns())
     return f"""
 WITH exposure AS (
     SELECT hash(user_id) AS user_key, {_phase_of("ts", phases)} AS phase,
            {_phase_end("phase", phases)} AS phase_end, min(ts) AS exposed_at,
            min(variant) AS variant, min(variant) != max(variant) AS ambiguous
     FROM impressions
-    WHERE experiment = $experiment AND ts >= $start AND ts < $end
+    WHERE experiment = $experiment AND ts >= $start AND ts < $end {restrict}
     GROUP BY user_key, phase
     {first_phase}
 ),
@@ -120,11 +124,26 @@ users AS (
            {_user_totals("pre_", "NOT in_period")}
     FROM sessions GROUP BY user_key
 )
-SELECT x.phase, x.variant, x.ambiguous, count(*) AS n, {", ".join(_moment_aggregates())}
+SELECT x.user_key, x.phase, x.variant, x.ambiguous, {totals}
 FROM exposure x LEFT JOIN users u ON u.user_key = x.user_key
-GROUP BY x.phase, x.variant, x.ambiguous
-ORDER BY x.phase, x.variant
 """
+
+
+def moments_sql(users: str) -> str:
+    """Per phase, variant and ambiguity: n and the moments over ``users``, a relation of
+    ``experiment_users_sql``'s rows."""
+    return f"""
+SELECT u.phase, u.variant, u.ambiguous, count(*) AS n, {", ".join(_moment_aggregates())}
+FROM {users} u
+GROUP BY u.phase, u.variant, u.ambiguous
+ORDER BY u.phase, u.variant
+"""
+
+
+def variant_moments_sql(phases: int = 1) -> str:
+    """The whole report query over raw events; parameters $experiment, $pre_start, $start,
+    $end and the phase bounds $phase_start_k (k >= 1) and $phase_end_k (k >= 0)."""
+    return moments_sql(f"({experiment_users_sql(phases)})")
 
 
 def history_sql() -> str:
@@ -174,13 +193,10 @@ class VariantData:
         return Moments.from_aggregates(metric.columns, row)
 
 
-def query_variant_data(
-    con: duckdb.DuckDBPyConnection, experiment: Experiment, now: datetime | None = None
-) -> VariantData:
-    """Run the report query for ``experiment`` over the store's views on ``con``."""
-    end = experiment.window_end(now)
+def report_parameters(experiment: Experiment, end: datetime) -> dict[str, object]:
+    """The report queries' parameters for ``experiment``'s data up to ``end``."""
     windows = experiment.phase_windows(end)
-    params = {
+    params: dict[str, object] = {
         "experiment": experiment.name,
         "pre_start": experiment.pre_start,
         "start": experiment.start,
@@ -188,18 +204,34 @@ def query_variant_data(
     }
     params |= {f"phase_start_{w.index}": w.start for w in windows[1:]}
     params |= {f"phase_end_{w.index}": w.end for w in windows}
-    cursor = con.execute(variant_moments_sql(len(windows)), params)
+    return params
+
+
+def variant_data(
+    cursor: duckdb.DuckDBPyConnection, experiment: Experiment, phases: int
+) -> VariantData:
+    """``moments_sql``'s rows on ``cursor``, sorted into phases, ambiguous and unknown."""
     names = [d[0] for d in cursor.description]
     rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     known = {v.name for v in experiment.variants}
-    phases: list[dict[str, dict[str, float]]] = [{} for _ in windows]
+    by_phase: list[dict[str, dict[str, float]]] = [{} for _ in range(phases)]
     unknown: dict[str, int] = {}
     ambiguous = 0
     for row in rows:
         if row["ambiguous"]:
             ambiguous += int(row["n"])
         elif row["variant"] in known:
-            phases[row["phase"]][row["variant"]] = row
+            by_phase[row["phase"]][row["variant"]] = row
         else:
             unknown[str(row["variant"])] = unknown.get(str(row["variant"]), 0) + int(row["n"])
-    return VariantData(tuple(phases), ambiguous, unknown)
+    return VariantData(tuple(by_phase), ambiguous, unknown)
+
+
+def query_variant_data(
+    con: duckdb.DuckDBPyConnection, experiment: Experiment, now: datetime | None = None
+) -> VariantData:
+    """Run the report query for ``experiment`` over the store's raw events on ``con``."""
+    end = experiment.window_end(now)
+    phases = len(experiment.phase_windows(end))
+    cursor = con.execute(variant_moments_sql(phases), report_parameters(experiment, end))
+    return variant_data(cursor, experiment, phases)

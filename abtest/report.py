@@ -12,22 +12,38 @@ from abtest.lift_plot import plot_lifts
 from abtest.looks import LookLog
 from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
+from abtest.settings import AbSettings
+from abtest.user_rollup import rollup_variant_data
 from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
 
 
 def build_report(
-    store_dir: Path, name: str, now: datetime | None = None, memory_limit: str | None = None
+    store_dir: Path,
+    name: str,
+    now: datetime | None = None,
+    memory_limit: str | None = None,
+    raw: bool = False,
 ) -> Report:
-    """The report of experiment ``name`` over everything the store holds up to ``now``."""
+    """The report of experiment ``name`` over everything the store holds up to ``now``: from
+    its rollup (``user_rollup``) when one was built recently enough, up to the rollup's time,
+    else (or if ``raw``) from the raw events."""
     experiment = ExperimentRegistry(store_dir).get(name)
     now = now or datetime.now(UTC)
-    con = connect_store(store_dir)
-    if memory_limit:
-        con.execute("SET memory_limit = $limit", {"limit": memory_limit})
-    data = query_variant_data(con, experiment, now)
-    report = analyze(experiment, data, experiment.window_end(now))
+    settings = AbSettings()
+    rolled = (
+        None if raw else rollup_variant_data(store_dir, experiment, now, settings.rollup_max_age_s)
+    )
+    if rolled is not None:
+        data, window_end = rolled
+    else:
+        con = connect_store(store_dir)
+        if memory_limit:
+            con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+        data, window_end = query_variant_data(con, experiment, now), experiment.window_end(now)
+    report = analyze(experiment, data, window_end)
+    report.read_from = "events" if rolled is None else "rollup"
     return LookLog(store_dir, name).record(report, taken_at=datetime.now(UTC))
 
 

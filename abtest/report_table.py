@@ -56,6 +56,7 @@ def report_table(report: Report) -> Group:
     title = (
         f"Experiment {report.experiment}: {report.window_start:%Y-%m-%d %H:%M} to "
         f"{report.window_end:%Y-%m-%d %H:%M} UTC"
+        + (" (from the user rollup)" if report.read_from == "rollup" else "")
     )
     parts: list[Panel | Table | Text] = [
         Text(title, style="bold"),

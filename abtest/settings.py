@@ -25,3 +25,10 @@ class AbSettings(BaseSettings):
         description="days the layer buckets of a stopped or ended experiment rest before another "
         "experiment may take them, so its users do not carry its effect into the next one",
     )
+    rollup_max_age_s: float = Field(
+        900.0,
+        ge=0,
+        description="a report reads an experiment's user rollup (`pagellm ab rollup`) when its "
+        "last round was at most this long ago, with the window ending at that round; else the "
+        "raw events, up to now",
+    )

@@ -81,3 +81,13 @@ def publish_new_file(
         raise
     fsync_dir(path.parent)
     return path
+
+
+def move_into_place(written: Path, path: Path) -> None:
+    """Make ``written`` (a whole file another writer made, DuckDB's ``COPY`` say) durable and
+    rename it to ``path``, where readers see it whole or not at all."""
+    with open(written, "rb") as f:
+        os.fsync(f.fileno())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(written, path)
+    fsync_dir(path.parent)

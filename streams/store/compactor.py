@@ -14,7 +14,6 @@ why readers see every row exactly once throughout.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -25,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from streams.store.atomic_files import fsync_dir
+from streams.store.atomic_files import fsync_dir, move_into_place
 from streams.store.compaction_manifest import (
     EVENT_DATE_SQL,
     CompactedDataset,
@@ -148,13 +147,9 @@ def _publish(store: EventStore, dataset: str, staged: Path) -> dict[str, Compact
     """Move the staged files (``KEY=PERIOD/*.parquet``) into place, durably; their entries."""
     written: dict[str, CompactedFile] = {}
     for part in sorted(staged.glob("*=*/*.parquet")):
-        with open(part, "rb") as f:
-            os.fsync(f.fileno())
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         target = compacted_dir(store.root) / dataset / part.parent.name / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, target)
-        fsync_dir(target.parent)
+        move_into_place(part, target)
         written[str(target.relative_to(store.root))] = CompactedFile(
             period=part.parent.name.split("=", 1)[1],
             rows=pq.ParquetFile(target).metadata.num_rows,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams.store.compaction_manifest import read_guard
-from streams.store.event_store import EventStore
+from streams.store.event_store import EventStore, PinnedFiles
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,20 @@ class LedgerFollower:
         self._version = ledger.version
         self.seen = set(ledger.fresh) | set(ledger.covered)
         return NewFiles(ledger.files, True)
+
+    def poll_pinned(self) -> tuple[PinnedFiles, NewFiles]:
+        """The ledger as it is now, for a reader that must know exactly what it read (views
+        over it: ``connect_store(root, ledger)``), and its fresh files not handed out before
+        (the whole ledger at first, or after missing a deletion, as ``poll``)."""
+        ledger = self.store.current_ledger()
+        names = set(ledger.fresh) | ledger.covered
+        caught_up = (
+            self._version is not None
+            and read_guard(self.store.root).readable_from <= self._version
+        )
+        if caught_up:
+            new = NewFiles(tuple(sorted(names - self.seen)), False)
+        else:
+            new = NewFiles(ledger.files, True)
+        self._version, self.seen = ledger.version, names
+        return ledger, new

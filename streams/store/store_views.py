@@ -59,23 +59,26 @@ def fresh_horizon(dataset: str, pinned: PinnedFiles, now_ns: int | None = None) 
     return max([horizon, *pinned.covered])
 
 
-def dataset_scan(store: EventStore, dataset: str, pinned: PinnedFiles, derived: str = "") -> str:
+def dataset_scan(
+    store: EventStore, dataset: str, pinned: PinnedFiles, derived: str = "", frozen: bool = False
+) -> str:
     """Every row of ``dataset`` once: the compacted files of ``pinned``'s manifest version, its
     uncovered fresh files named before the horizon (``fresh_horizon``) and, by glob, every
     fresh file named after it (those published since, at every query), with the ``derived``
     columns, which the compactor stores. Refused once that version's files may be deleted.
+    ``frozen``: exactly ``pinned``'s files, every fresh one by name and none published since.
 
     Naming the older fresh files rather than globbing them all and skipping the covered ones
     by name keeps the filter's cost per file constant: DuckDB matched each file against the
     whole list, 2 s at 2,000 covered files and growing with their square. The glob's files are
     read with the seed's schema (see below), the named ones by name."""
-    horizon = fresh_horizon(dataset, pinned)
+    horizon = "~" if frozen else fresh_horizon(dataset, pinned)  # "~" sorts after every name
     options = "hive_partitioning = true, union_by_name = true"
     # Without union_by_name, which would read every globbed file's schema at each query (the
     # merged ones awaiting deletion too): the first file globbed is the seed, which has the
     # current schema, and a file after the horizon written by a worker of an older schema
     # (mid-upgrade) may fail the query until it is older than the horizon.
-    parts = [
+    parts = [] if frozen else [
         f"SELECT * EXCLUDE (filename){derived} "
         f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
         "hive_partitioning = true, filename = true) "
@@ -105,8 +108,8 @@ def dataset_scan(store: EventStore, dataset: str, pinned: PinnedFiles, derived: 
     )
 
 
-def _ledger_scan(store: EventStore, ledger: PinnedFiles) -> str:
-    return dataset_scan(store, LEDGER_DIR, ledger, f", {EVENT_DATE_SQL} AS event_date")
+def _ledger_scan(store: EventStore, ledger: PinnedFiles, frozen: bool = False) -> str:
+    return dataset_scan(store, LEDGER_DIR, ledger, f", {EVENT_DATE_SQL} AS event_date", frozen)
 
 
 def missing_ledger_columns(
@@ -135,13 +138,17 @@ def missing_ledger_columns(
 
 
 def view_definitions(
-    store: EventStore, ledger: PinnedFiles, missing: Mapping[str, str] | None = None
+    store: EventStore,
+    ledger: PinnedFiles,
+    missing: Mapping[str, str] | None = None,
+    frozen: bool = False,
 ) -> dict[str, str]:
     """Name -> SELECT of every analyst view over ``ledger``'s files, in dependency order
-    (``missing`` columns, of ``missing_ledger_columns``, as typed nulls)."""
+    (``missing`` columns, of ``missing_ledger_columns``, as typed nulls; ``frozen``: see
+    ``dataset_scan``)."""
     nulls = "".join(f", NULL::{kind} AS {name}" for name, kind in (missing or {}).items())
     return {
-        "ingested": f"SELECT *{nulls} FROM {_ledger_scan(store, ledger)}",
+        "ingested": f"SELECT *{nulls} FROM {_ledger_scan(store, ledger, frozen)}",
         "events": (
             f"SELECT {_COMMON}, type, request_id, item_id, position, quantity, unit_price, "
             f"currency, gmv, rating, model_version, experiment, variant, page, {_SOURCE} "
@@ -202,21 +209,29 @@ def resolve_datasets(select: str, store: EventStore, pinned: Mapping[str, Pinned
     return _DATASET.sub(lambda m: sql_literal(store.dataset_glob(m[1])), select)
 
 
-def create_views(con: duckdb.DuckDBPyConnection, store: EventStore) -> None:
-    """The ledger's views, then those registered with the store (``register_views``)."""
+def create_views(
+    con: duckdb.DuckDBPyConnection, store: EventStore, ledger: PinnedFiles | None = None
+) -> None:
+    """The ledger's views, then those registered with the store (``register_views``).
+    ``ledger``: the ledger views read exactly those files (``dataset_scan``'s ``frozen``)."""
     with contextlib.suppress(OSError):  # a store mounted read-only is still read
         ensure_guard(store.root)
     manifest = read_manifest(store.root)  # one version for every dataset, read once
     pinned = {d: store.current_files(d, manifest) for d in store.datasets()}
-    ledger = pinned[LEDGER_DIR]
-    views = view_definitions(store, ledger, missing_ledger_columns(con, store, ledger))
+    frozen = ledger is not None
+    ledger = ledger or pinned[LEDGER_DIR]
+    missing = missing_ledger_columns(con, store, ledger)
+    views = view_definitions(store, ledger, missing, frozen)
     views |= {n: resolve_datasets(s, store, pinned) for n, s in store.registered_views().items()}
     for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
 
-def connect_store(root: Path | str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the analyst views over the store at ``root``."""
+def connect_store(
+    root: Path | str, ledger: PinnedFiles | None = None
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the analyst views over the store at ``root``
+    (``ledger``: over exactly those ledger files, for a reader that must know what it read)."""
     store = EventStore(root)
     if not (store.ledger_dir.exists()):
         raise FileNotFoundError(
@@ -224,7 +239,7 @@ def connect_store(root: Path | str) -> duckdb.DuckDBPyConnection:
             "run an ingest worker or `pagellm store init` first"
         )
     con = duckdb.connect()
-    create_views(con, store)
+    create_views(con, store, ledger)
     return con
 
 
