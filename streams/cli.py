@@ -143,13 +143,17 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         run_store_compact,
     )
     compact.add_argument(
-        "--min-age", dest="compact_min_age_s", type=float,
+        "--min-age",
+        dest="compact_min_age_s",
+        type=float,
         help="merge fresh files at least this many seconds old (PAGELLM_COMPACT_MIN_AGE_S, 300)",
     )
     compact.add_argument(
-        "--retention", dest="compact_retention_s", type=float,
+        "--retention",
+        dest="compact_retention_s",
+        type=float,
         help="delete merged files this many seconds after the last view that read them "
-             "(PAGELLM_COMPACT_RETENTION_S, 3600)",
+        "(PAGELLM_COMPACT_RETENTION_S, 3600)",
     )
     compact.add_argument(
         "--every", type=float, metavar="SECONDS", help="run again every SECONDS until stopped",

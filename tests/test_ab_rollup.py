@@ -108,6 +108,8 @@ def test_each_round_equals_the_raw_report_through_late_events_replays_and_compac
 
     compact(ledger.store, min_age_s=0)  # the rows move into compacted files: none is new
     assert check_round(worker, experiment, now) == (False, 0)
+    # Another process goes on from the position the last round saved: still nothing new.
+    assert check_round(RollupWorker(ledger.store.root), experiment, now) == (False, 0)
 
     ledger.write([purchase("u2", "s13", T0 + 3 * D, 2, "9.5")])
     compact(ledger.store, min_age_s=0)  # compacted before the round read it as fresh

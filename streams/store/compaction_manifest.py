@@ -18,7 +18,6 @@ that fails loudly instead of silently missing the deleted rows.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -27,6 +26,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from streams.store.atomic_files import fsync_dir, temporary_beside, write_atomically
+from streams.store.file_locks import exclusive
 
 # A rejected record has no event time of its own: it goes with the day it was ingested.
 EVENT_DATE_SQL = "(coalesce(ts, ingested_at) AT TIME ZONE 'UTC')::DATE"
@@ -123,9 +123,6 @@ def ensure_guard(root: Path) -> None:
 
 @contextlib.contextmanager
 def compaction_lock(root: Path) -> Iterator[None]:
-    """One compactor at a time per store (``flock``, released if the process dies)."""
-    directory = compacted_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """One compactor at a time per store."""
+    with exclusive(compacted_dir(root) / ".lock"):
         yield

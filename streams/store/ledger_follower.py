@@ -13,8 +13,11 @@ starts over from the whole ledger (with the default retention, only one away for
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+from streams.store.atomic_files import write_atomically
 from streams.store.compaction_manifest import read_guard
 from streams.store.event_store import EventStore, PinnedFiles
 
@@ -54,8 +57,7 @@ class LedgerFollower:
         ledger = self.store.current_ledger()
         names = set(ledger.fresh) | ledger.covered
         caught_up = (
-            self._version is not None
-            and read_guard(self.store.root).readable_from <= self._version
+            self._version is not None and read_guard(self.store.root).readable_from <= self._version
         )
         if caught_up:
             new = NewFiles(tuple(sorted(names - self.seen)), False)
@@ -63,3 +65,13 @@ class LedgerFollower:
             new = NewFiles(ledger.files, True)
         self._version, self.seen = ledger.version, names
         return ledger, new
+
+    def save(self, path: Path) -> None:
+        """Write where this follower is, durably, for a later process to ``load``."""
+        write_atomically(path, json.dumps({"version": self._version, "seen": sorted(self.seen)}))
+
+    def load(self, path: Path) -> None:
+        """Go on from where the follower that last ``save``d to ``path`` was (if one did)."""
+        if path.exists():
+            saved = json.loads(path.read_text())
+            self._version, self.seen = saved["version"], set(saved["seen"])

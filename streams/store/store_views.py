@@ -78,12 +78,16 @@ def dataset_scan(
     # merged ones awaiting deletion too): the first file globbed is the seed, which has the
     # current schema, and a file after the horizon written by a worker of an older schema
     # (mid-upgrade) may fail the query until it is older than the horizon.
-    parts = [] if frozen else [
-        f"SELECT * EXCLUDE (filename){derived} "
-        f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
-        "hive_partitioning = true, filename = true) "
-        f"WHERE filename > {sql_literal(str(store.root / horizon))}"
-    ]
+    parts = (
+        []
+        if frozen
+        else [
+            f"SELECT * EXCLUDE (filename){derived} "
+            f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
+            "hive_partitioning = true, filename = true) "
+            f"WHERE filename > {sql_literal(str(store.root / horizon))}"
+        ]
+    )
     if older := [f for f in pinned.fresh if f < horizon]:
         listed = ", ".join(sql_literal(p) for p in store.absolute(older))
         parts.append(f"SELECT *{derived} FROM read_parquet([{listed}], {options})")
@@ -227,9 +231,7 @@ def create_views(
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
 
-def connect_store(
-    root: Path | str, ledger: PinnedFiles | None = None
-) -> duckdb.DuckDBPyConnection:
+def connect_store(root: Path | str, ledger: PinnedFiles | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the analyst views over the store at ``root``
     (``ledger``: over exactly those ledger files, for a reader that must know what it read)."""
     store = EventStore(root)
