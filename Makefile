@@ -28,9 +28,12 @@ demo: $(JARS)
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
+# Two workers (pytest-xdist), a module each at a time: many tests wait on brokers, processes
+# and Ray more than they compute. Then, alone, the tests timed against a wall-clock budget.
 test: $(JARS)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 bench-ingest: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_ingest

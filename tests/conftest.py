@@ -21,6 +21,23 @@ from streams.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
+# `make test` hands whole modules to two workers (pytest -n 2 --dist loadfile), in collection
+# order: these, the longest (measured), go first so that none of them starts last.
+LONGEST_MODULES = (
+    "test_ray_training",
+    "test_serving_api",
+    "test_retrain_loop",
+    "test_recovery",
+    "test_retrain",
+    "test_ab_simulation",
+    "test_ab_phases",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept
+
 
 def wait_for(
     condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.1

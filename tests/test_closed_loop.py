@@ -26,6 +26,9 @@ from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 
+# The loop runs to a wall-clock budget: it must not share the machine with other tests.
+pytestmark = pytest.mark.serial
+
 USERS = SimulatorSettings(
     users=120, categories=4, items_per_category=10, history_min=14, history_max=22, clients=2
 )
