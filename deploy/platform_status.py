@@ -6,7 +6,7 @@
   many of the store's ledger files it has folded in;
 * learning: the retrain loop's state and the last retrain;
 * versions: the registry's production and every version still in play;
-* experiments: each one's state and what its variants serve;
+* experiments: each one's state, what its variants serve and its user rollup's last round;
 * serving: the server's health, the versions it has loaded and its impression spool.
 
 A part that cannot be reached is shown as down with the reason, never as an exception.
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from abtest.registry import ExperimentRegistry
+from abtest.user_rollup import ExperimentRollup
 from learner.registry import ModelRegistry
 from learner.retrain import read_retrains
 from learner.retrain_loop import read_loop_state
@@ -129,6 +130,19 @@ def derive_status(store: EventStore) -> DeriveStatus | None:
     )
 
 
+def rollup_status(store_dir: Path, experiment: str, now: datetime) -> dict[str, object] | None:
+    """The experiment's user rollup: its users, the end of its window and its last round's
+    age (None: never built; run `pagellm ab rollup`)."""
+    state = ExperimentRollup(store_dir, experiment).state()
+    if state is None:
+        return None
+    return {
+        "users": state.users,
+        "window_end": state.window_end.isoformat(),
+        "age_s": round((now - state.built_at).total_seconds(), 1),
+    }
+
+
 def serving_status(run_dir: Path) -> dict[str, object] | None:
     """The running server's health and versions, or None when none was started here."""
     state = read_state(run_dir)
@@ -162,6 +176,7 @@ def collect_status(streams: StreamSettings, serve_run_dir: Path) -> PlatformStat
             "state": "stopped" if e.stopped_at else ("running" if e.is_running(now) else "ended"),
             "variants": {v.name: v.model_version for v in e.variants},
             "start": e.start.isoformat(),
+            "rollup": rollup_status(streams.store_dir, e.name, now),
         }
         for e in ExperimentRegistry(streams.store_dir).list()
     ]
@@ -241,7 +256,13 @@ def render(status: PlatformStatus, console: Console) -> None:
     console.print(f"production {status.production or '-'}; in play: {versions or '-'}")
     for e in status.experiments:
         variants = ", ".join(f"{n}={v}" for n, v in e["variants"].items())  # type: ignore[attr-defined]
-        console.print(f"experiment {e['name']}: {e['state']} ({variants})", markup=False)
+        rollup = e["rollup"]
+        rolled = (
+            "no user rollup (reports read the raw events)"
+            if rollup is None
+            else f"user rollup of {rollup['users']:,} users, last round {rollup['age_s']:.0f} s ago"  # type: ignore[index]
+        )
+        console.print(f"experiment {e['name']}: {e['state']} ({variants}); {rolled}", markup=False)
     if status.serving is None:
         console.print("serving: no server started with this run directory")
     elif "down" in status.serving:

@@ -14,6 +14,7 @@ from abtest.metrics_sql import VariantData, query_variant_data
 from abtest.registry import ExperimentRegistry
 from abtest.report import build_report
 from abtest.user_rollup import ExperimentRollup, RollupWorker, rollup_variant_data
+from deploy.platform_status import rollup_status
 from schemas import Click, Impression, Purchase
 from streams.store.compactor import compact
 from streams.store.event_store import EventStore
@@ -140,3 +141,7 @@ def test_a_reweight_rebuilds_and_a_report_reads_a_recent_rollup(running) -> None
     # The rollup's rows are the users': one per exposed user, here u1, u2, u3, u5, u6, u9.
     state = ExperimentRollup(ledger.store.root, "exp").state()
     assert state is not None and state.users == 6
+    # What `pagellm status` shows of it.
+    shown = rollup_status(ledger.store.root, "exp", now + minute)
+    assert shown == {"users": 6, "window_end": now.isoformat(), "age_s": 60.0}
+    assert rollup_status(ledger.store.root, "never-rolled-up", now) is None
