@@ -309,10 +309,13 @@ def run_report(args: argparse.Namespace) -> int:
 def run_rollup(args: argparse.Namespace) -> int:
     from abtest.user_rollup import RollupWorker
 
-    worker = RollupWorker(_store_dir(args))
+    store_dir = _store_dir(args)
+    worker = RollupWorker(store_dir)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
-            for r in worker.run_round():
+            with err.status(f"a rollup round over {store_dir} ..."):
+                results = worker.run_round()
+            for r in results:
                 how = "rebuilt" if r.rebuilt else f"{r.changed_users:,} users recomputed"
                 console.print(
                     f"rollup of {r.experiment}: {r.users:,} exposed users up to "

@@ -12,7 +12,7 @@ from abtest.lift_plot import plot_lifts
 from abtest.looks import LookLog
 from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
-from abtest.settings import AbSettings
+from abtest.settings import AbSettings, cap_memory
 from abtest.user_rollup import rollup_variant_data
 from streams.store.store_views import connect_store
 
@@ -39,8 +39,7 @@ def build_report(
         data, window_end = rolled
     else:
         con = connect_store(store_dir)
-        if memory_limit:
-            con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+        cap_memory(con, memory_limit)
         data, window_end = query_variant_data(con, experiment, now), experiment.window_end(now)
     report = analyze(experiment, data, window_end)
     report.read_from = "events" if rolled is None else "rollup"

@@ -6,6 +6,7 @@ What belongs to one experiment (alpha, metrics, the pre-period) is in its config
 
 from __future__ import annotations
 
+import duckdb
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,8 +17,8 @@ class AbSettings(BaseSettings):
     memory_limit: str | None = Field(
         None,
         pattern=r"^\d+(\.\d+)?\s*(K|M|G|T)i?B$",
-        description="DuckDB's memory cap for a report, e.g. '4GB' (default: DuckDB's own, 80% "
-        "of RAM); beyond it DuckDB spills to disk, which costs time",
+        description="DuckDB's memory cap for a report and a rollup round, e.g. '4GB' (default: "
+        "DuckDB's own, 80% of RAM); beyond it DuckDB spills to disk, which costs time",
     )
     bucket_cooldown_days: float = Field(
         14.0,
@@ -32,3 +33,10 @@ class AbSettings(BaseSettings):
         "last round was at most this long ago, with the window ending at that round; else the "
         "raw events, up to now",
     )
+
+
+def cap_memory(con: duckdb.DuckDBPyConnection, limit: str | None) -> None:
+    """Cap DuckDB's memory on ``con`` at ``limit`` (``AbSettings.memory_limit``; None: leave
+    DuckDB's own)."""
+    if limit:
+        con.execute("SET memory_limit = $limit", {"limit": limit})

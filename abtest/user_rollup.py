@@ -47,6 +47,7 @@ from abtest.metrics_sql import (
     variant_data,
 )
 from abtest.registry import ExperimentRegistry
+from abtest.settings import AbSettings, cap_memory
 from streams.store.atomic_files import move_into_place, temporary_beside, write_atomically
 from streams.store.event_store import EventStore
 from streams.store.file_locks import exclusive
@@ -141,6 +142,7 @@ class RollupWorker:
             self.follower.load(position)
             ledger, new = self.follower.poll_pinned()
             con = connect_store(self.store.root, ledger)
+            cap_memory(con, AbSettings().memory_limit)
             _load_new_users(con, self.store, new)
             results = [
                 self._update(con, experiment, now, ledger.version, new.from_scratch)

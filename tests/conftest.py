@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 LONGEST_MODULES = (
     "test_ray_training",
     "test_serving_api",
+    "test_closed_loop",
     "test_retrain_loop",
     "test_recovery",
     "test_retrain",

@@ -78,6 +78,16 @@ def test_create_simulate_ingest_and_report(
     assert results["ctr"]["p_value"] > 0.001  # nothing was planted on clicks
     assert (out / "ranking.png").read_bytes().startswith(PNG_MAGIC)
 
+    # The user rollup, as its service builds it; the report then reads it, to the same figures.
+    rolled = pagellm("ab", "rollup", "--store", str(store))
+    assert rolled.returncode == 0, rolled.stderr.decode()
+    assert "rollup of ranking: 3,000 exposed users" in rolled.stdout.decode()
+    again = pagellm("ab", "report", "ranking", "--store", str(store), "--out", str(out))
+    assert again.returncode == 0 and "(from the user rollup)" in again.stdout.decode()
+    from_rollup = json.loads((out / "ranking.json").read_text())
+    assert from_rollup["read_from"] == "rollup" and from_rollup["users"] == saved["users"]
+    assert from_rollup["results"][0]["lift"] == pytest.approx(saved["results"][0]["lift"])
+
 
 def bulk_load(
     store: Path,

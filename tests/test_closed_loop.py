@@ -26,8 +26,8 @@ from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 
-# The loop runs to a wall-clock budget: it must not share the machine with other tests.
-pytestmark = pytest.mark.serial
+# The loop runs to a wall-clock budget: `make test` runs its tests alone, not beside others.
+alone = pytest.mark.serial
 
 USERS = SimulatorSettings(
     users=120, categories=4, items_per_category=10, history_min=14, history_max=22, clients=2
@@ -101,6 +101,7 @@ def loop_run(
 
 
 @pytest.mark.kafka
+@alone
 def test_feedback_flows_through_kafka_into_the_store_and_nothing_is_lost(
     loop_run: tuple[LoopOutcome, LoopSettings],
 ) -> None:
@@ -120,6 +121,7 @@ def test_feedback_flows_through_kafka_into_the_store_and_nothing_is_lost(
 
 
 @pytest.mark.kafka
+@alone
 def test_a_trained_version_is_served_and_a_retrain_registers_another(
     loop_run: tuple[LoopOutcome, LoopSettings],
 ) -> None:
@@ -141,6 +143,7 @@ def test_a_trained_version_is_served_and_a_retrain_registers_another(
 
 
 @pytest.mark.kafka
+@alone
 def test_the_report_has_every_metric_and_the_decision_is_recorded(
     loop_run: tuple[LoopOutcome, LoopSettings],
 ) -> None:
@@ -156,6 +159,7 @@ def test_the_report_has_every_metric_and_the_decision_is_recorded(
 
 
 @pytest.mark.kafka
+@alone
 def test_nothing_the_loop_started_runs_after_it(
     loop_run: tuple[LoopOutcome, LoopSettings],
 ) -> None:
