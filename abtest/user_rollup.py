@@ -163,26 +163,33 @@ class RollupWorker:
         started = time.perf_counter()
         rollup = ExperimentRollup(self.store.root, experiment.name)
         end = experiment.window_end(now)
-        params = report_parameters(experiment, end)
-        rows = experiment_users_sql(len(experiment.phase_windows(end)))
+        phases = len(experiment.phase_windows(end))
         config = config_fingerprint(experiment, end)
         state = rollup.state()
-        rebuilt = state is None or from_scratch or state.config != config or end < state.window_end
-        if rebuilt:
-            changed = -1
+        changed: int | None = None  # None: every row rebuilt
+        if (
+            state is None
+            or from_scratch
+            or state.config != config
+            or end < state.window_end
+            or not rollup.file(state).exists()
+        ):
+            rows = experiment_users_sql(phases)
         else:
-            assert state is not None
             changed = _load_changed_users(con, state.window_end, end)
             rows = (
                 f"SELECT * FROM read_parquet({sql_literal(str(rollup.file(state)))}) "
                 "WHERE user_key NOT IN (SELECT user_key FROM changed_users) UNION ALL BY NAME "
-                f"({experiment_users_sql(len(experiment.phase_windows(end)), 'changed_users')})"
+                f"({experiment_users_sql(phases, 'changed_users')})"
             )
         name = f"users-{time.time_ns():020d}.parquet"
         written = temporary_beside(rollup.dir / name)
         written.parent.mkdir(parents=True, exist_ok=True)
         try:
-            con.execute(f"COPY ({rows}) TO {sql_literal(str(written))} (FORMAT parquet)", params)
+            con.execute(
+                f"COPY ({rows}) TO {sql_literal(str(written))} (FORMAT parquet)",
+                report_parameters(experiment, end),
+            )
             users = pq.ParquetFile(written).metadata.num_rows
             state = RollupState(
                 experiment=experiment.name,
@@ -198,8 +205,8 @@ class RollupWorker:
             written.unlink(missing_ok=True)
         result = RoundResult(
             experiment.name,
-            rebuilt,
-            users if rebuilt else changed,
+            changed is None,
+            users if changed is None else changed,
             users,
             end,
             time.perf_counter() - started,
