@@ -74,6 +74,12 @@ class RollupState(BaseModel):
     file: str  # in the experiment's rollup folder
     users: int
 
+    def advanced(self, window_end: datetime, built_at: datetime, version: int) -> RollupState:
+        """The same rows, found to hold up to a later round."""
+        return self.model_copy(
+            update={"window_end": window_end, "built_at": built_at, "ledger_version": version}
+        )
+
 
 def config_fingerprint(experiment: Experiment, window_end: datetime) -> str:
     """sha256 of what the rows depend on besides the events and a running window's end."""
@@ -103,9 +109,11 @@ class ExperimentRollup:
     def file(self, state: RollupState) -> Path:
         return self.dir / state.file
 
-    def publish(self, written: Path, state: RollupState) -> None:
-        """Make ``written`` the rows of ``state``, then drop the files superseded long ago."""
-        move_into_place(written, self.file(state))
+    def publish(self, written: Path | None, state: RollupState) -> None:
+        """Make ``written`` (None: the current file, unchanged) the rows of ``state``, then drop
+        the files superseded long ago."""
+        if written is not None:
+            move_into_place(written, self.file(state))
         write_atomically(self.state_path, state.model_dump_json(indent=1))
         files = sorted(self.dir.glob("users-*.parquet"))
         for old, successor in itertools.pairwise(files):
@@ -176,7 +184,12 @@ class RollupWorker:
         ):
             rows = experiment_users_sql(phases)
         else:
-            changed = _load_changed_users(con, state.window_end, end)
+            changed = _load_changed_users(
+                con, rollup.file(state), experiment.name, state.window_end, end
+            )
+            if changed == 0:  # the same rows hold at the new position: no rewrite
+                rollup.publish(None, state.advanced(end, now, ledger_version))
+                return RoundResult(experiment.name, False, 0, state.users, end, 0.0)
             rows = (
                 f"SELECT * FROM read_parquet({sql_literal(str(rollup.file(state)))}) "
                 "WHERE user_key NOT IN (SELECT user_key FROM changed_users) UNION ALL BY NAME "
@@ -216,26 +229,38 @@ class RollupWorker:
 
 
 def _load_new_users(con: duckdb.DuckDBPyConnection, store: EventStore, new: NewFiles) -> None:
-    """``new_users``: the users with a row in a file new since the last round."""
+    """``new_users``: each user with a row in a file new since the last round, and the
+    experiment each of their new impressions names (one row per pair; NULL: none)."""
     if new.from_scratch or not new.files:
-        con.execute("CREATE OR REPLACE TEMP TABLE new_users (user_key UBIGINT)")
+        con.execute("CREATE OR REPLACE TEMP TABLE new_users (user_key UBIGINT, experiment VARCHAR)")
         return
     listed = ", ".join(sql_literal(p) for p in store.absolute(new.files))
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE new_users AS SELECT DISTINCT hash(user_id) AS user_key "
-        f"FROM read_parquet([{listed}], union_by_name = true)"
+        "CREATE OR REPLACE TEMP TABLE new_users AS SELECT DISTINCT hash(user_id) AS user_key, "
+        f"experiment FROM read_parquet([{listed}], union_by_name = true)"
     )
 
 
-def _load_changed_users(con: duckdb.DuckDBPyConnection, since: datetime, end: datetime) -> int:
-    """``changed_users``: the new users and those with events in [since, end), which the
-    window took in as it grew; how many."""
+def _load_changed_users(
+    con: duckdb.DuckDBPyConnection, rows: Path, experiment: str, since: datetime, end: datetime
+) -> int:
+    """``changed_users``: the users whose row (in the file ``rows``) the round may change, how
+    many. Of the new users, those with a row already or a new impression of ``experiment``:
+    anyone else is still not exposed to it. And those with events in [since, end), which the
+    window took in as it grew."""
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE changed_users AS SELECT user_key FROM new_users UNION "
-        "SELECT hash(user_id) FROM events WHERE ts >= $since AND ts < $end",
-        {"since": since, "end": end},
+        "CREATE OR REPLACE TEMP TABLE changed_users AS SELECT user_key FROM new_users "
+        f"WHERE user_key IN (SELECT user_key FROM read_parquet({sql_literal(str(rows))})) "
+        "OR experiment = $experiment",
+        {"experiment": experiment},
     )
-    counted = con.execute("SELECT count(*) FROM changed_users").fetchone()
+    if end > since:
+        con.execute(
+            "INSERT INTO changed_users SELECT hash(user_id) FROM events "
+            "WHERE ts >= $since AND ts < $end",
+            {"since": since, "end": end},
+        )
+    counted = con.execute("SELECT count(DISTINCT user_key) FROM changed_users").fetchone()
     assert counted is not None
     return int(counted[0])
 

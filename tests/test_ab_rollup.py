@@ -116,6 +116,10 @@ def test_each_round_equals_the_raw_report_through_late_events_replays_and_compac
     assert state is not None
     rollup.file(state).unlink()  # lost: the next round builds every row again
     assert check_round(worker, experiment, now) == (True, 6)  # u1, u2, u3, u5, u6, u8
+    state = rollup.state()
+    ledger.write([purchase("u4", "s8", T0 + 2 * H, 1, "3")])  # u4 is in another experiment
+    assert check_round(worker, experiment, now) == (False, 0)  # nothing of exp's changed...
+    assert rollup.state().file == state.file  # ...so its rows were not even rewritten
 
     ledger.write([purchase("u2", "s13", T0 + 3 * D, 2, "9.5")])
     compact(ledger.store, min_age_s=0)  # compacted before the round read it as fresh
