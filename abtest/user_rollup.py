@@ -6,21 +6,24 @@ users: at 10M users and 95M events, 27-35 s against a 2.4 s scan. Over a rollup 
 the rows of ``metrics_sql.experiment_users_sql``, which the report only sums (``moments_sql``).
 
 Exact by construction. A round pins the ledger (``LedgerFollower.poll_pinned``, going on from
-the position the last round saved, in any process), recomputes,
-with that same SQL over exactly those files, the row of every user the round could have
-changed, and keeps the other rows. A user's row can change only when
+the position the last round saved, in any process), recomputes, with that same SQL over
+exactly those files, the row of every user the round could have changed, and keeps the other
+rows. A user's row can change only when
 
-* a file new since the last round holds a row of theirs (a late event, a replay, anything), or
+* a file new since the last round holds a row of theirs (a late event, a replay, anything)
+  and they are in the rollup or that file holds an impression of theirs naming the
+  experiment (anyone else is still not exposed to it), or
 * the end of a running experiment's window (the round's time) moved past events of theirs
   already stored.
 
-Anything else (the configuration, a reweight's new phase, a stop, a follower that missed a
-deletion) rebuilds the whole rollup. A report over the rollup thus equals the raw query over
-the round's files with ``now`` at the round's time (``tests/test_ab_rollup.py``), and says
-that its window ends there.
+Anything else (the configuration, a reweight's new phase, a stop, a lost rollup file, a
+follower that missed a deletion) rebuilds the whole rollup. A report over the rollup thus
+equals the raw query over the round's files with ``now`` at the round's time
+(``tests/test_ab_rollup.py``), and says that its window ends there.
 
-A round costs one pass over the window's events for the changed users (a semi-join) and the
-rewrite of the rollup's file: it grows with the window's events, not with the round's.
+A round costs, per experiment with changed users, one pass over the window's events for them
+(a semi-join) and the rewrite of the rollup's file: it grows with the window's events, not
+with the round's. An experiment none of whose users changed is not rewritten.
 """
 
 from __future__ import annotations
