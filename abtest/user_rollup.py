@@ -192,7 +192,8 @@ class RollupWorker:
             )
             if changed == 0:  # the same rows hold at the new position: no rewrite
                 rollup.publish(None, state.advanced(end, now, ledger_version))
-                return RoundResult(experiment.name, False, 0, state.users, end, 0.0)
+                seconds = time.perf_counter() - started
+                return RoundResult(experiment.name, False, 0, state.users, end, seconds)
             rows = (
                 f"SELECT * FROM read_parquet({sql_literal(str(rollup.file(state)))}) "
                 "WHERE user_key NOT IN (SELECT user_key FROM changed_users) UNION ALL BY NAME "

@@ -40,15 +40,12 @@ class LedgerFollower:
         if self._version is not None:
             version = read_guard(self.store.root).version
             present = self.store.ledger_files()
-            if read_guard(self.store.root).readable_from <= self._version:
+            if self._missed_nothing():
                 self._version = version
                 new = tuple(f for f in present if f not in self.seen)
                 self.seen = set(present)  # deleted files' names can go: they never return
                 return NewFiles(new, False)
-        ledger = self.store.current_ledger()
-        self._version = ledger.version
-        self.seen = set(ledger.fresh) | set(ledger.covered)
-        return NewFiles(ledger.files, True)
+        return self.poll_pinned()[1]
 
     def poll_pinned(self) -> tuple[PinnedFiles, NewFiles]:
         """The ledger as it is now, for a reader that must know exactly what it read (views
@@ -56,15 +53,18 @@ class LedgerFollower:
         (the whole ledger at first, or after missing a deletion, as ``poll``)."""
         ledger = self.store.current_ledger()
         names = set(ledger.fresh) | ledger.covered
-        caught_up = (
-            self._version is not None and read_guard(self.store.root).readable_from <= self._version
-        )
-        if caught_up:
+        if self._missed_nothing():
             new = NewFiles(tuple(sorted(names - self.seen)), False)
         else:
             new = NewFiles(ledger.files, True)
         self._version, self.seen = ledger.version, names
         return ledger, new
+
+    def _missed_nothing(self) -> bool:
+        """No file this follower had not seen can have been deleted since its last poll."""
+        return (
+            self._version is not None and read_guard(self.store.root).readable_from <= self._version
+        )
 
     def save(self, path: Path) -> None:
         """Write where this follower is, durably, for a later process to ``load``."""

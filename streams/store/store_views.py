@@ -72,23 +72,23 @@ def dataset_scan(
     by name keeps the filter's cost per file constant: DuckDB matched each file against the
     whole list, 2 s at 2,000 covered files and growing with their square. The glob's files are
     read with the seed's schema (see below), the named ones by name."""
-    horizon = "~" if frozen else fresh_horizon(dataset, pinned)  # "~" sorts after every name
     options = "hive_partitioning = true, union_by_name = true"
-    # Without union_by_name, which would read every globbed file's schema at each query (the
-    # merged ones awaiting deletion too): the first file globbed is the seed, which has the
-    # current schema, and a file after the horizon written by a worker of an older schema
-    # (mid-upgrade) may fail the query until it is older than the horizon.
-    parts = (
-        []
-        if frozen
-        else [
+    parts: list[str] = []
+    older = list(pinned.fresh)
+    if not frozen:
+        horizon = fresh_horizon(dataset, pinned)
+        older = [f for f in older if f < horizon]
+        # Without union_by_name, which would read every globbed file's schema at each query
+        # (the merged ones awaiting deletion too): the first file globbed is the seed, which
+        # has the current schema, and a file after the horizon written by a worker of an older
+        # schema (mid-upgrade) may fail the query until it is older than the horizon.
+        parts.append(
             f"SELECT * EXCLUDE (filename){derived} "
             f"FROM read_parquet({sql_literal(store.dataset_glob(dataset))}, "
             "hive_partitioning = true, filename = true) "
             f"WHERE filename > {sql_literal(str(store.root / horizon))}"
-        ]
-    )
-    if older := [f for f in pinned.fresh if f < horizon]:
+        )
+    if older:
         listed = ", ".join(sql_literal(p) for p in store.absolute(older))
         parts.append(f"SELECT *{derived} FROM read_parquet([{listed}], {options})")
     if pinned.compacted:
