@@ -13,7 +13,12 @@
    After each batch the state is settled out of the garbage collector's full passes, as the
    derive worker does after each poll (``streams.derive.garbage_collection``), inside the timed
    part; full_gc_passes counts the full passes that still ran, over the three passes.
-3. After a refresh, the users with a golden list and the pairs per family.
+3. The history probe: the same five batches (those after 10% of the stream) folded into
+   states that already hold 10%, 25%, 50% and all of the rest of the stream, each timed as in
+   2. The stream windows of 2 compare different batches, whose users and list lengths differ;
+   here only the history behind the same events grows, which is what the derivation may not
+   slow down with. Also the mean golden-list length of the probe's users at each level.
+4. After a refresh, the users with a golden list and the pairs per family.
 
 The last line printed is the JSON summary.
 """
@@ -82,6 +87,47 @@ def incremental_pass(
     return state, touched, costs, full_passes
 
 
+def history_probe(
+    catalogue: dict[str, CatalogueItem], config: DeriveConfig, events: list[Event]
+) -> dict[str, tuple[float, float]]:
+    """Per share of history: (seconds per event of the probe's batches, their users' mean
+    golden-list length before them); a cost is its median over PASSES states."""
+    start = len(events) // BATCH // 10 * BATCH
+    probe = [events[start + k * BATCH : start + (k + 1) * BATCH] for k in range(WINDOW)]
+    rest = events[:start] + events[start + WINDOW * BATCH :]
+    users = {e.user_id for batch in probe for e in batch}
+    out = {}
+    for share, held in (("10%", start), ("25%", len(events) // 4), ("50%", len(events) // 2)):
+        out[share] = _probe_at(catalogue, config, rest[:held], probe, users)
+    out["100%"] = _probe_at(catalogue, config, rest, probe, users)
+    return out
+
+
+def _probe_at(
+    catalogue: dict[str, CatalogueItem],
+    config: DeriveConfig,
+    history: list[Event],
+    probe: list[list[Event]],
+    users: set[str],
+) -> tuple[float, float]:
+    costs = []
+    for _ in range(PASSES):
+        state = DerivedState(catalogue, config)
+        for at in range(0, len(history), BATCH):
+            state.apply(history[at : at + BATCH])
+            settle_long_lived()
+        held = [state.users[u].golden for u in users if u in state.users]
+        length = statistics.mean(len(g.items) if g else 0 for g in held) if held else 0.0
+        start = time.perf_counter()
+        for batch in probe:
+            state.apply(batch)
+            settle_long_lived()
+        costs.append((time.perf_counter() - start) / sum(map(len, probe)))
+        gc.unfreeze()
+        del state  # freed before the next pass builds its own
+    return statistics.median(costs), length
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if not (DATA / "u.data").exists():
@@ -141,6 +187,8 @@ def main() -> None:
     per_user = [c * BATCH / u for c, u in zip(costs, touched, strict=True)]
     users_10 = statistics.mean(touched[tenth : tenth + WINDOW])
     users_100 = statistics.mean(touched[-WINDOW:])
+    console.print("history probe: the same five batches after 10%, 25%, 50%, 100% ...")
+    probe = history_probe(catalogue, config, events)
     refreshed = len(state.refresh())
     pairs = Counter(p.family for d in state.users.values() for p in d.pairs)
 
@@ -158,6 +206,10 @@ def main() -> None:
                     statistics.mean(per_user[tenth : tenth + WINDOW]) * 1e6
                 ),
                 "cost_us_per_user_at_100": round(statistics.mean(per_user[-WINDOW:]) * 1e6),
+                "probe_cost_us_by_history": {k: round(c * 1e6, 1) for k, (c, _) in probe.items()},
+                "probe_ratio_100_vs_10": round(probe["10%"][0] / probe["100%"][0], 3),
+                "probe_ratio_100_vs_25": round(probe["25%"][0] / probe["100%"][0], 3),
+                "probe_golden_length_by_history": {k: round(n, 2) for k, (_, n) in probe.items()},
                 "full_rebuild_s": round(full_rebuild_s, 2),
                 "incremental_s": round(incremental_s, 2),
                 "full_gc_passes": full_passes,
