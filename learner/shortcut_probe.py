@@ -51,6 +51,13 @@ def list_features(
     )
 
 
+def probe_by_feature(
+    snapshot: TrainingSnapshot, validation_users: set[str]
+) -> dict[str, dict[PairFamily, float]]:
+    """Per feature: the probe fitted on that feature alone, per family."""
+    return {f: shortcut_probe(snapshot, validation_users, (f,)) for f in FEATURES}
+
+
 def fit_pairwise_logistic(diffs: np.ndarray, l2: float = 1e-2, steps: int = 50) -> np.ndarray:
     """w minimising sum log(1 + exp(-w.d)) over d = f(chosen) - f(rejected), + l2/2 |w|^2.
 
@@ -84,9 +91,16 @@ def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def shortcut_probe(
-    snapshot: TrainingSnapshot, validation_users: set[str]
+    snapshot: TrainingSnapshot,
+    validation_users: set[str],
+    features: Sequence[str] = FEATURES,
 ) -> dict[PairFamily, float]:
-    """Per family: the probe's accuracy on the validation users' pairs."""
+    """Per family: the probe's accuracy on the validation users' pairs, fitted on ``features``
+    (a subset of ``FEATURES``: one alone tells which feature gives a family away)."""
+    unknown = set(features) - set(FEATURES)
+    if not features or unknown:
+        raise ValueError(f"features: expected a non-empty subset of {FEATURES}, got {features}")
+    columns = [FEATURES.index(f) for f in features]
     counts: dict[str, int] = {}
     sums: dict[str, int] = {}
     for ratings in snapshot.train_ratings.values():
@@ -99,7 +113,7 @@ def shortcut_probe(
 
     def features(user: str, items: Sequence[str]) -> np.ndarray:
         rated = snapshot.train_ratings.get(user, {})
-        return list_features(items, rated, popularity, mean_rating, category)
+        return list_features(items, rated, popularity, mean_rating, category)[columns]
 
     out: dict[PairFamily, float] = {}
     for family, pairs in sorted(snapshot.pairs.items()):

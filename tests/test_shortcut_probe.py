@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from learner.shortcut_probe import fit_pairwise_logistic, list_features, pairwise_accuracy
+from learner.shortcut_probe import (
+    fit_pairwise_logistic,
+    list_features,
+    pairwise_accuracy,
+    probe_by_feature,
+    shortcut_probe,
+)
+from schemas import CatalogueItem
+from schemas.training_data import PreferencePair
+from streams.derive.training_snapshot import TrainingSnapshot
 
 
 def test_list_features_by_hand() -> None:
@@ -46,3 +55,23 @@ def test_noise_alone_probes_near_chance() -> None:
     rng = np.random.default_rng(1)
     train, held = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
     assert abs(pairwise_accuracy(fit_pairwise_logistic(train), held) - 0.5) < 0.05
+
+
+def test_a_family_that_keeps_one_category_is_given_away_by_the_categories_alone() -> None:
+    # The paper's d family: the rejected list keeps only the golden list's dominant category,
+    # so "number of categories" separates it from its chosen list whatever else they share.
+    catalogue = {f"i{n}": CatalogueItem(item_id=f"i{n}", category=f"c{n % 2}") for n in range(50)}
+    snapshot = TrainingSnapshot(catalogue=catalogue)
+    users = [f"u{n}" for n in range(20)]
+    for n, user in enumerate(users):
+        chosen = (f"i{2 * n}", f"i{2 * n + 1}", f"i{2 * n + 2}")  # c0, c1, c0
+        rejected = (f"i{2 * n}", f"i{2 * n + 4}", f"i{2 * n + 2}")  # the c1 item replaced
+        snapshot.train_ratings[user] = dict.fromkeys((*chosen, *rejected), 4)
+        snapshot.pairs.setdefault("d", []).append(
+            PreferencePair(user_id=user, family="d", chosen=chosen, rejected=rejected)
+        )
+    by_feature = probe_by_feature(snapshot, set(users[:10]))
+    assert by_feature["categories"]["d"] == 1.0
+    assert by_feature["share_rated"]["d"] == 0.5  # every item rated: nothing to tell apart
+    with pytest.raises(ValueError, match="features"):
+        shortcut_probe(snapshot, set(users[:10]), ("price",))

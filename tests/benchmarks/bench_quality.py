@@ -22,7 +22,8 @@ first validation positive. Everyone is scored on the same test items with the sa
 
 Every model is also scored on the validation items (``val_ndcg@100``: what changes to the method
 are compared on), and per pair family the shortcut probe's accuracy is printed beside the
-reward model's (``probe_acc``, ``reward_acc``). Per dataset, the trained run,
+reward model's (``probe_acc``, ``reward_acc``), and the probe fitted on each feature alone
+(``probe_acc_by_feature``: which feature gives a family away). Per dataset, the trained run,
 ``training_curves.png``, each model's test lists (``recs/MODEL.csv``: user_id, item_id, rank) and
 the split (``split.csv``: user_id, item_id, split) stay in ``var/bench-quality/DATASET/`` for
 anyone to re-score. The last line printed is the JSON summary.
@@ -53,7 +54,7 @@ from learner.offline_eval import (
 from learner.pipeline import train_all
 from learner.ray_jobs import RayStageRunner
 from learner.settings import LearnerSettings
-from learner.shortcut_probe import shortcut_probe
+from learner.shortcut_probe import probe_by_feature, shortcut_probe
 from learner.stages import validation_users
 from learner.vocabulary import Vocabulary
 from schemas import CatalogueItem
@@ -255,6 +256,8 @@ def bench_dataset(name: str, snapshot: TrainingSnapshot, out: Path) -> dict:
     settings = LearnerSettings()
     probe = shortcut_probe(snapshot, validation_users(snapshot, settings))
     console.print(f"{name} shortcut probe (list features only): {probe}")
+    probe_alone = probe_by_feature(snapshot, validation_users(snapshot, settings))
+    console.print(f"{name} shortcut probe, one feature at a time: {probe_alone}")
     with RayStageRunner(settings.ray) as runner:
         models = train_all(snapshot, settings, out / "run", ABLATIONS, runner, stage)
     plot_training_curves(models.curves, out / "training_curves.png")
@@ -288,6 +291,10 @@ def bench_dataset(name: str, snapshot: TrainingSnapshot, out: Path) -> dict:
         "reward_acc": {f: round(a["both"], 4) for f, a in models.reward_accuracy.items()},
         # What the same validation pairs give to trivial list features alone (0.5: nothing).
         "probe_acc": {f: round(a, 4) for f, a in probe.items()},
+        "probe_acc_by_feature": {
+            feature: {f: round(a, 4) for f, a in accuracy.items()}
+            for feature, accuracy in probe_alone.items()
+        },
         # Share of the test users given a full list of 100.
         "coverage": {
             model: round(sum(len(r) == 100 for r in lists.values()) / len(users), 4)
