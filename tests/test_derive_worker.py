@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from streams.derive.derive_worker import DeriveWorker
+from deploy.platform_status import derive_status
+from streams.derive.derive_worker import WORKERS_DIR, DeriveWorker
 from streams.derive.derived_state import DeriveConfig, DerivedState
 from streams.derive.snapshot_store import read_stream
 from streams.store.event_store import EventStore
@@ -60,3 +61,15 @@ def test_a_restarted_worker_rebuilds_the_same_views(store: EventStore) -> None:
     again = DeriveWorker(store, CONFIG)
     assert again.poll().users == 10
     assert view_lists(store) == before
+
+
+def test_the_heartbeat_says_how_far_the_worker_has_folded(store: EventStore) -> None:
+    worker = DeriveWorker(store, CONFIG)
+    write_ratings(store, range(5), seed=7, first_offset=0)
+    report = worker.poll()
+    worker.write_heartbeat(report)
+    worker.write_heartbeat(report)  # replaced in place, nothing left beside it
+    status = derive_status(store)
+    assert status is not None and status.alive
+    assert status.files_folded == status.ledger_files == 2
+    assert sorted(p.name for p in (store.root / WORKERS_DIR).iterdir()) == ["derive.json"]

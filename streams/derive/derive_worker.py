@@ -21,6 +21,7 @@ from streams.derive.derived_state import DeriveConfig, DerivedState
 from streams.derive.derived_tables import derived_tables, init_derived
 from streams.derive.garbage_collection import full_sweep, settle_long_lived
 from streams.derive.snapshot_store import read_stream
+from streams.store.atomic_files import write_atomically
 from streams.store.event_store import EventStore
 from streams.store.ledger_follower import LedgerFollower
 
@@ -75,9 +76,7 @@ class DeriveWorker:
         }
         path = self.store.root / WORKERS_DIR / f"{self.writer_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(path)
+        write_atomically(path, json.dumps(doc))
 
     def refresh(self) -> int:
         """Rebuild and rewrite the stale users; returns how many there were."""
