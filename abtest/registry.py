@@ -9,7 +9,6 @@ buckets.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, 
 from abtest.experiment import Experiment, Phase
 from abtest.settings import AbSettings
 from streams.store.atomic_files import write_atomically
+from streams.store.file_locks import exclusive
 
 
 class ExperimentError(ValueError):
@@ -44,9 +44,7 @@ class ExperimentRegistry:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.dir / ".lock"):
             yield
 
     def _write(self, experiment: Experiment) -> None:

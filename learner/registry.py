@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import uuid
@@ -37,7 +36,8 @@ import duckdb
 
 from schemas.model_registry import Action, Status, Transition, VersionRecord
 from streams.ingest.worker_process import process_alive
-from streams.store.atomic_files import fsync_dir
+from streams.store.atomic_files import fsync_dir, write_synced
+from streams.store.file_locks import exclusive
 from streams.store.sql_literals import sql_literal
 from streams.store.store_views import connect_store
 
@@ -89,30 +89,6 @@ def fold_transitions(versions: list[VersionRecord], transitions: list[Transition
             state.history.pop()
         state.production = t.production
     return state
-
-
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w") as sink:
-        sink.write(text)
-        sink.flush()
-        os.fsync(sink.fileno())
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if missing), or raise ``LockBusy(busy)`` at
-    once when another process holds it. The lock goes with the process, even on kill -9."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LockBusy(busy) from exc
-        yield
-
-
-class LockBusy(RuntimeError):
-    """Another process holds the lock."""
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -198,7 +174,7 @@ class ModelRegistry:
         number = 1 + max((version_number(v.version) for v in self.versions()), default=0)
         while True:
             published = record.model_copy(update={"version": f"v{number}"})
-            _write_durably(staging / RECORD, published.model_dump_json(indent=1))
+            write_synced(staging / RECORD, published.model_dump_json(indent=1))
             try:
                 os.rename(staging, versions_dir / published.version)
             except OSError as exc:  # another publisher took the number
@@ -224,9 +200,7 @@ class ModelRegistry:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[RegistryState]:
         """The current state, with every other status change waiting until this one is done."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.root / ".lock"):
             yield self.state()
 
     def _append(
@@ -252,7 +226,7 @@ class ModelRegistry:
             actor=actor,
         )
         tmp = directory / f".{seq:08d}-{uuid.uuid4().hex[:8]}.tmp"
-        _write_durably(tmp, transition.model_dump_json(indent=1))
+        write_synced(tmp, transition.model_dump_json(indent=1))
         try:
             os.link(tmp, directory / f"{seq:08d}.json")  # fails if the number is taken
         finally:

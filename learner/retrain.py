@@ -40,7 +40,7 @@ from learner.ablations import Ablation
 from learner.artifacts import policy_directory
 from learner.pipeline import StageRunner, train_all
 from learner.promotion_gates import GateSettings, check_gates
-from learner.registry import LockBusy, ModelRegistry, exclusive_lock
+from learner.registry import ModelRegistry
 from learner.settings import LearnerSettings
 from learner.stages import labelled_pairs, prepare_run, validation_users
 from learner.version_eval import (
@@ -62,6 +62,7 @@ from streams.derive.snapshot_store import SnapshotManifest, load_snapshot, take_
 from streams.derive.training_snapshot import TrainingSnapshot
 from streams.store.atomic_files import write_atomically
 from streams.store.event_store import EventStore
+from streams.store.file_locks import LockBusy, exclusive_or_busy
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
     """Held for a whole retrain. On taking it, whatever a killed retrain left is cleaned up:
     its record is marked interrupted, its run directory and half-published version removed."""
     try:
-        with exclusive_lock(registry.root / RETRAIN_LOCK, "busy"):
+        with exclusive_or_busy(registry.root / RETRAIN_LOCK, "busy"):
             for record in read_retrains(registry):
                 if record.state == "running":
                     log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import duckdb
 
-from learner.registry import LockBusy, ModelRegistry, exclusive_lock
+from learner.registry import ModelRegistry
 from learner.retrain import (
     RetrainBusy,
     RetrainFailed,
@@ -41,6 +41,7 @@ from learner.retrain import (
 )
 from schemas.model_registry import RetrainRecord
 from streams.store.atomic_files import write_atomically
+from streams.store.file_locks import LockBusy, exclusive_or_busy
 from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def loop_running(registry: ModelRegistry) -> bool:
     if not (registry.root / LOOP_LOCK).exists():
         return False
     try:
-        with exclusive_lock(registry.root / LOOP_LOCK, "a loop runs"):
+        with exclusive_or_busy(registry.root / LOOP_LOCK, "a loop runs"):
             return False
     except LockBusy:
         return True
@@ -117,7 +118,7 @@ class LoopAlreadyRunning(RuntimeError):
 @contextlib.contextmanager
 def loop_lock(registry: ModelRegistry) -> Iterator[None]:
     try:
-        with exclusive_lock(registry.root / LOOP_LOCK, "busy"):
+        with exclusive_or_busy(registry.root / LOOP_LOCK, "busy"):
             yield
     except LockBusy as exc:
         raise LoopAlreadyRunning(f"a retrain loop already serves {registry.root}") from exc

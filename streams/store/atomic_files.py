@@ -31,7 +31,9 @@ def temporary_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
-def _write_synced(tmp: Path, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+def write_synced(tmp: Path, content: bytes | str | Callable[[BinaryIO], None]) -> None:
+    """Write ``content`` to ``tmp`` and fsync it: durable, but visible while written, so only
+    for a name no reader looks at yet."""
     with open(tmp, "wb") as sink:
         if callable(content):
             content(sink)
@@ -51,7 +53,7 @@ def write_atomically(
     ``publish_under`` is held around the rename alone (a lock that may refuse it)."""
     tmp = temporary_beside(path)
     try:
-        _write_synced(tmp, content)
+        write_synced(tmp, content)
         with publish_under or contextlib.nullcontext():
             os.replace(tmp, path)
     except BaseException:
@@ -71,7 +73,7 @@ def publish_new_file(
     so that names taken from the clock order files by when readers could first see them."""
     tmp = temporary_beside(staging / "new")
     try:
-        _write_synced(tmp, content)
+        write_synced(tmp, content)
         with publish_under or contextlib.nullcontext():
             path = name_now()
             path.parent.mkdir(parents=True, exist_ok=True)
