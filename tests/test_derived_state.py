@@ -137,3 +137,22 @@ def test_item_stats_follow_changed_ratings() -> None:
     state.apply([again])  # the latest explicit rating replaces the first one
     assert state.items["i1"] == ItemStats(count=1, rating_sum=5)
     assert state.popularity("i1") == 5.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=interleavings())
+def test_pairs_kept_from_an_earlier_batch_equal_those_built_afresh(
+    case: tuple[list, list[list]],
+) -> None:
+    # One user alone: nobody else moves s_i, so each batch's state is exact without a refresh,
+    # and a pair a batch kept (its golden list unchanged) must be the one a rebuild makes.
+    stream, batches = case
+    user = stream[0].user_id if stream else "u0"
+    mine = [[e for e in batch if e.user_id == user] for batch in batches]
+    state = DerivedState(CATALOGUE, CONFIG)
+    for n, batch in enumerate(mine):
+        state.apply(batch)
+        so_far = [e for earlier in mine[: n + 1] for e in earlier]
+        assert training_view(state) == training_view(
+            DerivedState.rebuild(CATALOGUE, CONFIG, so_far)
+        )

@@ -1,9 +1,15 @@
 """Training data maintained incrementally as events arrive.
 
 An event rebuilds only what it touches: its user's effective ratings (kept sorted, see
-``sorted_ratings``), prompt, golden list and pairs, and the stats of the items whose rating by
-that user changed. The work per event is bounded by the page size and the list length, not
-by the user's history nor by the total.
+``sorted_ratings``), prompt and golden list, the pairs those changed, and the stats of the
+items whose rating by that user changed. The work per event is bounded by the page size and
+the list length, not by the user's history nor by the total.
+
+Which pairs a batch can change: while the golden list (and the catalogue) stays as it was, rk
+and rd, functions of the golden list alone, stay too; d stays unless the user's rated items of
+the list's dominant category changed (its draws read only which of them are rated); np, a
+slice of the disliked items, is recomputed. A long history makes an unchanged list likelier,
+so later events of a user cost less, not more.
 
 Staleness bound: a user's golden list breaks rating ties by the popularity s_i each candidate
 had when the user's rating of it last changed (or at the user's last refresh), and caps
@@ -24,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import CatalogueItem, Click, Impression, Purchase, Rating
 from schemas.training_data import (
+    PAIR_FAMILIES,
     GoldenList,
     PairFamily,
     PreferencePair,
@@ -36,7 +43,7 @@ from streams.derive.golden_list import (
     DEFAULT_PROMPT_LENGTH,
     prompt_and_golden_list,
 )
-from streams.derive.preference_pairs import build_pairs
+from streams.derive.preference_pairs import build_pairs, dominant_category
 from streams.derive.sorted_ratings import SortedRatings
 
 Event = Impression | Click | Purchase | Rating
@@ -113,8 +120,10 @@ class DerivedState:
             self.users[user_id] = UserData(accumulator, SortedRatings(user_id))
         return self.users[user_id]
 
-    def _fold(self, data: UserData, events: Iterable[Event]) -> None:
-        """Fold a user's new events in; update only the ratings (and item stats) that moved."""
+    def _fold(self, data: UserData, events: Iterable[Event]) -> set[str]:
+        """Fold a user's new events in; update only the ratings (and item stats) that moved.
+        Returns the categories in which the user's set of rated items changed."""
+        newly_seen: set[str] = set()
         changed: set[str] = set()
         for event in events:
             changed |= data.accumulator.add(event)
@@ -122,6 +131,8 @@ class DerivedState:
             old, new = data.history.ratings.get(item), data.accumulator.rating(item)
             if old == new:
                 continue
+            if (old is None) != (new is None):
+                newly_seen.add(self.category.get(item, ""))
             if old is not None:
                 stats = self.items[item]
                 stats.count -= 1
@@ -131,6 +142,7 @@ class DerivedState:
                 stats.count += 1
                 stats.rating_sum += new.rating
             data.history.set(item, new, self.popularity(item), self.category.get(item, ""))
+        return newly_seen
 
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold a batch of events in (stream order); returns the users it touched."""
@@ -139,27 +151,54 @@ class DerivedState:
             touched.setdefault(event.user_id, []).append(event)
         for user_id, new in touched.items():
             data = self._user(user_id)
-            self._fold(data, new)
-            self._build_lists(data)
+            self._build_lists(data, newly_seen=self._fold(data, new))
         return set(touched)
 
     def popularity(self, item: str) -> float:
         stats = self.items.get(item)
         return stats.mean if stats else 0.0
 
-    def _build_lists(self, data: UserData) -> None:
+    def _build_lists(self, data: UserData, newly_seen: set[str] | None = None) -> None:
+        """Rebuild the user's prompt and golden list, and the pairs they (or ``newly_seen``, the
+        categories whose rated items changed since the last build) can change; None: all."""
         c = self.config
-        data.prompt, data.golden = prompt_and_golden_list(
+        prompt, golden = prompt_and_golden_list(
             data.history,
             self.category,
             prompt_length=c.prompt_length,
             list_length=c.list_length,
             category_cap=c.category_cap,
         )
-        data.pairs, data.skipped = build_pairs(
-            data.golden, data.history, self.category, self.items_by_category, c.seed
+        kept = self._pairs_still_valid(data, golden, newly_seen)
+        pairs, skipped = build_pairs(
+            golden,
+            data.history,
+            self.category,
+            self.items_by_category,
+            c.seed,
+            families=[f for f in PAIR_FAMILIES if f not in kept],
         )
+        if kept:  # merged back in family order, as a full build gives them
+            pairs += [p for p in data.pairs if p.family in kept]
+            skipped |= {f: reason for f, reason in data.skipped.items() if f in kept}
+            pairs.sort(key=lambda p: PAIR_FAMILIES.index(p.family))
+            skipped = {f: skipped[f] for f in PAIR_FAMILIES if f in skipped}
+        data.pairs, data.skipped = pairs, skipped
+        data.prompt, data.golden = prompt, golden
         data.catalogue_version = self.catalogue_version
+
+    def _pairs_still_valid(
+        self, data: UserData, golden: GoldenList, newly_seen: set[str] | None
+    ) -> set[PairFamily]:
+        """The families whose pair (or skip) built last time is still the one to build."""
+        if newly_seen is None or golden != data.golden:
+            return set()
+        if data.catalogue_version != self.catalogue_version:
+            return set()
+        kept: set[PairFamily] = {"rk", "rd"}
+        if not golden.items or dominant_category(golden.items, self.category) not in newly_seen:
+            kept.add("d")
+        return kept
 
     def _resort(self, user_id: str, data: UserData) -> None:
         """Sort the user's ratings afresh with today's s_i and categories."""

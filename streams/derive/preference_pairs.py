@@ -22,9 +22,9 @@ import hashlib
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
-from schemas.training_data import GoldenList, PairFamily, PreferencePair
+from schemas.training_data import PAIR_FAMILIES, GoldenList, PairFamily, PreferencePair
 from streams.derive.sorted_ratings import DislikeKey, SortedRatings
 
 
@@ -95,6 +95,12 @@ def sample_unseen(
     return rng.sample(listed, k) if len(listed) >= k else None
 
 
+def dominant_category(golden: Sequence[str], category: Mapping[str, str]) -> str:
+    """The category most of the list's items share (ties: the smallest name)."""
+    counts = Counter(category.get(i, "") for i in golden)
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
 def diversity_negative(
     golden: Sequence[str],
     category: Mapping[str, str],
@@ -105,10 +111,9 @@ def diversity_negative(
 ) -> tuple[str, ...] | None:
     """Replace the items outside the dominant category with unseen items of that category
     (``seen_per_category``: how many items of each category are ``seen``)."""
-    counts = Counter(category.get(i, "") for i in golden)
-    if len(counts) < 2:
+    if len({category.get(i, "") for i in golden}) < 2:
         return None
-    dominant = min(counts, key=lambda c: (-counts[c], c))
+    dominant = dominant_category(golden, category)
     outsiders = [i for i in golden if category.get(i, "") != dominant]
     pool = items_by_category.get(dominant, ())
     unseen = len(pool) - seen_per_category.get(dominant, 0)
@@ -141,16 +146,16 @@ def build_pairs(
     items_by_category: Mapping[str, Sequence[str]],
     seed: int,
     held_out: frozenset[str] = frozenset(),
+    families: Collection[PairFamily] = PAIR_FAMILIES,
 ) -> tuple[list[PreferencePair], dict[PairFamily, str]]:
-    """The user's pairs of each family, and why each missing family was skipped.
+    """The user's pairs of each of ``families``, and why each missing family was skipped.
 
     ``held_out`` items (the user's validation and test positives) never enter a negative.
     """
     items, user = golden.items, golden.user_id
     skipped: dict[PairFamily, str] = {}
     if not items:
-        reason = "empty golden list"
-        return [], {"np": reason, "rk": reason, "d": reason, "rd": reason}
+        return [], dict.fromkeys(families, "empty golden list")
     # Golden items are rated, so "seen" covers them too.
     ratings = history.ratings
     seen_per_category = history.rated_per_category
@@ -162,11 +167,14 @@ def build_pairs(
     def seen(item: str) -> bool:
         return item in ratings or item in held_out
 
-    negatives: dict[PairFamily, tuple[tuple[str, ...] | None, str]] = {
-        "np": (preference_negative(items, history.disliked), "no item rated below 3"),
-        "rk": (ranking_negative(items, family_rng(seed, user, "rk")), "list shorter than 2"),
+    negatives: dict[PairFamily, tuple[Callable[[], tuple[str, ...] | None], str]] = {
+        "np": (lambda: preference_negative(items, history.disliked), "no item rated below 3"),
+        "rk": (
+            lambda: ranking_negative(items, family_rng(seed, user, "rk")),
+            "list shorter than 2",
+        ),
         "d": (
-            diversity_negative(
+            lambda: diversity_negative(
                 items,
                 category,
                 items_by_category,
@@ -177,12 +185,16 @@ def build_pairs(
             "one category only, or too few unseen items of the dominant category",
         ),
         "rd": (
-            redundancy_negative(items, category, family_rng(seed, user, "rd")),
+            lambda: redundancy_negative(items, category, family_rng(seed, user, "rd")),
             "already clustered by category",
         ),
     }
     pairs = []
-    for family, (rejected, reason) in negatives.items():
+    for family in PAIR_FAMILIES:
+        if family not in families:
+            continue
+        negative, reason = negatives[family]
+        rejected = negative()
         if rejected is None:
             skipped[family] = reason
         else:
