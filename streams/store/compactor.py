@@ -158,6 +158,23 @@ def _publish(store: EventStore, dataset: str, staged: Path) -> dict[str, Compact
     return written
 
 
+def _periods_and_offsets(
+    con: duckdb.DuckDBPyConnection, dataset: str, layout: Layout, fresh_scan: str
+) -> tuple[set[str], list[tuple[str, int, int]]]:
+    """The periods the fresh rows fall in and, for the ledger, the highest offset of each
+    partition they hold, in one pass: each pass over thousands of small files pays for
+    opening every one of them."""
+    if dataset != LEDGER_DIR:
+        found = con.execute(f"SELECT DISTINCT {layout.period_sql} FROM {fresh_scan}").fetchall()
+        return {str(d) for (d,) in found}, []
+    rows = con.execute(
+        f"SELECT {layout.period_sql}, kafka_topic, kafka_partition, max(kafka_offset) "
+        f"FROM {fresh_scan} GROUP BY ALL"
+    ).fetchall()
+    offsets = [(t, p, o) for _, t, p, o in rows if t is not None]  # compact() keeps the max
+    return {str(d) for d, *_ in rows}, offsets
+
+
 def _merge(
     store: EventStore, dataset: str, part: CompactedDataset, fresh: list[str], target_bytes: int
 ) -> _Merge:
@@ -168,8 +185,7 @@ def _merge(
     # The seed is read along: it holds every column of the current schema.
     fresh_scan = _scan([str(store.seed_path(dataset)), *store.absolute(fresh)])
     with duckdb.connect() as con:
-        found = con.execute(f"SELECT DISTINCT {layout.period_sql} FROM {fresh_scan}").fetchall()
-        periods = {str(d) for (d,) in found}
+        periods, offsets = _periods_and_offsets(con, dataset, layout, fresh_scan)
         merged = [
             name
             for name, entry in part.files.items()
@@ -185,14 +201,6 @@ def _merge(
             f"COPY ({rows}) TO {sql_literal(str(staged))} "
             f"(FORMAT parquet, PARTITION_BY ({layout.key}), COMPRESSION zstd, "
             "COMPRESSION_LEVEL 1)"
-        )
-        offsets = (
-            con.execute(
-                f"SELECT kafka_topic, kafka_partition, max(kafka_offset) FROM {fresh_scan} "
-                "WHERE kafka_topic IS NOT NULL GROUP BY ALL"
-            ).fetchall()
-            if dataset == LEDGER_DIR
-            else []
         )
     written = _publish(store, dataset, staged)
     shutil.rmtree(staged, ignore_errors=True)
