@@ -12,10 +12,14 @@ from learner.reward_heads import (
     LabelledPair,
     RewardModel,
     RewardSettings,
+    accuracies_by_family,
     bradley_terry_loss,
+    bradley_terry_terms,
     combined_reward,
     page_batch,
     pair_accuracies,
+    reward_loss_terms,
+    scored_pairs,
     train_reward_model,
 )
 from learner.training_loop import TrainingCurve
@@ -74,3 +78,27 @@ def test_page_batch_marks_the_list_entries_and_rewards_combine_by_ablation() -> 
     assert combined_reward(page, item, "none").tolist() == [0.0, 0.0]
     # -log sigmoid(0) = log 2
     assert bradley_terry_loss(torch.zeros(3), torch.zeros(3)).item() == torch.log(torch.tensor(2.0))
+
+
+def test_accuracies_by_family_by_hand() -> None:
+    # Rows R_c, R_f; pairs 0 and 2 are np, pair 1 rk.
+    chosen = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, 1.0]])
+    rejected = torch.tensor([[0.0, 1.0, 3.0], [1.0, 0.0, 0.0]])
+    assert accuracies_by_family(chosen, rejected, ["np", "rk", "np"]) == {
+        "np": {"page": 0.5, "item": 0.5, "both": 0.0},  # sums: 1 vs 1 (a tie), 3 vs 3
+        "rk": {"page": 0.0, "item": 1.0, "both": 0.0},  # 1 vs 1: a tie is not a win
+    }
+
+
+def test_scoring_in_batches_gives_the_one_pass_loss() -> None:
+    vocab = build_vocabulary(USERS, ITEMS, ["c"])
+    policy = build_policy(vocab, BackboneSettings(n_embd=32, n_layer=1, n_head=2), seed=0)
+    model = RewardModel(policy.transformer, 32).eval()
+    pairs = toy_pairs(USERS[:25], 4)  # 50 pairs: batches of 16, 16, 16 and 2
+    chosen, rejected = scored_pairs(model, vocab, pairs, batch_size=16)
+    assert chosen.shape == rejected.shape == (2, 50)
+    with torch.no_grad():
+        one_pass = reward_loss_terms(model, vocab, pairs)
+    for name, value in bradley_terry_terms(chosen, rejected).items():
+        assert abs(float(value) - float(one_pass[name])) < 1e-5, name
+    assert not model.training  # the caller's mode is kept
