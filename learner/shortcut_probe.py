@@ -111,7 +111,7 @@ def shortcut_probe(
     popularity = {i: float(c) for i, c in counts.items()}
     category = {i: c.category for i, c in snapshot.catalogue.items()}
 
-    def features(user: str, items: Sequence[str]) -> np.ndarray:
+    def features_of(user: str, items: Sequence[str]) -> np.ndarray:
         rated = snapshot.train_ratings.get(user, {})
         return list_features(items, rated, popularity, mean_rating, category)[columns]
 
@@ -119,7 +119,7 @@ def shortcut_probe(
     for family, pairs in sorted(snapshot.pairs.items()):
         diffs = {True: [], False: []}  # held out for validation?
         for p in pairs:
-            d = features(p.user_id, p.chosen) - features(p.user_id, p.rejected)
+            d = features_of(p.user_id, p.chosen) - features_of(p.user_id, p.rejected)
             diffs[p.user_id in validation_users].append(d)
         if not diffs[True] or not diffs[False]:
             continue
