@@ -102,3 +102,4 @@ def test_scoring_in_batches_gives_the_one_pass_loss() -> None:
     for name, value in bradley_terry_terms(chosen, rejected).items():
         assert abs(float(value) - float(one_pass[name])) < 1e-5, name
     assert not model.training  # the caller's mode is kept
+    assert pair_accuracies(model, vocab, []) == {}
