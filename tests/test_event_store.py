@@ -204,6 +204,33 @@ def test_views_registered_with_the_store_name_their_datasets_wherever_it_lies(
     assert con.execute("SELECT count(*) FROM golden_lists").fetchall() == [(0,)]
 
 
+def test_views_registered_while_a_connection_is_made_are_read_once(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A derive worker registers its views just after a connecting reader first read the
+    # registered views: the reader must use the one reading throughout (it once read them
+    # again and found a dataset it had not pinned: KeyError).
+    from streams.derive.derived_tables import init_derived
+
+    read = EventStore.registered_views
+    reads = []
+
+    def registering_meanwhile(self: EventStore) -> dict[str, str]:
+        views = read(self)
+        reads.append(views)
+        if len(reads) == 1:
+            init_derived(self)
+        return views
+
+    monkeypatch.setattr(EventStore, "registered_views", registering_meanwhile)
+    con = connect_store(store.root)
+    assert "golden_lists" not in {r[0] for r in con.execute("SHOW TABLES").fetchall()}
+    monkeypatch.undo()
+    assert connect_store(store.root).execute("SELECT count(*) FROM golden_lists").fetchall() == [
+        (0,)
+    ]
+
+
 def test_an_event_resent_as_a_new_record_is_listed_as_a_duplicate(store: EventStore) -> None:
     event = parse_event(json.dumps({**VALID["click"], "event_id": "e-twice"}), now=NOW)
     other = parse_event(json.dumps({**VALID["click"], "event_id": "e-once"}), now=NOW)

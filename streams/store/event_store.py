@@ -155,10 +155,12 @@ class EventStore:
         path = self.root / VIEWS_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def datasets(self) -> list[str]:
-        """The ledger and every dataset a registered view reads as ``{table:NAME}``: those the
-        compactor merges (a glob over ``{dataset:NAME}`` could not skip merged files)."""
-        named = {m for select in self.registered_views().values() for m in TABLE.findall(select)}
+    def datasets(self, views: Mapping[str, str] | None = None) -> list[str]:
+        """The ledger and every dataset a registered view (of ``views``, by default those
+        registered now) reads as ``{table:NAME}``: those the compactor merges (a glob over
+        ``{dataset:NAME}`` could not skip merged files)."""
+        views = self.registered_views() if views is None else views
+        named = {m for select in views.values() for m in TABLE.findall(select)}
         return [LEDGER_DIR, *sorted(named - {LEDGER_DIR})]
 
     def bind_source(self, topic: str, topic_id: str) -> None:

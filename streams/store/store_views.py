@@ -221,12 +221,15 @@ def create_views(
     with contextlib.suppress(OSError):  # a store mounted read-only is still read
         ensure_guard(store.root)
     manifest = read_manifest(store.root)  # one version for every dataset, read once
-    pinned = {d: store.current_files(d, manifest) for d in store.datasets()}
+    # Read once: a derive worker registering its views between two reads left the second
+    # naming a dataset the first had not pinned (a KeyError seen in the closed loop's test).
+    registered = store.registered_views()
+    pinned = {d: store.current_files(d, manifest) for d in store.datasets(registered)}
     frozen = ledger is not None
     ledger = ledger or pinned[LEDGER_DIR]
     missing = missing_ledger_columns(con, store, ledger)
     views = view_definitions(store, ledger, missing, frozen)
-    views |= {n: resolve_datasets(s, store, pinned) for n, s in store.registered_views().items()}
+    views |= {n: resolve_datasets(s, store, pinned) for n, s in registered.items()}
     for name, select in views.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
 
