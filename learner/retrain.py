@@ -159,7 +159,9 @@ def read_retrains(registry: ModelRegistry) -> list[RetrainRecord]:
 @contextlib.contextmanager
 def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
     """Held for a whole retrain. On taking it, whatever a killed retrain left is cleaned up:
-    its record is marked interrupted, its run directory and half-published version removed."""
+    its record is marked interrupted, its half-published version removed, and every run
+    directory, which only a running retrain uses (one killed after recording its outcome left
+    its own behind too)."""
     try:
         with exclusive_or_busy(registry.root / RETRAIN_LOCK, "busy"):
             for record in read_retrains(registry):
@@ -170,7 +172,8 @@ def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
                         registry.retrains_dir / f"{record.retrain_id}.json",
                         record.model_dump_json(indent=1),
                     )
-                    shutil.rmtree(registry.root / RUNS / record.retrain_id, ignore_errors=True)
+            for leftover in (registry.root / RUNS).glob("*"):
+                shutil.rmtree(leftover, ignore_errors=True)
             registry.remove_abandoned_staging()
             yield
     except LockBusy as exc:

@@ -21,7 +21,15 @@ import torch
 from learner.constrained_decoding import generate_pages
 from learner.offline_eval import first_slot_scores
 from learner.registry import ModelRegistry
-from learner.retrain import RetrainFailed, RetrainJob, RetrainSettings, read_retrains, retrain
+from learner.retrain import (
+    RUNS,
+    RetrainFailed,
+    RetrainJob,
+    RetrainSettings,
+    read_retrains,
+    retrain,
+    retrain_lock,
+)
 from learner.retrain_loop import RetrainLoop, request_retrain
 from learner.settings import LearnerSettings
 from learner.stages import run_in_process
@@ -309,3 +317,14 @@ def test_a_failed_retrain_is_recorded_with_its_error(store: EventStore, tmp_path
     (failed,) = read_retrains(registry)
     assert failed.state == "failed" and "no-such-model" in (failed.error or "")
     assert registry.versions() == [] and not list((registry.root / "runs").iterdir())
+
+
+def test_taking_the_retrain_lock_removes_every_run_directory_left_behind(store: EventStore) -> None:
+    # A retrain killed after recording "registered" but before removing its run directory left
+    # it there for good: only the directories of "running" records were removed.
+    registry = ModelRegistry.for_store(store.root)
+    left = registry.root / RUNS / "20261202T081048-4d4b2d" / "meta"
+    left.mkdir(parents=True)
+    (left / "weights.bin").write_bytes(b"x")
+    with retrain_lock(registry):
+        assert list((registry.root / RUNS).iterdir()) == []
