@@ -62,7 +62,7 @@ from streams.derive.snapshot_store import SnapshotManifest, load_snapshot, take_
 from streams.derive.training_snapshot import TrainingSnapshot
 from streams.store.atomic_files import write_atomically
 from streams.store.event_store import EventStore
-from streams.store.file_locks import LockBusy, exclusive_or_busy
+from streams.store.file_locks import LockBusy, exclusive
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
     directory, which only a running retrain uses (one killed after recording its outcome left
     its own behind too)."""
     try:
-        with exclusive_or_busy(registry.root / RETRAIN_LOCK, "busy"):
+        with exclusive(registry.root / RETRAIN_LOCK, busy="busy"):
             for record in read_retrains(registry):
                 if record.state == "running":
                     log.warning("retrain %s was interrupted; cleaning up", record.retrain_id)

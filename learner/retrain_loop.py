@@ -41,7 +41,7 @@ from learner.retrain import (
 )
 from schemas.model_registry import RetrainRecord
 from streams.store.atomic_files import write_atomically
-from streams.store.file_locks import LockBusy, exclusive_or_busy
+from streams.store.file_locks import LockBusy, exclusive
 from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def loop_running(registry: ModelRegistry) -> bool:
     if not (registry.root / LOOP_LOCK).exists():
         return False
     try:
-        with exclusive_or_busy(registry.root / LOOP_LOCK, "a loop runs"):
+        with exclusive(registry.root / LOOP_LOCK, busy="a loop runs"):
             return False
     except LockBusy:
         return True
@@ -118,7 +118,7 @@ class LoopAlreadyRunning(RuntimeError):
 @contextlib.contextmanager
 def loop_lock(registry: ModelRegistry) -> Iterator[None]:
     try:
-        with exclusive_or_busy(registry.root / LOOP_LOCK, "busy"):
+        with exclusive(registry.root / LOOP_LOCK, busy="busy"):
             yield
     except LockBusy as exc:
         raise LoopAlreadyRunning(f"a retrain loop already serves {registry.root}") from exc

@@ -11,22 +11,13 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold the lock on ``path`` (created if missing), waiting for any other holder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
-def exclusive_or_busy(path: Path, busy: str) -> Iterator[None]:
-    """Hold the lock on ``path`` (created if missing), or raise ``LockBusy(busy)`` at once when
-    another process holds it."""
+def exclusive(path: Path, busy: str | None = None) -> Iterator[None]:
+    """Hold the lock on ``path`` (created if missing): wait for any other holder, or, given
+    ``busy``, raise ``LockBusy(busy)`` at once when another process holds it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX if busy is None else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise LockBusy(busy) from exc
         yield
