@@ -100,22 +100,42 @@ def test_an_interaction_sequence_becomes_next_page_windows() -> None:
     ]
 
 
-def test_finetuning_keeps_the_best_validation_epoch_and_stops_after_patience() -> None:
+def finetune_scored(scores: list[float]) -> tuple[torch.nn.Module, TrainingCurve, list[dict]]:
+    """Fine-tune the toy world with ``scores`` as the successive validation scores; returns the
+    model, its curve and the weights each score was given to."""
     vocab, history, golden = toy_world()
     model = build_policy(vocab, BackboneSettings(n_embd=48, n_layer=2, n_head=2), seed=0)
     examples = [golden_example(vocab, u, history[u], golden[u]) for u in USERS]
-    scores, states = iter([0.1, 0.3, 0.2, 0.25, 0.9]), []
+    given, states = iter(scores), []
 
     def validation_score(scored: torch.nn.Module) -> float:
         states.append({k: v.clone() for k, v in scored.state_dict().items()})
-        return next(scores)
+        return next(given)
 
     curve = TrainingCurve()
     settings = SupervisedSettings(finetune_epochs=10, finetune_patience=2, **FAST)
     finetune_on_golden_lists(model, examples, settings, curve, vocab.tokenizer.pad_token_id,
                              validation_score=validation_score)  # fmt: skip
-    # best at epoch 2 (0.3); epochs 3 and 4 do no better, so it stops there and restores it
+    return model, curve, states
+
+
+def same_weights(model: torch.nn.Module, state: dict) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_finetuning_keeps_the_best_validation_epoch_and_stops_after_patience() -> None:
+    model, curve, states = finetune_scored([0.1, 0.3, 0.2, 0.25, 0.9])
+    # scored before training (0.1), then best after epoch 1 (0.3); epochs 2 and 3 do no
+    # better, so it stops there and restores epoch 1's weights
     assert curve.epochs["validation_ndcg@100"] == [0.1, 0.3, 0.2, 0.25]
-    assert len(curve.epochs["finetune_nll"]) == 4
-    assert all(torch.equal(v, states[1][k]) for k, v in model.state_dict().items())
-    assert not all(torch.equal(v, states[3][k]) for k, v in model.state_dict().items())
+    assert len(curve.epochs["finetune_nll"]) == 3
+    assert same_weights(model, states[1])
+    assert not same_weights(model, states[3])
+
+
+def test_finetuning_that_never_beats_the_warm_up_keeps_the_warm_up() -> None:
+    model, curve, states = finetune_scored([0.3, 0.2, 0.1, 0.9])
+    assert curve.epochs["validation_ndcg@100"] == [0.3, 0.2, 0.1]
+    assert len(curve.epochs["finetune_nll"]) == 2
+    assert same_weights(model, states[0])
+    assert not same_weights(model, states[2])
