@@ -22,7 +22,6 @@ from abtest.assignment import assign
 from abtest.experiment import Experiment, Variant
 from abtest.metrics import METRICS, MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
-from abtest.settings import AbSettings
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
@@ -295,9 +294,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     store_dir = _store_dir(args)
     with err.status(f"computing the report of {args.name} over {store_dir} ..."):
-        report = build_report(
-            store_dir, args.name, args.now, memory_limit=AbSettings().memory_limit, raw=args.raw
-        )
+        report = build_report(store_dir, args.name, args.now, raw=args.raw)
     console.print(report_table(report))
     files = write_report(report, args.out or store_dir / "experiments" / "reports")
     err.print(f"JSON: {files.json}" + (f"\nPNG:  {files.png}" if files.png else ""))

@@ -23,15 +23,16 @@ def build_report(
     store_dir: Path,
     name: str,
     now: datetime | None = None,
-    memory_limit: str | None = None,
     raw: bool = False,
+    settings: AbSettings | None = None,
 ) -> Report:
     """The report of experiment ``name`` over everything the store holds up to ``now``: from
     its rollup (``user_rollup``) when one was built recently enough, up to the rollup's time,
-    else (or if ``raw``) from the raw events."""
+    else (or if ``raw``) from the raw events under ``settings.memory_limit`` (``settings``:
+    the environment's by default, for every caller alike)."""
     experiment = ExperimentRegistry(store_dir).get(name)
     now = now or datetime.now(UTC)
-    settings = AbSettings()
+    settings = settings or AbSettings()
     rolled = (
         None if raw else rollup_variant_data(store_dir, experiment, now, settings.rollup_max_age_s)
     )
@@ -39,7 +40,7 @@ def build_report(
         data, window_end = rolled
     else:
         con = connect_store(store_dir)
-        cap_memory(con, memory_limit)
+        cap_memory(con, settings.memory_limit)
         data, window_end = query_variant_data(con, experiment, now), experiment.window_end(now)
     report = analyze(experiment, data, window_end)
     report.read_from = "events" if rolled is None else "rollup"

@@ -7,11 +7,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from abtest.analysis import Report
 from abtest.comparison import MetricResult
 from abtest.decision import decide, significantly
+from abtest.decision_actions import decide_and_act
 from abtest.metrics import MetricName
 from abtest.registry import ExperimentRegistry
 from abtest.synthetic_traffic import TrafficShape
@@ -140,3 +142,17 @@ def test_decide_without_an_effect_changes_nothing_and_says_it_goes_on(store: Eve
     assert registry.state().production == "v1"
     assert ExperimentRegistry(store.root).get("flat").stopped_at is None
     assert decisions(store.root, "flat")[0]["taken"] == "nothing changed"
+
+
+def test_decide_reports_under_the_configured_memory_cap(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions(store.root, 2)
+    planted(store.root, "capped", "v2", gmv_lift=0.0)
+    # a cap no report fits in: the report must run under it, as `ab report`'s does
+    monkeypatch.setenv("PAGELLM_AB_MEMORY_LIMIT", "1KB")
+    with pytest.raises(duckdb.OutOfMemoryException):
+        decide_and_act(store.root, "capped")
+    monkeypatch.delenv("PAGELLM_AB_MEMORY_LIMIT")
+    record, _, _ = decide_and_act(store.root, "capped")
+    assert record.decision.action == "continue"

@@ -14,6 +14,7 @@ from abtest.metrics import METRICS, MetricName
 from abtest.metrics_sql import query_variant_data
 from abtest.registry import ExperimentRegistry
 from abtest.report import build_report
+from abtest.settings import AbSettings
 from schemas import Click, Impression, PageSlot, Purchase
 from streams.store.event_store import EventStore
 from streams.store.ledger_schema import LedgerBatch, SourceRecord
@@ -136,11 +137,14 @@ def test_a_store_whose_path_holds_a_quote_reports_under_a_memory_limit(tmp_path)
     # Paths reach DuckDB quoted (views take no parameters), the memory limit as a parameter.
     store = write_toy_store(tmp_path / "shop's 'store'")
     ExperimentRegistry(store.root).create(toy_experiment())
-    report = build_report(store.root, "exp", now=T0 + 30 * D, memory_limit="500MB")
+    capped = AbSettings(memory_limit="500MB")
+    report = build_report(store.root, "exp", now=T0 + 30 * D, settings=capped)
     assert report.users == {"control": 1, "treatment": 2}
     assert store.stored_watermarks("t", [0, 1]) == {0: len(TOY_EVENTS) - 1, 1: -1}
     assert duckdb.sql(f"SELECT {sql_literal(store.root)}").fetchall() == [(str(store.root),)]
     with pytest.raises(duckdb.Error, match="memory"):
-        build_report(store.root, "exp", now=T0 + 30 * D, memory_limit="500MB'; DROP VIEW x; '")
+        # past the settings' own check (model_construct), the query parameter still refuses it
+        injected = AbSettings.model_construct(memory_limit="500MB'; DROP VIEW x; '")
+        build_report(store.root, "exp", now=T0 + 30 * D, settings=injected)
     # Each report is a look; the failed one above was not recorded.
     assert (report.looks, build_report(store.root, "exp", now=T0 + 30 * D).looks) == (1, 2)
