@@ -52,8 +52,16 @@ def sequence_windows(
     vocab: Vocabulary, user: str, sequence: Sequence[str], history_length: int, page_length: int
 ) -> list[TokenExample]:
     """The interaction sequence as pages: each block of ``page_length`` positives after the
-    first, predicted from the ``history_length`` positives before it (as q_u and a page)."""
-    ends = range(len(sequence) - page_length, 0, -page_length)
+    first, predicted from the ``history_length`` positives before it (as q_u and a page).
+
+    A sequence of P <= ``page_length`` positives (P >= 2) has no full page after a history;
+    its one window predicts its last ceil(P / 2) from the floor(P / 2) before, the split of a
+    short history's prompt and golden list (``streams.derive.golden_list``). Without it a user
+    with 10 or fewer positives gave meta pre-training no window at all."""
+    if 2 <= len(sequence) <= page_length:
+        ends: Sequence[int] = [len(sequence) // 2]
+    else:
+        ends = range(len(sequence) - page_length, 0, -page_length)
     return [
         golden_example(
             vocab,

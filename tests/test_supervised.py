@@ -100,6 +100,15 @@ def test_an_interaction_sequence_becomes_next_page_windows() -> None:
     ]
 
 
+def test_a_sequence_shorter_than_a_page_still_gives_one_window() -> None:
+    vocab = build_vocabulary(["u0"], list("abcde"), ["c0"])
+    (window,) = sequence_windows(vocab, "u0", list("abcde"), history_length=3, page_length=10)
+    # five positives: the last three predicted from the two before, as a short history's lists
+    expected = golden_example(vocab, "u0", list("ab"), list("cde"))
+    assert (window.ids, window.loss_from) == (expected.ids, expected.loss_from)
+    assert sequence_windows(vocab, "u0", ["a"], history_length=3, page_length=10) == []
+
+
 def finetune_scored(scores: list[float]) -> tuple[torch.nn.Module, TrainingCurve, list[dict]]:
     """Fine-tune the toy world with ``scores`` as the successive validation scores; returns the
     model, its curve and the weights each score was given to."""
