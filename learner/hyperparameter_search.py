@@ -13,7 +13,7 @@ defaults are always the first trial, so the search says whether anything beat th
 from __future__ import annotations
 
 import json
-import math
+import statistics
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -117,10 +117,9 @@ def validation_scores(
 
 
 def geometric_mean(values: Sequence[float]) -> float:
-    """(prod v_d)^(1/D): a relative change of any one value moves it alike (0 if any is 0)."""
-    if any(v <= 0 for v in values):
-        return 0.0
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    """(prod v_d)^(1/D): a relative change of any one value moves it alike (0 if any is 0,
+    which the standard library's refuses: a collapsed policy scores 0, not an error)."""
+    return 0.0 if any(v <= 0 for v in values) else statistics.geometric_mean(values)
 
 
 def _trial(config: dict[str, Any], datasets: Mapping[str, Dataset], base: LearnerSettings) -> None:
