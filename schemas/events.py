@@ -25,12 +25,16 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Feedback older than the Unix epoch is a clock or encoding error; and an offset can move a
+# timestamp of year 1 to year 0 in UTC, which the store's readers cannot hold.
+EARLIEST_TS = datetime(1970, 1, 1, tzinfo=UTC)
 
 Identifier = Annotated[
     str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
 ]
 Position = Annotated[int, Field(ge=1, le=1000, description="1-based slot on the page")]
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=4)]
+MONEY_MAX = Decimal("99999999999999.9999")  # the largest Money: the store's DECIMAL(18, 4)
 
 
 class _Event(BaseModel):
@@ -41,6 +45,14 @@ class _Event(BaseModel):
     session_id: Identifier
     ts: AwareDatetime = Field(description="when it happened; ISO-8601 with a UTC offset")
     schema_version: Literal[1] = SCHEMA_VERSION
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, value: object) -> object:
+        # The literal 1 also matches True, which strictness does not catch here.
+        if isinstance(value, bool):
+            raise ValueError("a number, not a boolean")
+        return value
 
     @field_validator("ts", mode="before")
     @classmethod
@@ -55,7 +67,9 @@ class _Event(BaseModel):
 
     @field_validator("ts")
     @classmethod
-    def _not_in_future(cls, value: datetime, info: ValidationInfo) -> datetime:
+    def _within_bounds(cls, value: datetime, info: ValidationInfo) -> datetime:
+        if value < EARLIEST_TS:
+            raise ValueError(f"timestamp is before {EARLIEST_TS.isoformat()} (the Unix epoch)")
         context = info.context or {}
         now: datetime = context.get("now") or datetime.now(UTC)
         skew: timedelta = context.get("max_clock_skew", DEFAULT_MAX_CLOCK_SKEW)
@@ -124,6 +138,17 @@ class Purchase(_Event):
                 return Decimal(value)
             except ArithmeticError as exc:
                 raise ValueError("not a decimal number") from exc
+        return value
+
+    @field_validator("unit_price")
+    @classmethod
+    def _gmv_fits(cls, value: Decimal, info: ValidationInfo) -> Decimal:
+        quantity = info.data.get("quantity")  # validated before unit_price, when valid
+        if isinstance(quantity, int) and quantity * value > MONEY_MAX:
+            raise ValueError(
+                f"quantity x unit_price = {quantity * value} exceeds the largest GMV the "
+                f"store holds ({MONEY_MAX})"
+            )
         return value
 
     @property

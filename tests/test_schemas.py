@@ -9,7 +9,9 @@ from decimal import Decimal
 import pytest
 
 from schemas import CatalogueItem, InvalidEvent, event_to_json, parse_event
+from schemas.events import MONEY_MAX
 from streams.ingest.synthetic_feed import CORRUPTIONS, FeedGenerator
+from streams.store.ledger_schema import LedgerBatch, SourceRecord
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 BASE = {
@@ -60,6 +62,16 @@ def test_purchase_gmv_is_exact_decimal() -> None:
     assert purchase.gmv == Decimal("59.97")
 
 
+def test_the_largest_gmv_accepted_is_the_largest_the_store_holds() -> None:
+    largest = parse({**VALID["purchase"], "quantity": 1, "unit_price": str(MONEY_MAX)})
+    assert largest.gmv == MONEY_MAX
+    batch = LedgerBatch()
+    batch.add_accepted(largest, SourceRecord("events", 0, 0, b"u-1", None))
+    assert batch.to_table().column("gmv").to_pylist() == [MONEY_MAX]
+    with pytest.raises(InvalidEvent, match=r"^unit_price: .*largest GMV"):
+        parse({**VALID["purchase"], "quantity": 2, "unit_price": "50000000000000"})
+
+
 @pytest.mark.parametrize(
     ("change", "field", "reason"),
     [
@@ -73,6 +85,13 @@ def test_purchase_gmv_is_exact_decimal() -> None:
         ({"ts": "2026-06-01T11:59:00"}, "ts", "timezone"),
         ({"ts": "yesterday"}, "ts", "ISO-8601"),
         ({"schema_version": 2}, "schema_version", "Input should be 1"),
+        ({"schema_version": True}, "schema_version", "not a boolean"),
+        ({"ts": "1969-12-31T23:59:59+00:00"}, "ts", "before 1970-01-01"),
+        # Year 1 at +14:00 is year 0 in UTC: the derive worker's reader crashed on it.
+        ({"ts": "0001-01-01T00:00:00+14:00"}, "ts", "before 1970-01-01"),
+        # 10 x 1e13 does not fit the store's DECIMAL(18, 4): the batch holding it could not
+        # be written, and the worker died on it at every restart.
+        ({"quantity": 10, "unit_price": "10000000000000"}, "unit_price", "largest GMV"),
     ],
 )
 def test_purchase_violations_name_field_and_reason(
