@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from streams.derive.snapshot_store import read_stream
+from streams.ingest.batch_consumer import source_of
 from streams.ingest.ingest_worker import Ingestor
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
@@ -205,3 +207,27 @@ def test_training_data_counts_a_resent_rating_once(ingestor: Ingestor) -> None:
     ingestor.commit_batch(batch, [s for s, _ in first + copy])
     events, _ = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
     assert [e.event_id for e in events] == ["u0-0", "u0-1", "u0-2"]
+
+
+@pytest.mark.parametrize(
+    ("timestamp_ms", "stored"),
+    [
+        (0, datetime(1970, 1, 1, tzinfo=UTC)),  # the epoch is a time, not "none"
+        (1_700_000_000_123, datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)),
+        (-1, None),  # Kafka's "no timestamp"
+        # The broker accepts both; the first stopped the worker at every restart.
+        (-62_135_596_800_001, None),
+        (2**62, None),
+    ],
+)
+def test_any_kafka_timestamp_the_broker_accepts_is_stored(
+    ingestor: Ingestor, timestamp_ms: int, stored: datetime | None
+) -> None:
+    [(_, value)] = records(range(1))
+    record = ConsumerRecord("events", 0, 0, timestamp_ms, 0, b"u0", value, None, 2, len(value), ())
+    source, raw = source_of(record)
+    batch, rejects = ingestor.build_batch([(source, raw)])
+    ingestor.commit_batch(batch, [source])
+    assert not rejects
+    con = connect_store(ingestor.store.root)
+    assert con.execute("SELECT kafka_timestamp FROM ingested").fetchall() == [(stored,)]

@@ -41,9 +41,21 @@ Records = list[tuple[SourceRecord, bytes | None]]
 EXIT_UNPERSISTED = 70
 
 
+def record_time(timestamp_ms: int | None) -> datetime | None:
+    """A record's Kafka timestamp (ms since the epoch) as a time; None for none (Kafka's -1)
+    and for any the broker accepts that is before the epoch or past year 9999, so that no
+    record's metadata can stop its partition."""
+    if timestamp_ms is None or timestamp_ms < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def source_of(record: ConsumerRecord[bytes, bytes]) -> tuple[SourceRecord, bytes | None]:
     """A consumed record as the store's ``SourceRecord`` and its raw value."""
-    stamp = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp else None
+    stamp = record_time(record.timestamp)
     source = SourceRecord(record.topic, record.partition, record.offset, record.key, stamp)
     return source, record.value
 
