@@ -166,7 +166,10 @@ def compare_metric(
     )
     lift = relative_lift(a, b)
     if lift.variance <= 0:
-        why = f"no variance: every user of both variants has the same {metric.label}"
+        why = (
+            f"no variance: within each variant every user has the same {metric.label}, so no "
+            "difference between them can be tested"
+        )
         return result.model_copy(update={"lift": lift.value, "no_result": why})
     p = two_sided_p_value(lift)
     valid_p = always_valid_p_value(lift, experiment.sequential_tau)

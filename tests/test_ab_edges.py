@@ -95,15 +95,22 @@ def test_a_ctr_with_no_clicks_in_the_control_is_a_baseline_zero() -> None:
     )
 
 
-def test_constant_users_have_no_variance_and_no_significance() -> None:
+# 19.99 and 29.99 are not exact in binary: Q - n m m^T left a variance of 1e-14, and the
+# report said +50% with p = 0, which decide promoted.
+@pytest.mark.parametrize(("spent", "pre"), [((10.0, 12.0), 5.0), ((19.99, 29.99), 19.99)])
+def test_constant_users_have_no_variance_and_no_significance(
+    spent: tuple[float, float], pre: float
+) -> None:
     control, treatment = users(7), users(8)
-    control["gmv"] = np.full(2000, 10.0)
-    treatment["gmv"] = np.full(2000, 12.0)
+    control["gmv"] = np.full(2000, spent[0])
+    treatment["gmv"] = np.full(2000, spent[1])
     for period in (control, treatment):
-        period["pre_gmv"] = np.full(2000, 5.0)
+        period["pre_gmv"] = np.full(2000, pre)
     report = analyze(two_variant_experiment(), variant_data(control, treatment), START)
     gmv = by_metric(report)[MetricName.GMV_PER_USER]
-    assert gmv.lift == pytest.approx(0.2) and gmv.p_value == 1.0 and not gmv.significant
+    assert gmv.lift == pytest.approx(spent[1] / spent[0] - 1)
+    assert gmv.p_value == 1.0 and not gmv.significant
+    assert decide(report, "treatment", MetricName.GMV_PER_USER).action != "promote"
     assert gmv.no_result.startswith("no variance")
     assert gmv.notes == ["CUPED off: the pre-period values do not vary"]
 
