@@ -133,7 +133,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     sql.add_argument(
         "--format", choices=["table", "csv", "json"], default="table",
         help="table (for people, the default), csv with a header, or json (an array of "
-             "objects): csv and json come from DuckDB's own writers, for scripts",
+             "objects; NaN and infinities as null): csv and json come from DuckDB's own "
+             "writers, for scripts",
     )  # fmt: skip
 
     compact = _store_action(
@@ -371,6 +372,7 @@ def compact_and_purge(store: EventStore, settings: StreamSettings) -> None:
 def run_store_sql(args: argparse.Namespace) -> int:
     import duckdb
 
+    from streams.store.query_output import write_result
     from streams.store.store_views import connect_store
 
     try:
@@ -378,12 +380,10 @@ def run_store_sql(args: argparse.Namespace) -> int:
         if args.format == "table":
             print_query(con, args.query)
         else:
-            # DuckDB writes CSV and JSON itself, streaming, with its types rendered as it
-            # renders them everywhere (decimals exact, times in ISO form, blobs escaped).
             sys.stdout.flush()
-            copy = "(FORMAT csv, HEADER)" if args.format == "csv" else "(FORMAT json, ARRAY true)"
-            con.execute(f"COPY ({args.query.rstrip().rstrip(';')}) TO '/dev/stdout' {copy}")
-    except (FileNotFoundError, duckdb.Error) as exc:
+            write_result(con, args.query, args.format, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+    except (FileNotFoundError, ValueError, duckdb.Error) as exc:
         console.print(f"query failed: {exc}", style="red", markup=False)
         return 2
     return 0

@@ -200,6 +200,32 @@ def test_store_sql_writes_csv_and_json_for_scripts(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "query failed" in bad.stderr.decode() and not bad.stdout
 
 
+def test_store_sql_appends_to_a_redirected_file_and_writes_strict_json(tmp_path: Path) -> None:
+    from tests.test_ab_metrics_sql import write_toy_store
+
+    store = write_toy_store(tmp_path / "store")
+    out = tmp_path / "out.txt"
+    out.write_bytes(b"kept\n")
+    # A trailing comment once swallowed the ")" of the COPY the query was pasted into.
+    query = "SELECT 'nan'::DOUBLE AS x, 'inf'::DOUBLE AS y, 1.5 AS z; -- a note"
+    for fmt in ("csv", "json"):
+        with out.open("ab") as sink:  # what `>> out.txt` gives the command
+            done = subprocess.run(
+                [sys.executable, "-m", "pagellm", "store", "sql", "--store", str(store.root),
+                 "--format", fmt, query],
+                stdout=sink, stderr=subprocess.PIPE, cwd=ROOT, timeout=120, check=False,
+            )  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+    kept, header, row, as_json = out.read_text().split("\n", 3)
+    assert (kept, header, row.lower()) == ("kept", "x,y,z", "nan,inf,1.5")
+    assert json.loads(as_json, parse_constant=not_json) == [{"x": None, "y": None, "z": 1.5}]
+
+
+def not_json(constant: str) -> None:
+    """json.loads takes NaN and Infinity unless told otherwise; strict parsers refuse them."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 @pytest.mark.kafka
 def test_topics_take_min_insync_replicas_and_refuse_an_impossible_one(
     settings: StreamSettings,
