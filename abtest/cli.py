@@ -15,19 +15,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from abtest.assignment import assign
-from abtest.experiment import Experiment, Variant
+from abtest.bucketing import BUCKETS, initial_allocation, ranges_size
+from abtest.experiment import MAX_ALPHA, MAX_WEIGHT, Experiment, Variant
 from abtest.metrics import METRICS, MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
+from schemas.events import describe_validation_error
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 
 # Piped output (a file, a CI log) gets room for the whole report table instead of 80 columns.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
+MAX_PLANNED_LIFT = 100.0  # +10,000%: beyond it the power formulas overflow, and it means nothing
 
 
 def _store_dir(args: argparse.Namespace) -> Path:
@@ -46,7 +50,14 @@ def parse_variant(spec: str) -> Variant:
             f"--variant {spec!r}: expected NAME:MODEL_VERSION[:WEIGHT], e.g. control:v1:50"
         )
     weight = parts[2] if len(parts) == 3 else "1"
-    return Variant.model_validate({"name": parts[0], "model_version": parts[1], "weight": weight})
+    try:
+        return Variant.model_validate(
+            {"name": parts[0], "model_version": parts[1], "weight": weight}
+        )
+    except ValidationError as exc:  # argparse would say only "invalid parse_variant value"
+        raise argparse.ArgumentTypeError(
+            f"--variant {spec!r}: {describe_validation_error(exc)}"
+        ) from None
 
 
 def _time(value: str) -> datetime:
@@ -81,13 +92,22 @@ def _weights(value: str) -> dict[str, float]:
         numbers = [float(w) for w in value.split(",")]
     except ValueError:
         numbers = []
-    if len(numbers) < 2 or any(not w > 0 for w in numbers):
-        raise argparse.ArgumentTypeError(f"{value!r}: expected two or more positive weights, "
-                                         "control first, e.g. 50,50")  # fmt: skip
+    if len(numbers) < 2 or any(not 0 < w <= MAX_WEIGHT for w in numbers):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected two or more positive weights up to {MAX_WEIGHT:g}, control "
+            "first, e.g. 50,50"
+        )
     treatments = ["treatment"] if len(numbers) == 2 else [
         f"treatment-{i}" for i in range(1, len(numbers))
     ]  # fmt: skip
-    return dict(zip(["control", *treatments], numbers, strict=True))
+    weights = dict(zip(["control", *treatments], numbers, strict=True))
+    allocation = initial_allocation(weights)
+    if empty := [name for name, r in allocation.items() if ranges_size(r) == 0]:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: {', '.join(empty)} would get none of the {BUCKETS} buckets beside the "
+            "others"
+        )
+    return weights
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -327,8 +347,13 @@ def run_rollup(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     from abtest.planning import plan_experiment
 
-    if args.lift == 0 or args.lift <= -1:
-        raise ExperimentError(f"lift: {args.lift} cannot be detected; give e.g. 0.02 for +2%")
+    if not -1 < args.lift <= MAX_PLANNED_LIFT or args.lift == 0:
+        raise ExperimentError(
+            f"lift: {args.lift} cannot be planned for; give a relative lift above -1 and up to "
+            f"{MAX_PLANNED_LIFT:g}, not 0, e.g. 0.02 for +2%"
+        )
+    if args.alpha >= MAX_ALPHA:
+        raise ExperimentError(f"alpha: {args.alpha} is not below {MAX_ALPHA}, as experiments need")
     if args.power >= 1:
         raise ExperimentError("power: 1 would need infinitely many users; give e.g. 0.8")
     if args.history_days < 1:
@@ -344,8 +369,8 @@ def run_plan(args: argparse.Namespace) -> int:
     per_variant = ", ".join(f"{name} {n:,}" for name, n in plan.users_per_variant.items())
     if plan.days is None:
         days = (
-            f"never at the recent traffic: {args.history_days} days of it reached no more users "
-            f"than {args.history_days - 1}"
+            f"never at the recent traffic: its last day reached no user its first "
+            f"{args.history_days - 1} had not (the reach stopped at {plan.history_users:,})"
         )
     else:
         where = "within" if plan.days_within_history else "extrapolated beyond"

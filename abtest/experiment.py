@@ -19,21 +19,26 @@ from abtest.metrics import MetricName
 from abtest.multiple_testing import Correction
 from schemas.events import Identifier
 
+MAX_WEIGHT = 1e6  # a variant's relative weight; weights must also leave each variant a bucket
+MAX_ALPHA = 0.5  # a two-sided significance level at or above it tests nothing
+
 Range = tuple[Annotated[int, Field(ge=0, le=BUCKETS)], Annotated[int, Field(ge=0, le=BUCKETS)]]
 
 
 class Variant(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Identifier
-    weight: float = Field(gt=0, description="share of the experiment's users, relative")
+    weight: float = Field(
+        gt=0, le=MAX_WEIGHT, description="share of the experiment's users, relative"
+    )
     model_version: Identifier = Field(description="the policy version this variant serves")
 
 
 class Phase(BaseModel):
     """An allocation period: from ``start`` until the next phase, users split by ``weights``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     start: AwareDatetime
     weights: dict[str, float]
@@ -50,7 +55,8 @@ class PhaseWindow:
 class Experiment(BaseModel):
     """One A/B experiment; ``ExperimentRegistry.create`` fills in its layer buckets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An infinity was accepted, saved as null, and then no experiment of the store loaded.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Identifier
     salt: str = Field("", description="hash salt of the variant assignment (default: the name)")
@@ -66,11 +72,14 @@ class Experiment(BaseModel):
     start: AwareDatetime
     end: AwareDatetime | None = Field(None, description="None: runs until stopped")
     pre_period_days: float = Field(
-        14.0, ge=0, description="days before start whose data adjusts the metrics (CUPED); 0: off"
+        14.0,
+        ge=0,
+        le=3650,
+        description="days before start whose data adjusts the metrics (CUPED); 0: off",
     )
     primary_metrics: tuple[MetricName, ...] = (MetricName.GMV_PER_USER, MetricName.CTR)
     guardrails: tuple[MetricName, ...] = (MetricName.SESSION_FAILURE_RATE,)
-    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level (two-sided)")
+    alpha: float = Field(0.05, gt=0, lt=MAX_ALPHA, description="significance level (two-sided)")
     min_users_per_variant: int = Field(
         100, ge=2, description="below this many exposed users a variant's results are withheld"
     )
@@ -85,7 +94,11 @@ class Experiment(BaseModel):
         "pre-registered hypotheses and keep their own p)",
     )
     sequential_tau: float = Field(
-        0.02, gt=0, description="prior sd of the relative lift in the always-valid p-value"
+        0.02,
+        gt=0,
+        le=10,
+        description="prior sd of the relative lift in the always-valid p-value (a lift of "
+        "1,000% is 10)",
     )
     stopped_at: AwareDatetime | None = None
     phases: tuple[Phase, ...] = Field(
@@ -108,6 +121,11 @@ class Experiment(BaseModel):
             raise ValueError("allocation: must name exactly the variants")
         elif sum(ranges_size(r) for r in self.allocation.values()) != BUCKETS:
             raise ValueError(f"allocation: the variants' ranges must cover all {BUCKETS} buckets")
+        if empty := [name for name, r in self.allocation.items() if ranges_size(r) == 0]:
+            raise ValueError(
+                f"variants: {', '.join(empty)} would get none of the {BUCKETS} buckets (a "
+                "weight too small beside the others), so no user could ever see it"
+            )
         if not self.phases:
             weights = {v.name: v.weight for v in self.variants}
             object.__setattr__(self, "phases", (Phase(start=self.start, weights=weights),))

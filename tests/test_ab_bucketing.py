@@ -210,3 +210,35 @@ def test_configuration_errors_name_the_field() -> None:
         experiment("e", variants=(Variant(name="a", weight=1, model_version="v"),) * 2)
     with pytest.raises(ValidationError, match="weight"):
         Variant(name="a", weight=-1, model_version="v")
+
+
+@pytest.mark.parametrize(
+    ("settings", "field", "reason"),
+    [
+        # An infinity was saved as null, and then no experiment of the store would load.
+        ({"sequential_tau": float("inf")}, "sequential_tau", "a finite number"),
+        ({"sequential_tau": 1e300}, "sequential_tau", "less than or equal to 10"),
+        ({"pre_period_days": 1e9}, "pre_period_days", "less than or equal to 3650"),
+        ({"pre_period_days": float("nan")}, "pre_period_days", "a finite number"),
+    ],
+)
+def test_settings_that_would_break_a_later_report_are_refused(
+    settings: dict[str, float], field: str, reason: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=rf"{field}\n  Input should be {reason}"):
+        experiment("e", **settings)
+
+
+def test_a_variant_that_would_get_no_bucket_is_refused() -> None:
+    from pydantic import ValidationError
+
+    tiny = (
+        Variant(name="control", weight=1e-300, model_version="v1"),
+        Variant(name="treatment", weight=1, model_version="v2"),
+    )
+    with pytest.raises(ValidationError, match="control would get none of the 10000 buckets"):
+        experiment("e", variants=tiny)
+    with pytest.raises(ValidationError, match="weight"):
+        Variant(name="a", weight=float("inf"), model_version="v")

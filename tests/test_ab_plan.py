@@ -109,7 +109,11 @@ def test_plan_of_a_store_matches_an_independent_count(shop: tuple[Path, datetime
                     "--now", end.isoformat())  # fmt: skip
     assert small.returncode == 0, small.stderr.decode()
     # The shop has 20,000 users, all seen within the history: no new ones to reach 1,500,000.
-    assert "never at the recent traffic" in small.stdout.decode()
+    never = (
+        "never at the recent traffic: its last day reached no user its first 13 had not "
+        "(the reach stopped at 20,000)"
+    )
+    assert never in " ".join(small.stdout.decode().split())
     assert f"Users needed: control {users_needed_text(store, end)}" in small.stdout.decode()
 
 
@@ -125,9 +129,15 @@ def test_plan_errors_name_the_field(shop: tuple[Path, datetime]) -> None:
     empty = pagellm(*common, "--lift", "0.05", "--now", long_ago)
     assert empty.returncode == 2
     assert "history: the store's last 14 days have 0 users" in empty.stderr.decode()
-    zero = pagellm(*common, "--lift", "0")
-    assert zero.returncode == 2 and "lift: 0.0 cannot be detected" in zero.stderr.decode()
+    # nan, inf and 1e300 crashed with a traceback (the power formulas overflowed).
+    for lift in ("0", "nan", "inf", "1e300", "-1"):
+        refused = pagellm(*common, "--lift", lift)
+        assert refused.returncode == 2 and "cannot be planned for" in refused.stderr.decode()
+    alpha = pagellm(*common, "--lift", "0.05", "--alpha", "1")  # "power 100%" before
+    assert alpha.returncode == 2 and "alpha: 1.0 is not below 0.5" in alpha.stderr.decode()
     weights = pagellm(*common, "--lift", "0.05", "--weights", "100")
     assert weights.returncode == 2 and "--weights" in weights.stderr.decode()
+    uneven = pagellm(*common, "--lift", "0.05", "--weights", "1e-300,1")  # 300-digit counts
+    assert uneven.returncode == 2 and "control would get none" in uneven.stderr.decode()
     power = pagellm(*common, "--lift", "0.05", "--power", "1")
     assert power.returncode == 2 and "power: 1 would need" in power.stderr.decode()
