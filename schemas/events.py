@@ -20,7 +20,6 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 SCHEMA_VERSION = 1
@@ -96,16 +95,23 @@ class Impression(_Event):
     items: list[PageSlot] = Field(min_length=1, max_length=1000)
     model_version: Identifier
     experiment: Identifier | None = None
-    variant: Identifier | None = None
+    variant: Identifier | None = Field(None, validate_default=True)  # checked with experiment
 
-    @model_validator(mode="after")
-    def _page_is_consistent(self) -> Impression:
-        positions = [slot.position for slot in self.items]
+    # Field validators, not a model validator, so that the reason names its field.
+    @field_validator("items")
+    @classmethod
+    def _distinct_positions(cls, items: list[PageSlot]) -> list[PageSlot]:
+        positions = [slot.position for slot in items]
         if len(set(positions)) != len(positions):
-            raise ValueError("items: two slots share a position")
-        if (self.experiment is None) != (self.variant is None):
-            raise ValueError("experiment and variant: give both or neither")
-        return self
+            raise ValueError("two slots share a position")
+        return items
+
+    @field_validator("variant")
+    @classmethod
+    def _with_its_experiment(cls, variant: str | None, info: ValidationInfo) -> str | None:
+        if "experiment" in info.data and (info.data["experiment"] is None) != (variant is None):
+            raise ValueError("give experiment and variant both or neither")
+        return variant
 
 
 class Click(_Event):
@@ -179,6 +185,9 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+_TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """Render pydantic errors as 'field.path: reason; ...' (the tag of the union stripped)."""
     parts = []
@@ -186,6 +195,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = [str(p) for p in error["loc"]]
         if loc and loc[0] in EVENT_TYPES:
             loc = loc[1:]
+        if error["type"] in _TAG_ERRORS:  # the union's tag is the type field
+            loc = ["type"]
         field = ".".join(loc) or "event"
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{field}: {message}")

@@ -119,16 +119,27 @@ def test_clock_skew_is_a_setting() -> None:
 def test_not_json_and_unknown_type_are_rejected() -> None:
     with pytest.raises(InvalidEvent, match=r"^event: Invalid JSON"):
         parse(b"\x00not json")
-    with pytest.raises(InvalidEvent, match="does not match any of the expected tags"):
+    with pytest.raises(InvalidEvent, match=r"^type: .*does not match any of the expected tags"):
         parse({**VALID["click"], "type": "hover"})
+    without_type = {k: v for k, v in VALID["click"].items() if k != "type"}
+    with pytest.raises(InvalidEvent, match=r"^type: Unable to extract tag"):
+        parse(without_type)
 
 
 def test_impression_page_must_be_consistent() -> None:
+    # Each reason names its field (these were labelled "event").
     clash = {**VALID["impression"], "items": [{"item_id": "a", "position": 1}] * 2}
-    with pytest.raises(InvalidEvent, match="share a position"):
+    with pytest.raises(InvalidEvent, match=r"^items: two slots share a position"):
         parse(clash)
-    with pytest.raises(InvalidEvent, match="give both or neither"):
+    with pytest.raises(InvalidEvent, match=r"^variant: give experiment and variant both or"):
         parse({**VALID["impression"], "variant": None})
+    no_variant = {k: v for k, v in VALID["impression"].items() if k != "variant"}
+    with pytest.raises(InvalidEvent, match=r"^variant: give experiment and variant both or"):
+        parse(no_variant)
+    with pytest.raises(InvalidEvent, match=r"^variant: give experiment and variant both or"):
+        parse({**VALID["impression"], "experiment": None})
+    neither = {k: v for k, v in no_variant.items() if k != "experiment"}
+    assert parse(neither).variant is None
     with pytest.raises(InvalidEvent, match=r"^items: "):
         parse({**VALID["impression"], "items": []})
 
