@@ -13,11 +13,17 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
 from abtest.experiment import Experiment, Phase
 from abtest.settings import AbSettings
+from schemas.events import Identifier
 from streams.store.atomic_files import write_atomically
 from streams.store.file_locks import exclusive
+
+
+EXPERIMENT_NAME: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
 class ExperimentError(ValueError):
@@ -40,6 +46,14 @@ class ExperimentRegistry:
         self.bucket_cooldown = bucket_cooldown
 
     def _path(self, name: str) -> Path:
+        # A name is a file name here: '../x' read STORE/x.json, outside the experiments.
+        try:
+            EXPERIMENT_NAME.validate_python(name)
+        except ValidationError:
+            raise ExperimentError(
+                f"name: {name!r} is not an experiment name (1-128 letters, digits and _ . : -, "
+                "starting with a letter or digit)"
+            ) from None
         return self.dir / f"{name}.json"
 
     @contextlib.contextmanager

@@ -199,6 +199,9 @@ def test_registry_refuses_a_duplicate_and_names_the_unknown(tmp_path) -> None:
     with pytest.raises(ExperimentError, match=r"no experiment named 'nope' \(known: exp\)"):
         registry.get("nope")
     assert [e.name for e in ExperimentRegistry(tmp_path).list()] == ["exp"]
+    (tmp_path / "outside.json").write_text("{}")
+    with pytest.raises(ExperimentError, match=r"name: '\.\./outside' is not an experiment"):
+        ExperimentRegistry(tmp_path).get("../outside")  # tmp_path/outside.json
 
 
 def test_configuration_errors_name_the_field() -> None:
