@@ -29,12 +29,18 @@ from learner.training_loop import (
 
 
 class SupervisedSettings(BaseModel):
-    """The paper's defaults (section 5.1.4)."""
+    """The paper's defaults (section 5.1.4), but for the fine-tuning learning rate."""
 
     meta_epochs: int = Field(3, ge=0)
     meta_lr: float = Field(5e-5, gt=0)
     finetune_epochs: int = Field(10, ge=0, description="at most; see finetune_patience")
-    finetune_lr: float = Field(2e-5, gt=0)
+    finetune_lr: float = Field(
+        2e-4,
+        gt=0,
+        description="10 x the paper's 2e-5, which suits a pretrained GPT-2: this small decoder "
+        "learns from scratch, and where fine-tuning runs (short histories; on dense the warm-up "
+        "wins) validation NDCG@100 rose 4% for sft and 12% for both (README)",
+    )
     finetune_patience: int | None = Field(
         2,
         ge=1,
