@@ -22,7 +22,6 @@ from schemas.events import Identifier
 from streams.store.atomic_files import write_atomically
 from streams.store.file_locks import exclusive
 
-
 EXPERIMENT_NAME: TypeAdapter[str] = TypeAdapter(Identifier)
 
 
