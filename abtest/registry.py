@@ -18,7 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from abtest.bucketing import BUCKETS, Ranges, as_ranges, bucket_counts, expand, reallocate
 from abtest.experiment import Experiment, Phase
 from abtest.settings import AbSettings
-from schemas.events import Identifier
+from schemas.events import Identifier, describe_validation_error
 from streams.store.atomic_files import write_atomically
 from streams.store.file_locks import exclusive
 
@@ -67,16 +67,26 @@ class ExperimentRegistry:
     def list(self) -> list[Experiment]:
         if not self.dir.exists():
             return []
-        return [
-            Experiment.model_validate_json(p.read_text()) for p in sorted(self.dir.glob("*.json"))
-        ]
+        return [self._load(p) for p in sorted(self.dir.glob("*.json"))]
 
     def get(self, name: str) -> Experiment:
         path = self._path(name)
         if not path.exists():
             known = ", ".join(e.name for e in self.list()) or "none"
             raise ExperimentError(f"no experiment named {name!r} (known: {known})")
-        return Experiment.model_validate_json(path.read_text())
+        return self._load(path)
+
+    @staticmethod
+    def _load(path: Path) -> Experiment:
+        """The experiment a file holds; an ExperimentError naming the file if it is invalid
+        (edited by hand, say), where a bare validation error named only a setting."""
+        try:
+            return Experiment.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise ExperimentError(
+                f"{path}: not a valid experiment ({describe_validation_error(exc)}); fix or "
+                "remove the file"
+            ) from None
 
     def create(self, experiment: Experiment, now: datetime | None = None) -> Experiment:
         """Store a new experiment, giving it the lowest free buckets of its layer."""

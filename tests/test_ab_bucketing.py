@@ -199,6 +199,17 @@ def test_registry_refuses_a_duplicate_and_names_the_unknown(tmp_path) -> None:
     with pytest.raises(ExperimentError, match=r"no experiment named 'nope' \(known: exp\)"):
         registry.get("nope")
     assert [e.name for e in ExperimentRegistry(tmp_path).list()] == ["exp"]
+    broken = tmp_path / "experiments" / "broken.json"
+    broken.write_text(
+        experiment("broken")
+        .model_dump_json()
+        .replace('"sequential_tau":0.02', '"sequential_tau":null')
+    )
+    with pytest.raises(
+        ExperimentError, match=r"broken\.json: not a valid experiment \(sequential_tau: "
+    ):
+        ExperimentRegistry(tmp_path).list()
+    broken.unlink()
     (tmp_path / "outside.json").write_text("{}")
     with pytest.raises(ExperimentError, match=r"name: '\.\./outside' is not an experiment"):
         ExperimentRegistry(tmp_path).get("../outside")  # tmp_path/outside.json
