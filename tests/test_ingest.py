@@ -113,9 +113,13 @@ def test_records_at_the_brokers_limits_never_stop_ingestion(
     settings: StreamSettings, workers: Callable
 ) -> None:
     # A raw producer, as a third-party client would: a value just under the broker's 1 MB
-    # limit, a null value, a keyless and a mis-keyed valid event, then a good one.
+    # limit, a null value, a keyless and a mis-keyed valid event, a good one, a purchase whose
+    # GMV the store cannot hold, and a good one stamped before year 1 (the broker takes any
+    # timestamp). The last two each stopped the worker at every restart.
     valid = {k: parse_event(json.dumps({**VALID["rating"], "event_id": k, "user_id": k}))
-             for k in ("u3", "u4", "u5")}  # fmt: skip
+             for k in ("u3", "u4", "u5", "u7")}  # fmt: skip
+    too_large = {**VALID["purchase"], "event_id": "u6", "user_id": "u6", "quantity": 10,
+                 "unit_price": "10000000000000"}  # fmt: skip
     junk = bytes(range(256)) * 4062  # 1,039,872 bytes, not JSON
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
                              max_request_size=2_000_000)  # fmt: skip
@@ -125,16 +129,25 @@ def test_records_at_the_brokers_limits_never_stop_ingestion(
         producer.send(settings.events_topic, key=None, value=event_to_json(valid["u3"])),
         producer.send(settings.events_topic, key=b"u3", value=event_to_json(valid["u4"])),
         producer.send(settings.events_topic, key=b"u5", value=event_to_json(valid["u5"])),
+        producer.send(settings.events_topic, key=b"u6", value=json.dumps(too_large).encode()),
+        producer.send(
+            settings.events_topic,
+            key=b"u7",
+            value=event_to_json(valid["u7"]),
+            timestamp_ms=-62_135_596_800_001,
+        ),
     ]
     producer.flush()
     producer.close()
     assert all(future.succeeded() for future in sent), [f.exception for f in sent]
     worker = workers()
-    wait_for(lambda: stored_count(settings) == 5, 90, "all 5 records in the store")
+    wait_for(lambda: stored_count(settings) == 7, 90, "all 7 records in the store")
     assert worker.poll() is None, "the worker stopped"
 
     con = connect_store(settings.store_dir)
-    assert con.execute("SELECT event_id FROM events").fetchall() == [("u5",)]
+    assert con.execute(
+        "SELECT event_id, kafka_timestamp IS NULL FROM events ORDER BY 1"
+    ).fetchall() == [("u5", False), ("u7", True)]
     rejected = {
         key: (reason, raw, dead_letter)
         for key, reason, raw, dead_letter in con.execute(
@@ -148,9 +161,10 @@ def test_records_at_the_brokers_limits_never_stop_ingestion(
     assert rejected[b"u2"][0].startswith("value: null")
     assert rejected[None][0].startswith("key: missing; key each record by its user_id ('u3')")
     assert rejected[b"u3"][0] == "key: 'u3' is not the record's user_id 'u4'"
+    assert rejected[b"u6"][0].startswith("unit_price: quantity x unit_price = 100000000000000 ")
 
-    dead = {r.key: r for r in read_topic(settings, settings.dead_letter_topic, 4)}
-    assert set(dead) == {b"u1", b"u2", None, b"u3"}
+    dead = {r.key: r for r in read_topic(settings, settings.dead_letter_topic, 5)}
+    assert set(dead) == {b"u1", b"u2", None, b"u3", b"u6"}
     big = read_dead_letter_headers(dead[b"u1"].headers)
     assert dead[b"u1"].value is None
     assert big["pagellm-raw-bytes"] == str(len(junk))
