@@ -31,6 +31,7 @@ from schemas.page_api import (
     ScoreResponse,
     VersionsResponse,
 )
+from serving.body_deadline import BodyDeadline
 from serving.page_service import PageService, RequestRefused
 from serving.settings import ServingSettings
 from streams.settings import StreamSettings
@@ -80,6 +81,7 @@ class PageDeployment:
         # FastAPI's own limit (413 as soon as a body, declared or streamed, passes it); its
         # middleware stack is built at the first request, after this.
         api.max_body_size = self.settings.max_body_bytes
+        api.add_middleware(BodyDeadline, seconds=self.settings.body_timeout_s)
         self.service = PageService(self.settings, StreamSettings(**streams))
         self.service.refresh_context()
         self.service.refresh_versions()

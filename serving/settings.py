@@ -14,6 +14,12 @@ class ServingSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="the HTTP API's address (loopback unless set)")
     port: int = Field(8000, ge=0, le=65535, description="the HTTP API's port (0: a free one)")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request body not received in full within this gets 408 (until then a "
+        "client that stops sending holds one of a replica's request slots)",
+    )
     max_batch_size: int = Field(16, ge=1, description="page requests generated in one batch")
     batch_wait_s: float = Field(
         0.002, ge=0, description="how long a batch waits for more requests once one arrived"

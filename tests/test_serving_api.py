@@ -7,8 +7,10 @@ The tests run in file order and share one server; the broker restart comes last.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -41,6 +43,7 @@ from tests.test_retrain import write_ratings
 pytestmark = pytest.mark.kafka  # the module's own broker
 
 TOPIC = "events"
+BODY_TIMEOUT_S = 2.0  # short, so that a stalled body is cut off quickly here
 
 
 @dataclass
@@ -72,7 +75,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     common = ["--store", str(store.root), "--run-dir", str(root / "run")]
     started = pagellm(
         "serve", "start", "--port", "0", "--bootstrap", state.bootstrap, "--topic", TOPIC,
-        *common, timeout_s=240,
+        *common, timeout_s=240, env={"PAGELLM_SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)},
     )  # fmt: skip
     try:
         assert started.returncode == 0, started.stderr.decode()[-3000:]
@@ -144,6 +147,30 @@ def test_malformed_and_oversized_bodies_are_refused(server: Server) -> None:
     assert httpx.post(f"{server.url}/v1/page", json=huge, timeout=30).status_code == 413
     score = httpx.post(f"{server.url}/v1/score", json={"user_id": "u1", "pages": [["i1", "i1"]]})
     assert score.status_code == 422 and "pages.0: an item appears twice" in score.json()["detail"]
+
+
+def test_bodies_that_never_finish_are_cut_off_and_free_their_slots(server: Server) -> None:
+    # Each held a replica slot for as long as its connection stayed open: 300 of them took
+    # every page request down, while Ray's own health check still said success.
+    host, port = server.url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    stalled = []
+    for _ in range(8):
+        sock = socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT_S + 30)
+        sock.sendall(
+            b"POST /v1/page HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
+        )
+        stalled.append(sock)
+    for sock in stalled:
+        with sock:
+            answer = http.client.HTTPResponse(sock)
+            answer.begin()  # blocks until the server answers (or the socket's timeout)
+            detail = json.loads(answer.read())["detail"]
+        assert answer.status == 408, detail
+        assert detail == f"body: not received in full within {BODY_TIMEOUT_S:g} s"
+    assert time.monotonic() - started >= BODY_TIMEOUT_S
+    assert server.page("u1", k=3).status_code == 200
 
 
 def test_a_cold_start_user_gets_a_fallback_page_saying_so(server: Server) -> None:
