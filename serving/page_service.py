@@ -164,12 +164,13 @@ class PageService:
         served = table.live.get(routed.version) if routed.version else None
         if served is not None:
             return PlannedRequest(request, routed, served, plan, context)
-        if routed.version is None or table.production not in table.live:
-            if routed.version is None:
-                raise RequestRefused(503, "no version to serve: no production version is loaded")
-            why = table.failed.get(routed.version, "still loading")
+        if routed.version is None:
+            raise RequestRefused(503, "no version to serve: no production version is loaded")
+        # Not the load error itself: it names the server's paths, its exception classes and the
+        # registered versions, and every client reads this (operators read /v1/versions).
+        why = "failed to load" if routed.version in table.failed else "still loading"
+        if table.production not in table.live:
             raise RequestRefused(503, f"version {routed.version} is not available ({why})")
-        why = table.failed.get(routed.version, "still loading")
         return PlannedRequest(
             request,
             Route(table.production),  # not the variant's page: the experiment does not count it
