@@ -46,10 +46,12 @@ api = FastAPI(
 
 
 def describe_request_errors(exc: RequestValidationError) -> str:
-    """'field.path: reason; ...' with FastAPI's leading 'body' dropped."""
+    """'field.path: reason; ...' with FastAPI's leading 'body' dropped, unless the body itself
+    is at fault (missing, or not an object): then the field is 'body'."""
     parts = []
     for error in exc.errors():
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        path = [str(p) for p in error.get("loc", ())]
+        loc = [p for p in path if p != "body"] or path
         message = error.get("msg", "").removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
             loc, message = [], f"body: not valid JSON ({message})"

@@ -143,6 +143,12 @@ def test_malformed_and_oversized_bodies_are_refused(server: Server) -> None:
         f"{server.url}/v1/page", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert broken.status_code == 422 and "not valid JSON" in broken.json()["detail"]
+    # Both said only "Field required" / "Input should be a valid dictionary ...", no field.
+    empty = httpx.post(f"{server.url}/v1/page")
+    assert (empty.status_code, empty.json()["detail"]) == (422, "body: Field required")
+    as_text = httpx.post(f"{server.url}/v1/page", content=b'{"user_id": "u1"}',
+                         headers={"content-type": "text/plain"})  # fmt: skip
+    assert as_text.status_code == 422 and as_text.json()["detail"].startswith("body: ")
     huge = {"user_id": "u1", "exclude": [f"item{n}" for n in range(20_000)]}
     assert httpx.post(f"{server.url}/v1/page", json=huge, timeout=30).status_code == 413
     score = httpx.post(f"{server.url}/v1/score", json={"user_id": "u1", "pages": [["i1", "i1"]]})
