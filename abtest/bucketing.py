@@ -49,6 +49,11 @@ def ranges_size(ranges: Ranges) -> int:
     return sum(hi - lo for lo, hi in ranges)
 
 
+def empty_variants(allocation: Allocation) -> list[str]:
+    """The variants that hold no bucket: no user can ever be assigned to them."""
+    return [name for name, ranges in allocation.items() if ranges_size(ranges) == 0]
+
+
 def as_ranges(buckets: Sequence[int]) -> Ranges:
     """Sorted bucket numbers as the fewest half-open ranges."""
     merged: list[list[int]] = []

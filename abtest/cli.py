@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from abtest.assignment import assign
-from abtest.bucketing import BUCKETS, initial_allocation, ranges_size
+from abtest.bucketing import BUCKETS, empty_variants, initial_allocation
 from abtest.experiment import MAX_ALPHA, MAX_WEIGHT, Experiment, Variant
 from abtest.metrics import METRICS, MetricName
 from abtest.registry import ExperimentError, ExperimentRegistry
@@ -101,8 +101,7 @@ def _weights(value: str) -> dict[str, float]:
         f"treatment-{i}" for i in range(1, len(numbers))
     ]  # fmt: skip
     weights = dict(zip(["control", *treatments], numbers, strict=True))
-    allocation = initial_allocation(weights)
-    if empty := [name for name, r in allocation.items() if ranges_size(r) == 0]:
+    if empty := empty_variants(initial_allocation(weights)):
         raise argparse.ArgumentTypeError(
             f"{value!r}: {', '.join(empty)} would get none of the {BUCKETS} buckets beside the "
             "others"

@@ -14,7 +14,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from abtest.bucketing import BUCKETS, initial_allocation, ranges_size
+from abtest.bucketing import BUCKETS, empty_variants, initial_allocation, ranges_size
 from abtest.metrics import MetricName
 from abtest.multiple_testing import Correction
 from schemas.events import Identifier
@@ -121,7 +121,7 @@ class Experiment(BaseModel):
             raise ValueError("allocation: must name exactly the variants")
         elif sum(ranges_size(r) for r in self.allocation.values()) != BUCKETS:
             raise ValueError(f"allocation: the variants' ranges must cover all {BUCKETS} buckets")
-        if empty := [name for name, r in self.allocation.items() if ranges_size(r) == 0]:
+        if empty := empty_variants(self.allocation):
             raise ValueError(
                 f"variants: {', '.join(empty)} would get none of the {BUCKETS} buckets (a "
                 "weight too small beside the others), so no user could ever see it"

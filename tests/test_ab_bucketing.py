@@ -18,6 +18,7 @@ from abtest.bucketing import (
     BUCKETS,
     bucket,
     bucket_counts,
+    empty_variants,
     expand,
     initial_allocation,
     ranges_size,
@@ -243,6 +244,11 @@ def test_settings_that_would_break_a_later_report_are_refused(
 
     with pytest.raises(ValidationError, match=rf"{field}\n  Input should be {reason}"):
         experiment("e", **settings)
+
+
+def test_empty_variants_are_those_without_a_bucket() -> None:
+    assert empty_variants({"a": ((0, 9_999),), "b": ((9_999, 10_000),), "c": ()}) == ["c"]
+    assert empty_variants(initial_allocation({"a": 1e-300, "b": 1.0})) == ["a"]
 
 
 def test_a_variant_that_would_get_no_bucket_is_refused() -> None:
