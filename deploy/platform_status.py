@@ -25,9 +25,9 @@ from rich.table import Table
 
 from abtest.registry import ExperimentRegistry
 from abtest.user_rollup import ExperimentRollup
+from learner.loop_control import read_loop_state
 from learner.registry import ModelRegistry
-from learner.retrain import read_retrains
-from learner.retrain_loop import read_loop_state
+from learner.retrain_journal import read_retrains
 from serving.server import read_state
 from streams.derive.derive_worker import WORKERS_DIR
 from streams.ingest.worker_process import process_alive

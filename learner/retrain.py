@@ -26,8 +26,6 @@ import contextlib
 import logging
 import math
 import shutil
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +39,7 @@ from learner.artifacts import policy_directory
 from learner.pipeline import StageRunner, train_all
 from learner.promotion_gates import GateSettings, check_gates
 from learner.registry import ModelRegistry
+from learner.retrain_journal import RetrainJournal, read_retrains
 from learner.settings import LearnerSettings
 from learner.stages import labelled_pairs, prepare_run, validation_users
 from learner.version_eval import (
@@ -56,7 +55,7 @@ from learner.version_eval import (
     shared_test_users,
     version_figures,
 )
-from schemas.model_registry import GateResult, RetrainRecord, StageTiming, VersionRecord
+from schemas.model_registry import GateResult, RetrainRecord, VersionRecord
 from streams.derive.derived_state import DeriveConfig
 from streams.derive.snapshot_store import SnapshotManifest, load_snapshot, take_snapshot
 from streams.derive.training_snapshot import TrainingSnapshot
@@ -97,63 +96,6 @@ class RetrainBusy(RuntimeError):
 
 class RetrainFailed(RuntimeError):
     """A retrain stopped with an error; its record says where."""
-
-
-def new_retrain_id() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-class RetrainJournal:
-    """The retrain's record, rewritten whole (by rename) after every step."""
-
-    def __init__(self, registry: ModelRegistry, trigger: str) -> None:
-        self.path_dir = registry.retrains_dir
-        self.record = RetrainRecord(
-            retrain_id=new_retrain_id(),
-            trigger=trigger,
-            state="running",
-            started_at=datetime.now(UTC),
-        )
-        self.save()
-
-    def save(self) -> None:
-        self.path_dir.mkdir(parents=True, exist_ok=True)
-        path = self.path_dir / f"{self.record.retrain_id}.json"
-        write_atomically(path, self.record.model_dump_json(indent=1))
-
-    def update(self, **fields: object) -> None:
-        for name, value in fields.items():
-            setattr(self.record, name, value)
-        self.save()
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.monotonic()
-        yield
-        self.record.stages.append(StageTiming(stage=name, seconds=time.monotonic() - start))
-        self.save()
-
-    def timed(self, runner: StageRunner) -> StageRunner:
-        """``runner``, with each training stage's seconds recorded."""
-
-        def run(stages, run_dir, snapshot, settings, on_stage):  # type: ignore[no-untyped-def]
-            seconds = runner(stages, run_dir, snapshot, settings, on_stage)
-            self.record.stages += [StageTiming(stage=s, seconds=t) for s, t in seconds.items()]
-            self.save()
-            return seconds
-
-        return run
-
-
-def read_retrains(registry: ModelRegistry) -> list[RetrainRecord]:
-    """Every retrain's record, oldest first."""
-    if not registry.retrains_dir.exists():
-        return []
-    records = [
-        RetrainRecord.model_validate_json(p.read_text())
-        for p in registry.retrains_dir.glob("*.json")
-    ]
-    return sorted(records, key=lambda r: r.started_at)
 
 
 @contextlib.contextmanager

@@ -166,9 +166,8 @@ def make_job(args: argparse.Namespace, trigger: str, runner, on_stage) -> Retrai
 
 
 def run_retrain_now(args: argparse.Namespace) -> int:
+    from learner.loop_control import loop_running, request_retrain
     from learner.registry import ModelRegistry
-    from learner.retrain import RetrainBusy, RetrainFailed, retrain
-    from learner.retrain_loop import loop_running, request_retrain
     from streams.derive.snapshot_store import SnapshotError, read_manifest
     from streams.store.event_store import EventStore
 
@@ -182,6 +181,8 @@ def run_retrain_now(args: argparse.Namespace) -> int:
     if loop_running(registry):
         return _ask_the_loop(registry, args.wait_s)
     import torch
+
+    from learner.retrain import RetrainBusy, RetrainFailed, retrain
 
     torch.set_num_threads(1)
     settings = learner_settings_from(args)
@@ -198,8 +199,8 @@ def run_retrain_now(args: argparse.Namespace) -> int:
 
 
 def _ask_the_loop(registry, wait_s: float) -> int:  # type: ignore[no-untyped-def]
-    from learner.retrain import read_retrains
-    from learner.retrain_loop import request_retrain
+    from learner.loop_control import request_retrain
+    from learner.retrain_journal import read_retrains
 
     asked = datetime.now(UTC)
     request_retrain(registry, "retrain now")
@@ -229,9 +230,9 @@ def _print_outcome(record: RetrainRecord) -> None:
 
 
 def run_retrain_status(args: argparse.Namespace) -> int:
+    from learner.loop_control import read_loop_state
     from learner.registry import ModelRegistry
-    from learner.retrain import read_retrains
-    from learner.retrain_loop import read_loop_state
+    from learner.retrain_journal import read_retrains
 
     registry = ModelRegistry.for_store(store_dir_from(args))
     settings = retrain_settings_from(args)
@@ -267,8 +268,9 @@ def run_retrain_status(args: argparse.Namespace) -> int:
 def run_serve_loop(args: argparse.Namespace) -> int:
     import torch
 
+    from learner.loop_control import LoopAlreadyRunning
     from learner.ray_jobs import RayStageRunner
-    from learner.retrain_loop import LoopAlreadyRunning, RetrainLoop
+    from learner.retrain_loop import RetrainLoop
 
     torch.set_num_threads(1)
     store_dir, settings = store_dir_from(args), retrain_settings_from(args)

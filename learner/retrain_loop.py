@@ -19,34 +19,25 @@ keeps its state in ``registry/loop.json`` for ``retrain status``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
+from learner.loop_control import LOOP_STATE, REQUEST, loop_lock
 from learner.registry import ModelRegistry
-from learner.retrain import (
-    RetrainBusy,
-    RetrainFailed,
-    RetrainJob,
-    RetrainSettings,
-    read_retrains,
-    retrain,
-)
+from learner.retrain import RetrainBusy, RetrainFailed, RetrainJob, RetrainSettings, retrain
+from learner.retrain_journal import read_retrains
 from schemas.model_registry import RetrainRecord
 from streams.store.atomic_files import write_atomically
-from streams.store.file_locks import LockBusy, exclusive
 from streams.store.store_views import connect_store
 
 log = logging.getLogger(__name__)
-
-LOOP_LOCK, LOOP_STATE, REQUEST = "loop.lock", "loop.json", "retrain.request"
 
 
 def due_trigger(
@@ -81,47 +72,6 @@ def count_new_pairs(store_dir: Path, since: datetime) -> int | None:
             )
     except (duckdb.CatalogException, FileNotFoundError):
         return None
-
-
-def request_retrain(registry: ModelRegistry, who: str) -> Path:
-    """Ask the running loop for a retrain (requests made before it starts one coalesce)."""
-    registry.root.mkdir(parents=True, exist_ok=True)
-    path = registry.root / REQUEST
-    write_atomically(path, json.dumps({"by": who, "at": datetime.now(UTC).isoformat()}))
-    return path
-
-
-def loop_running(registry: ModelRegistry) -> bool:
-    """Whether a loop holds the registry's loop lock (probed by taking it for an instant)."""
-    if not (registry.root / LOOP_LOCK).exists():
-        return False
-    try:
-        with exclusive(registry.root / LOOP_LOCK, busy="a loop runs"):
-            return False
-    except LockBusy:
-        return True
-
-
-def read_loop_state(registry: ModelRegistry) -> dict[str, object] | None:
-    path = registry.root / LOOP_STATE
-    if not path.exists():
-        return None
-    state: dict[str, object] = json.loads(path.read_text())
-    state["running"] = loop_running(registry)
-    return state
-
-
-class LoopAlreadyRunning(RuntimeError):
-    """Another loop serves this registry."""
-
-
-@contextlib.contextmanager
-def loop_lock(registry: ModelRegistry) -> Iterator[None]:
-    try:
-        with exclusive(registry.root / LOOP_LOCK, busy="busy"):
-            yield
-    except LockBusy as exc:
-        raise LoopAlreadyRunning(f"a retrain loop already serves {registry.root}") from exc
 
 
 class RetrainLoop:

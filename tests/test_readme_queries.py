@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from learner.registry import ModelRegistry, connect_with_registry
-from learner.retrain import RetrainJournal
+from learner.retrain_journal import RetrainJournal
 from streams.store.event_store import EventStore
 from tests.test_event_store import one_of_each
 from tests.test_model_registry import artifacts, record

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from learner.constrained_decoding import generate_pages
+from learner.loop_control import request_retrain
 from learner.offline_eval import first_slot_scores
 from learner.registry import ModelRegistry
 from learner.retrain import (
@@ -26,11 +27,11 @@ from learner.retrain import (
     RetrainFailed,
     RetrainJob,
     RetrainSettings,
-    read_retrains,
     retrain,
     retrain_lock,
 )
-from learner.retrain_loop import RetrainLoop, request_retrain
+from learner.retrain_journal import read_retrains
+from learner.retrain_loop import RetrainLoop
 from learner.settings import LearnerSettings
 from learner.stages import run_in_process
 from learner.version_eval import load_version_models

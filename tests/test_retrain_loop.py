@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from learner.registry import ModelRegistry
-from learner.retrain import RetrainSettings, read_retrains, retrain
-from learner.retrain_loop import (
+from learner.loop_control import (
     LoopAlreadyRunning,
-    RetrainLoop,
-    due_trigger,
     loop_lock,
     loop_running,
     read_loop_state,
     request_retrain,
 )
+from learner.registry import ModelRegistry
+from learner.retrain import RetrainSettings, retrain
+from learner.retrain_journal import read_retrains
+from learner.retrain_loop import RetrainLoop, due_trigger
 from learner.settings import LearnerSettings
 from schemas.model_registry import RetrainRecord
 from streams.derive.derive_worker import DeriveWorker
@@ -46,6 +46,17 @@ def last(minutes_ago: float) -> RetrainRecord:
         state="registered",
         started_at=NOW - timedelta(minutes=minutes_ago),
     )
+
+
+def test_status_reads_the_loop_and_retrains_without_loading_model_code() -> None:
+    # `pagellm status` and `retrain status` read these files: importing torch and transformers
+    # for that took 7 s of a status call on this machine.
+    probe = (
+        "import sys, deploy.platform_status, learner.loop_control, learner.retrain_journal; "
+        "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    assert loaded.stdout.decode().strip() == "[]", loaded.stderr.decode()[-2000:]
 
 
 def test_due_trigger_by_hand() -> None:
