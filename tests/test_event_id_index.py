@@ -33,3 +33,20 @@ def test_add_says_new_once_across_merges(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [index.add(d) for d in digests[5:15]] == [False] * 5 + [True] * 5
     assert [index.add(d) for d in digests] == [False] * 15 + [True] * 15
     assert len(index) == 30 and all(d in index for d in digests)
+
+
+def test_a_discarded_id_is_new_again_wherever_it_was_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_id_index, "_MERGE_AT", 4)
+    stored, recent, merged = (event_id_digest(f"e{k}") for k in range(3))
+    index = EventIdIndex(np.array(sorted([stored]), DIGEST))
+    index.add(recent)
+    for digest in (stored, recent):
+        index.discard(digest)
+        assert digest not in index
+    for k in range(3, 6):  # the fourth recent id merges them all into the sorted array
+        index.add(event_id_digest(f"e{k}"))
+    index.add(merged)
+    index.discard(merged)
+    index.discard(merged)  # not held: nothing to do
+    assert merged not in index and len(index) == 3
+    assert index.add(merged) and index.add(stored)

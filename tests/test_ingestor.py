@@ -40,7 +40,7 @@ def test_replayed_offsets_are_dropped(ingestor: Ingestor) -> None:
     first = records(range(0, 10))
     batch, rejects = ingestor.build_batch(first)
     assert (batch.accepted, batch.rejected, rejects) == (10, 0, [])
-    ingestor.commit_batch(batch, [s for s, _ in first])
+    ingestor.commit_batch(batch, first)
 
     replay = records(range(5, 15))
     batch, _ = ingestor.build_batch(replay)
@@ -51,7 +51,7 @@ def test_replayed_offsets_are_dropped(ingestor: Ingestor) -> None:
 def test_watermarks_reload_from_the_store_after_revocation(ingestor: Ingestor) -> None:
     first = records(range(0, 10), partition=2)
     batch, _ = ingestor.build_batch(first)
-    ingestor.commit_batch(batch, [s for s, _ in first])
+    ingestor.commit_batch(batch, first)
     ingestor.forget_partitions({TP("events", 2)})
 
     # As a fresh owner of partition 2 would: the store, not memory, says what is durable.
@@ -130,16 +130,16 @@ def test_a_stalled_worker_cannot_store_what_its_successor_took_over(ingestor: In
     stalled, _ = ingestor.build_batch(held)
     successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
     batch, _ = successor.build_batch(held)
-    successor.commit_batch(batch, [s for s, _ in held])
+    successor.commit_batch(batch, held)
     with pytest.raises(Fenced, match=r"events\[0\] \(now epoch 2\)"):
-        ingestor.commit_batch(stalled, [s for s, _ in held])
+        ingestor.commit_batch(stalled, held)
     assert stored_offsets(ingestor.store) == list(range(10))
 
 
 def test_a_batch_stored_before_the_successor_claims_is_seen_by_it(ingestor: Ingestor) -> None:
     held = records(range(0, 10))
     batch, _ = ingestor.build_batch(held)
-    ingestor.commit_batch(batch, [s for s, _ in held])  # in time: before any successor
+    ingestor.commit_batch(batch, held)  # in time: before any successor
     successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
     replay, _ = successor.build_batch(records(range(0, 12)))
     assert replay.accepted == 2 and successor.counters.replays_dropped == 10
@@ -172,7 +172,7 @@ def test_an_event_resent_as_a_new_record_is_stored_once_in_events(ingestor: Inge
     # Two resends of event 1 (one within the same batch), one of event 3 in a later batch.
     for held in (first + resend(values[1:2], range(5, 6)), resend(values[3:0:-2], range(6, 8))):
         batch, _ = ingestor.build_batch(held)
-        ingestor.commit_batch(batch, [s for s, _ in held])
+        ingestor.commit_batch(batch, held)
     assert ingestor.counters.duplicates == 3
 
     con = connect_store(ingestor.store.root)
@@ -189,7 +189,7 @@ def test_a_new_owner_rebuilds_the_stored_event_ids_from_the_store(ingestor: Inge
     # The index a successor builds in SQL must key ids exactly as the worker does in Python.
     first = records(range(0, 50), partition=3)
     batch, _ = ingestor.build_batch(first)
-    ingestor.commit_batch(batch, [s for s, _ in first])
+    ingestor.commit_batch(batch, first)
     successor = Ingestor(ingestor.store, ingestor.settings, writer_id="successor")
     values = [v for _, v in first]
     batch, _ = successor.build_batch(
@@ -204,7 +204,7 @@ def test_training_data_counts_a_resent_rating_once(ingestor: Ingestor) -> None:
     first = records(range(0, 3))
     copy = resend([first[0][1]], range(3, 4))
     batch, _ = ingestor.build_batch(first + copy)
-    ingestor.commit_batch(batch, [s for s, _ in first + copy])
+    ingestor.commit_batch(batch, first + copy)
     events, _ = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
     assert [e.event_id for e in events] == ["u0-0", "u0-1", "u0-2"]
 
@@ -227,7 +227,41 @@ def test_any_kafka_timestamp_the_broker_accepts_is_stored(
     record = ConsumerRecord("events", 0, 0, timestamp_ms, 0, b"u0", value, None, 2, len(value), ())
     source, raw = source_of(record)
     batch, rejects = ingestor.build_batch([(source, raw)])
-    ingestor.commit_batch(batch, [source])
+    ingestor.commit_batch(batch, [(source, raw)])
     assert not rejects
     con = connect_store(ingestor.store.root)
     assert con.execute("SELECT kafka_timestamp FROM ingested").fetchall() == [(stored,)]
+
+
+def test_an_event_the_ledger_cannot_hold_is_parked_and_its_partition_goes_on(
+    ingestor: Ingestor,
+) -> None:
+    # Twice a value passed the schema that a ledger column could not hold (a GMV past
+    # DECIMAL(18,4), a time before year 1): the batch failed its write at every restart. Both
+    # were closed at the schema; any other such gap parks the event instead. Here two ratings
+    # hold a value past the column's int8, as such a gap would leave them; the first of them
+    # is resent in the same batch.
+    held = records(range(0, 6))
+    values = [v for _, v in held]
+    held += resend(values[2:3], range(6, 7))
+    batch, _ = ingestor.build_batch(held)
+    assert batch.columns["duplicate"][6] is True
+    batch.columns["rating"][2] = batch.columns["rating"][4] = 300
+    ingestor.commit_batch(batch, held)
+
+    con = connect_store(ingestor.store.root)
+    parked = con.execute(
+        "SELECT kafka_offset, reason, raw, dead_letter FROM rejected_events ORDER BY 1"
+    ).fetchall()
+    assert [(offset, raw) for offset, _, raw, _ in parked] == [(2, values[2]), (4, values[4])]
+    assert all(reason.startswith("store: the ledger cannot hold this record's rating: ")
+               for _, reason, _, _ in parked)  # fmt: skip
+    assert all(note.startswith("not sent: ") for _, _, _, note in parked)
+    # The resend of the parked event 2 is now its stored copy; event 4's id is free again.
+    events = con.execute("SELECT event_id, kafka_offset FROM events ORDER BY 2").fetchall()
+    assert events == [("u0-0", 0), ("u0-1", 1), ("u0-3", 3), ("u0-5", 5), ("u0-2", 6)]
+    counters = ingestor.counters
+    assert (counters.accepted, counters.rejected, counters.duplicates) == (5, 2, 0)
+    later = resend(values[4:5], range(7, 8))
+    batch, _ = ingestor.build_batch(later)
+    assert batch.columns["duplicate"] == [False]

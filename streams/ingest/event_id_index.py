@@ -47,6 +47,15 @@ class EventIdIndex:
             self._merge()
         return True
 
+    def discard(self, digest: bytes) -> None:
+        """Forget ``digest``: its event was not stored after all."""
+        if digest in self._recent:
+            self._recent.remove(digest)
+            return
+        i = int(np.searchsorted(self._sorted, digest))
+        if (self._sorted[i : i + 1] == np.array(digest, DIGEST)).any():
+            self._sorted = np.delete(self._sorted, i)
+
     def _merge(self) -> None:
         recent = np.sort(np.fromiter(self._recent, DIGEST, len(self._recent)))
         self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, recent), recent)

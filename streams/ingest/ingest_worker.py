@@ -7,10 +7,12 @@ mark an event whose id its partition already holds as a duplicate (``event_id_in
 each rejected record to the dead-letter topic with its reason and raw bytes (``dead_letter``:
 as a reference when too large; a send that fails is noted and does not stop the partition,
 since the store keeps the raw bytes too), write the whole batch (accepted and rejected rows)
-as one durable Parquet file, and only then commit the batch's offsets, so a committed offset
-always covers durable data: a crash at any point replays at most the batch in flight, and the
-store's watermarks drop what was already written. At-least-once delivery plus an idempotent
-store gives each accepted record exactly once in the store.
+as one durable Parquet file (an accepted event holding a value the ledger's columns cannot
+hold is parked there as rejected, with its raw bytes), and only then commit the batch's
+offsets, so a committed offset always covers durable data: a crash at any point replays at
+most the batch in flight, and the store's watermarks drop what was already written.
+At-least-once delivery plus an idempotent store gives each accepted record exactly once in the
+store.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import faust
+import pyarrow as pa
 from aiokafka import TopicPartition
 
 from schemas import InvalidEvent, parse_catalogue_item, parse_event
@@ -36,11 +39,13 @@ from streams.ingest.topics import topic_id
 from streams.settings import StreamSettings
 from streams.store.event_ids import event_id_digest
 from streams.store.event_store import EventStore
-from streams.store.ledger_schema import LedgerBatch, SourceRecord
+from streams.store.ledger_schema import UNSTORABLE, LedgerBatch, SourceRecord
 from streams.store.partition_fences import Partition
 from streams.store.store_views import write_catalog
 
 log = logging.getLogger(__name__)
+
+_PARKED_AT_WRITE = "not sent: found unstorable after the batch's dead letters were sent"
 
 # A store write that keeps failing is retried this many times; then the process exits
 # without committing (``EXIT_UNPERSISTED``), and a restart replays the batch.
@@ -149,27 +154,71 @@ class Ingestor:
             self.counters.duplicates += duplicate
             batch.add_accepted(event, source, duplicate=duplicate)
 
-    def commit_batch(self, batch: LedgerBatch, records: Sequence[SourceRecord]) -> None:
+    def commit_batch(
+        self, batch: LedgerBatch, records: Sequence[tuple[SourceRecord, bytes | None]]
+    ) -> None:
         """Write the batch durably, then advance the watermarks it covers."""
+        sources = [source for source, _ in records]
         if len(batch):
+            table = self._ledger_table(batch, records)
             for attempt in range(1, _WRITE_ATTEMPTS + 1):
-                written = {(r.topic, r.partition) for r in records} & self._claimed.keys()
+                written = {(r.topic, r.partition) for r in sources} & self._claimed.keys()
                 claimed = {p: self._claimed[p] for p in written}
                 try:
-                    self.store.write_batch(batch, self.writer_id, claimed)
+                    self.store.write_ledger(table, self.writer_id, claimed)
                     break
                 except OSError as exc:
                     log.error("store write failed (attempt %d): %s", attempt, exc)
                     if attempt == _WRITE_ATTEMPTS:
                         raise
                     time.sleep(0.2 * 2**attempt)
-        for r in records:
+        for r in sources:
             key = (r.topic, r.partition)
             if key in self._watermarks:
                 self._watermarks[key] = max(self._watermarks[key], r.offset)
         self.counters.accepted += batch.accepted
         self.counters.rejected += batch.rejected
         self.counters.batches += 1
+
+    def _ledger_table(
+        self, batch: LedgerBatch, records: Sequence[tuple[SourceRecord, bytes | None]]
+    ) -> pa.Table:
+        """The batch as the ledger's rows. An accepted record holding a value that its column's
+        type cannot hold (the schema let it through, the store cannot keep it) would fail this
+        batch's write at every restart and stop its partition for good: it is parked as a
+        rejected row instead, with the reason and its raw bytes."""
+        try:
+            return batch.to_table()
+        except UNSTORABLE:
+            pass
+        raw = {(s.topic, s.partition, s.offset): value for s, value in records}
+        c = batch.columns
+        for row, problem in sorted(batch.unstorable_rows().items()):
+            if c["reject_reason"][row] is not None:
+                continue  # a rejected row holds bytes and text only: nothing to park
+            key = (c["kafka_topic"][row], c["kafka_partition"][row], c["kafka_offset"][row])
+            if c["type"][row] != "catalogue":
+                self._unclaim_event_id(batch, row)
+            reason = f"store: the ledger cannot hold this record's {problem}"
+            batch.park(row, reason, raw[key], dead_letter=_PARKED_AT_WRITE)
+            log.error("%s[%d] offset %d parked: %s", *key, reason)
+        return batch.to_table()
+
+    def _unclaim_event_id(self, batch: LedgerBatch, row: int) -> None:
+        """Row ``row``'s event is not stored after all: a later copy of it in the batch becomes
+        the first, or else its id is free again in the partition's index."""
+        c = batch.columns
+        if c["duplicate"][row]:
+            self.counters.duplicates -= 1
+            return
+        partition = (c["kafka_topic"][row], c["kafka_partition"][row])
+        for later in range(row + 1, len(c["event_id"])):
+            same = (c["kafka_topic"][later], c["kafka_partition"][later]) == partition
+            if same and c["event_id"][later] == c["event_id"][row] and c["duplicate"][later]:
+                c["duplicate"][later] = False
+                self.counters.duplicates -= 1
+                return
+        self._event_ids[partition].discard(event_id_digest(str(c["event_id"][row])))
 
 
 def default_writer_id() -> str:
@@ -220,7 +269,7 @@ def build_app(settings: StreamSettings, writer_id: str | None = None) -> faust.A
                 batch, rejects, send_dead_letter,
                 max_bytes=settings.dead_letter_max_bytes, timeout_s=settings.dead_letter_timeout_s,
             )  # fmt: skip
-            await asyncio.to_thread(ingestor.commit_batch, batch, [s for s, _ in records])
+            await asyncio.to_thread(ingestor.commit_batch, batch, records)
         except Exception:
             # The consumer commits a batch once ``persist`` returns, so the only way
             # not to commit what is not durable is to leave at once: the batch is replayed.

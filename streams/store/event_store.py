@@ -192,8 +192,13 @@ class EventStore:
         With ``claimed`` (the epochs of ``fences.claim``), ``Fenced`` refuses it if another
         writer has taken one of those partitions since.
         """
+        return self.write_ledger(batch.to_table(ingested_at=datetime.now(UTC)), writer_id, claimed)
+
+    def write_ledger(
+        self, table: pa.Table, writer_id: str, claimed: Mapping[Partition, int] | None = None
+    ) -> Path:
+        """``write_batch`` for a batch already converted (``LedgerBatch.to_table``)."""
         guard = self.fences.publishing(claimed) if claimed is not None else None
-        table = batch.to_table(ingested_at=datetime.now(UTC))
         return self.write_table(LEDGER_DIR, table, writer_id, publish_under=guard)
 
     def write_table(

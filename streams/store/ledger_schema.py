@@ -64,6 +64,10 @@ LEDGER_SCHEMA = pa.schema(
 _COLUMNS = tuple(LEDGER_SCHEMA.names)
 _EVENT_COLUMNS = _COLUMNS[: _COLUMNS.index("kafka_topic")]
 
+# What Arrow raises on a value its column's type cannot hold (an integer past int8, a decimal
+# past 18 digits, a time past year 9999).
+UNSTORABLE = (pa.ArrowException, ValueError, TypeError, OverflowError)
+
 
 @dataclass(frozen=True)
 class SourceRecord:
@@ -155,6 +159,38 @@ class LedgerBatch:
 
     def note_dead_letter(self, row: int, outcome: str) -> None:
         self.columns["dead_letter"][row] = outcome
+
+    def unstorable_rows(self) -> dict[int, str]:
+        """The rows holding a value that its column's type cannot hold, each with the first
+        such column and Arrow's reason: what ``to_table`` fails on."""
+        found: dict[int, str] = {}
+        for name, values in self.columns.items():
+            if name == "ingested_at":
+                continue
+            kind = LEDGER_SCHEMA.field(name).type
+            try:
+                pa.array(values, type=kind)
+                continue
+            except UNSTORABLE:
+                pass  # find which rows, one value at a time
+            for row, value in enumerate(values):
+                try:
+                    pa.array([value], type=kind)
+                except UNSTORABLE as exc:
+                    found.setdefault(row, f"{name}: {type(exc).__name__}: {exc}")
+        return found
+
+    def park(self, row: int, reason: str, raw: bytes | None, dead_letter: str) -> None:
+        """Turn accepted ``row`` into a rejected one: its reason and raw bytes instead of its
+        columns."""
+        for name in _EVENT_COLUMNS:
+            self.columns[name][row] = None
+        self.columns["reject_reason"][row] = reason
+        self.columns["raw"][row] = raw
+        self.columns["dead_letter"][row] = dead_letter
+        self.columns["duplicate"][row] = None
+        self.accepted -= 1
+        self.rejected += 1
 
     def _add_source(self, source: SourceRecord, reason: str | None, raw: bytes | None) -> None:
         c = self.columns
