@@ -34,6 +34,7 @@ from schemas.page_api import (
 from serving.body_deadline import BodyDeadline
 from serving.page_service import PageService, RequestRefused
 from serving.settings import ServingSettings
+from serving.strict_json import StrictJsonRoute
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ api = FastAPI(
     version="1",
     description="Whole pages from the live model versions, routed by A/B variant.",
 )
+api.router.route_class = StrictJsonRoute
 
 
 def describe_request_errors(exc: RequestValidationError) -> str:
@@ -54,7 +56,8 @@ def describe_request_errors(exc: RequestValidationError) -> str:
         loc = [p for p in path if p != "body"] or path
         message = error.get("msg", "").removeprefix("Value error, ")
         if error.get("type") == "json_invalid":
-            loc, message = [], f"body: not valid JSON ({message})"
+            why = error.get("ctx", {}).get("error", message)
+            loc, message = [], f"body: not valid JSON ({why})"
         parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
     return "; ".join(parts)
 

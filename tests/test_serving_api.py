@@ -143,6 +143,17 @@ def test_malformed_and_oversized_bodies_are_refused(server: Server) -> None:
         f"{server.url}/v1/page", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert broken.status_code == 422 and "not valid JSON" in broken.json()["detail"]
+    # A duplicated key was served last-wins (k 3 here, its 200 never validated); invalid UTF-8
+    # and deep nesting got a bare 400.
+    for body, why in (
+        (b'{"user_id": "u1", "k": 200, "k": 3}', "the key 'k' appears twice in one object"),
+        (b'{"user_id": "u\xff1"}', "not UTF-8"),
+        (b'{"user_id": "u1", "exclude": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+    ):
+        answer = httpx.post(f"{server.url}/v1/page", content=body,
+                            headers={"content-type": "application/json"})  # fmt: skip
+        assert answer.status_code == 422
+        assert answer.json()["detail"] == f"body: not valid JSON ({why})"
     # Both said only "Field required" / "Input should be a valid dictionary ...", no field.
     empty = httpx.post(f"{server.url}/v1/page")
     assert (empty.status_code, empty.json()["detail"]) == (422, "body: Field required")

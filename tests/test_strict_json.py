@@ -1,0 +1,30 @@
+"""Request bodies read as JSON strictly, on hand-made bodies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serving.strict_json import parse_json_strictly
+
+
+def test_valid_json_reads_as_json_loads_does() -> None:
+    body = '{"user_id": "é1", "exclude": ["i1", "i2"], "nested": {"a": [1, {"b": null}]}}'
+    assert parse_json_strictly(body.encode()) == json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"k": 200, "k": 3}', "the key 'k' appears twice in one object"),
+        (b'{"a": [{"b": 1, "c": 2, "b": 1}]}', "the key 'b' appears twice in one object"),
+        (b'{"user_id": "u\xff"}', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b"{not json", "Expecting property name enclosed in double quotes"),
+    ],
+)
+def test_what_json_loads_would_take_or_crash_on_is_invalid_json(body: bytes, why: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as refused:
+        parse_json_strictly(body)
+    assert refused.value.msg == why
