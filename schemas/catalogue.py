@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import Identifier, InvalidEvent, describe_validation_error
+from schemas.strict_json import check_distinct_keys
 
 
 class CatalogueItem(BaseModel):
@@ -25,6 +27,10 @@ class CatalogueItem(BaseModel):
 def parse_catalogue_item(raw: bytes | str) -> CatalogueItem:
     """Validate one JSON catalogue item; raise ``InvalidEvent`` naming the field and reason."""
     try:
-        return CatalogueItem.model_validate_json(raw)
+        item = CatalogueItem.model_validate_json(raw)
+        check_distinct_keys(raw if isinstance(raw, bytes) else raw.encode(), item)
     except ValidationError as exc:
         raise InvalidEvent(describe_validation_error(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"event: {exc.msg}") from None
+    return item

@@ -7,6 +7,7 @@ allowed clock skew are rejected with the field and the reason (see ``parse_event
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -21,6 +22,8 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+
+from schemas.strict_json import check_distinct_keys
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -211,11 +214,15 @@ def parse_event(
 ) -> Impression | Click | Purchase | Rating:
     """Validate one JSON event; raise ``InvalidEvent`` naming the field and the reason."""
     try:
-        return _FEEDBACK_ADAPTER.validate_json(
+        event = _FEEDBACK_ADAPTER.validate_json(
             raw, context={"now": now, "max_clock_skew": max_clock_skew}
         )
+        check_distinct_keys(raw if isinstance(raw, bytes) else raw.encode(), event)
     except ValidationError as exc:
         raise InvalidEvent(describe_validation_error(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidEvent(f"event: {exc.msg}") from None
+    return event
 
 
 def event_to_json(event: Impression | Click | Purchase | Rating) -> bytes:

@@ -34,7 +34,7 @@ from schemas.page_api import (
 from serving.body_deadline import BodyDeadline
 from serving.page_service import PageService, RequestRefused
 from serving.settings import ServingSettings
-from serving.strict_json import StrictJsonRoute
+from serving.strict_json_routes import StrictJsonRoute
 from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)

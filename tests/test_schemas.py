@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from schemas import CatalogueItem, InvalidEvent, event_to_json, parse_event
+from schemas import CatalogueItem, InvalidEvent, event_to_json, parse_catalogue_item, parse_event
 from schemas.events import MONEY_MAX
 from streams.ingest.synthetic_feed import CORRUPTIONS, FeedGenerator
 from streams.store.ledger_schema import LedgerBatch, SourceRecord, event_from_row
@@ -153,6 +153,32 @@ def test_not_json_and_unknown_type_are_rejected() -> None:
     without_type = {k: v for k, v in VALID["click"].items() if k != "type"}
     with pytest.raises(InvalidEvent, match=r"^type: Unable to extract tag"):
         parse(without_type)
+
+
+RATING_FIELDS = json.dumps(VALID["rating"])[1:-1].replace(', "rating": 4', "")
+REPEATED_SLOT_KEY = json.dumps(VALID["impression"]).replace(
+    '"position": 1}', '"position": 1, "position": 3}'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ("{" + RATING_FIELDS + ', "rating": 9, "rating": 4}', "rating"),  # was stored as 4
+        ("{" + RATING_FIELDS + ', "rating" :4, "rating" : 4}', "rating"),  # spaced, equal
+        (REPEATED_SLOT_KEY, "position"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it(body: str, key: str) -> None:
+    with pytest.raises(InvalidEvent, match=rf"^event: the key '{key}' appears twice in one object"):
+        parse(body.encode())
+
+
+def test_a_string_holding_key_ends_is_not_taken_for_a_repeated_key() -> None:
+    titled = b'{"item_id": "a", "category": "x", "title": "say \\"hi\\": \\"yo\\" :"}'
+    assert parse_catalogue_item(titled).title == 'say "hi": "yo" :'
+    with pytest.raises(InvalidEvent, match=r"^event: the key 'category' appears twice"):
+        parse_catalogue_item(b'{"item_id": "a", "category": "x", "category": "y"}')
 
 
 def test_impression_page_must_be_consistent() -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
-from serving.strict_json import parse_json_strictly
+from schemas import parse_event
+from schemas.strict_json import keys_given, parse_json_strictly
 
 
 def test_valid_json_reads_as_json_loads_does() -> None:
@@ -28,3 +30,12 @@ def test_what_json_loads_would_take_or_crash_on_is_invalid_json(body: bytes, why
     with pytest.raises(json.JSONDecodeError) as refused:
         parse_json_strictly(body)
     assert refused.value.msg == why
+
+
+def test_keys_given_counts_the_keys_of_nested_models_too() -> None:
+    slots = [{"item_id": "i1", "position": 1}, {"item_id": "i2", "position": 2}]
+    page = {"type": "impression", "event_id": "e", "user_id": "u", "session_id": "s",
+            "ts": "2026-06-01T11:59:00+00:00", "request_id": "r", "model_version": "v1",
+            "items": slots}  # fmt: skip
+    event = parse_event(json.dumps(page), now=datetime(2026, 6, 1, 12, tzinfo=UTC))
+    assert keys_given(event) == 8 + 2 * 2  # schema_version, experiment, variant not given
