@@ -158,7 +158,7 @@ class PageService:
         plan = PagePlan(
             request.user_id,
             context.positives,
-            frozenset(context.bought) | frozenset(request.exclude),
+            frozenset(context.positives) | frozenset(context.bought) | frozenset(request.exclude),
             request.k,
         )
         served = table.live.get(routed.version) if routed.version else None
@@ -189,7 +189,7 @@ class PageService:
         return popularity_page(
             self.context.popular_items(),
             plan.k,
-            plan.banned | set(plan.positives),
+            plan.banned,
             planned.context.recent_categories,
             category_of,
         )

@@ -1,8 +1,8 @@
 """A registered version as serving holds it: loaded once, asked for pages in batches.
 
 Two kinds. A learned version writes pages with its PPO policy by constrained greedy decoding
-(catalogue items of its vocabulary only, no repeats, none of the prompt's or the request's
-banned items, exactly k). A popularity version ranks by its frozen ranking. When a learned
+(catalogue items of its vocabulary only, no repeats, none the user liked or bought or the
+request excludes, exactly k). A popularity version ranks by its frozen ranking. When a learned
 version cannot write a page for a request, it says why (``Fallback``) and the caller serves the
 cold-start fallback instead:
 
@@ -48,7 +48,10 @@ class PagePlan:
 
     user_id: str
     positives: tuple[str, ...]  # the user's positives, oldest first
-    banned: frozenset[str]  # bought and excluded items
+    # What no page of it may hold, whichever path writes it: the user's liked items (in the
+    # prompt or not), bought items and the request's exclusions. The policy's page at the
+    # largest k, whose prompt had no room, held liked items that the fallback left out.
+    banned: frozenset[str]
     k: int
 
 
@@ -96,7 +99,7 @@ class LearnedVersion:
             most = self.context_tokens - PROMPT_FRAME_TOKENS - PAGE_END_TOKENS
             return Fallback(f"k: {self.version} writes pages of at most {most} items")
         history = prompt_history(plan.positives, self.vocab.id_of_item, self.prompt_length, room)
-        left = len(self.vocab.items) - len(set(history) | (plan.banned & self.items))
+        left = len(self.vocab.items) - len(plan.banned & self.items)
         if left < plan.k:
             return Fallback(f"only {left} of {self.version}'s items are left after the bans")
         return history
@@ -160,7 +163,7 @@ class PopularityVersion:
     def pages(self, plans: Sequence[PagePlan]) -> list[list[str] | Fallback]:
         out: list[list[str] | Fallback] = []
         for plan in plans:
-            page = popularity_page(self.ranking, plan.k, plan.banned | set(plan.positives))
+            page = popularity_page(self.ranking, plan.k, plan.banned)
             out.append(page if len(page) == plan.k else Fallback(
                 f"only {len(page)} of {self.version}'s items are left after the bans"))  # fmt: skip
         return out

@@ -21,6 +21,7 @@ from schemas import Purchase
 from schemas.page_api import PageRequest, PageResponse, ScoreRequest
 from serving.page_service import RETRY_FAILED_EVERY, PageService, RequestRefused
 from serving.popularity import load_ranking, popularity_page, register_popularity_version
+from serving.served_versions import PAGE_END_TOKENS, PROMPT_FRAME_TOKENS
 from serving.settings import ServingSettings
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
@@ -91,6 +92,25 @@ def test_a_page_holds_k_distinct_catalogue_items_none_liked_bought_or_excluded(
         assert [s.position for s in answer.items] == list(range(1, k + 1))
         assert (answer.model_version, answer.fallback_reason) == ("v1", None)
     assert "i58" in service.context.user("u1").bought
+
+
+def test_no_page_holds_a_liked_item_even_where_the_prompt_has_no_room(
+    service: PageService,
+) -> None:
+    # Near the largest k the model writes, its context leaves the prompt no room for every
+    # liked item: the policy banned the prompt's only, and its pages held the others.
+    served = service.table.live["v1"]
+    most = served.context_tokens - PROMPT_FRAME_TOKENS - PAGE_END_TOKENS
+    context = service.context.user("u3")
+    liked = set(context.positives)
+    allowed = set(ITEMS) - liked - context.bought
+    # The policy writes a page of every allowed item, with room in its prompt for fewer liked.
+    assert len(allowed) <= most and most - len(allowed) < len(liked)
+    answer = page(service, "u3", k=len(allowed))
+    assert answer.fallback_reason is None and set(item_ids(answer)) == allowed
+    (refused,) = service.pages([PageRequest(user_id="u3", k=len(allowed) + 1)])
+    assert isinstance(refused, RequestRefused), refused
+    assert f"only {len(allowed)}" in refused.detail
 
 
 def test_a_user_unknown_to_the_version_gets_the_popularity_fallback_saying_so(
