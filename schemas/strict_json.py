@@ -40,9 +40,10 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_json_strictly(body: bytes) -> Any:
     """The JSON value of ``body``; ``json.JSONDecodeError`` for any body that is not UTF-8 JSON
-    with distinct keys in each object."""
+    with distinct keys in each object. A leading byte order mark is skipped, as RFC 8259 lets a
+    parser do (json.loads of the bytes skipped it; some clients write one)."""
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError("not UTF-8", "", exc.start) from None
     try:

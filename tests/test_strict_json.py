@@ -14,6 +14,7 @@ from schemas.strict_json import keys_given, parse_json_strictly
 def test_valid_json_reads_as_json_loads_does() -> None:
     body = '{"user_id": "é1", "exclude": ["i1", "i2"], "nested": {"a": [1, {"b": null}]}}'
     assert parse_json_strictly(body.encode()) == json.loads(body)
+    assert parse_json_strictly(b"\xef\xbb\xbf" + body.encode()) == json.loads(body)  # a BOM
 
 
 @pytest.mark.parametrize(
