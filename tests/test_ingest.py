@@ -96,6 +96,7 @@ def test_malformed_events_are_dead_lettered_with_reason(
         "rating_out_of_range": "rating",
         "future_timestamp": "ts",
         "missing_field": "session_id",
+        "repeated_key": "event",
     }
     for kind, raw in bad.items():
         assert rejected[raw].startswith(f"{first_field[kind]}: "), (kind, rejected[raw])

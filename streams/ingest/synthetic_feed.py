@@ -49,6 +49,10 @@ CORRUPTIONS: dict[str, Callable[[dict[str, object]], dict[str, object] | bytes]]
     "rating_out_of_range": lambda d: {**_common(d), "type": "rating", "item_id": "i1", "rating": 7},
     "future_timestamp": lambda d: {**d, "ts": (datetime.now(UTC) + timedelta(days=2)).isoformat()},
     "missing_field": lambda d: {k: v for k, v in d.items() if k != "session_id"},
+    # Valid once its last user_id is kept, as json.loads and pydantic keep it.
+    "repeated_key": lambda d: (
+        json.dumps(d).replace('"user_id": ', '"user_id": "x", "user_id": ', 1).encode()
+    ),
 }
 
 
