@@ -1,6 +1,6 @@
 """Typed contracts shared by every package: the ground floor, importing nothing of ours."""
 
-from schemas.catalogue import CatalogueItem, parse_catalogue_item
+from schemas.catalogue import CatalogueItem, parse_catalogue_deletion, parse_catalogue_item
 from schemas.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
@@ -27,6 +27,7 @@ __all__ = [
     "Purchase",
     "Rating",
     "event_to_json",
+    "parse_catalogue_deletion",
     "parse_catalogue_item",
     "parse_event",
 ]

@@ -1,4 +1,9 @@
-"""Catalogue items: what can be placed on a page."""
+"""Catalogue items: what can be placed on a page, and deletions of them.
+
+The catalogue topic is keyed by item id. A record with a value is the item as it is now; a
+record with a null value (Kafka's tombstone, which log compaction also reads as a delete) takes
+the item its key names out of the catalogue: no page offers it from then on.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import json
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas.events import Identifier, InvalidEvent, describe_validation_error
 from schemas.strict_json import check_distinct_keys
@@ -34,3 +39,17 @@ def parse_catalogue_item(raw: bytes | str) -> CatalogueItem:
     except json.JSONDecodeError as exc:
         raise InvalidEvent(f"event: {exc.msg}") from None
     return item
+
+
+_ITEM_ID = TypeAdapter(Identifier)
+
+
+def parse_catalogue_deletion(key: bytes | None) -> str:
+    """The item id a catalogue tombstone's key names; raise ``InvalidEvent`` if it names none."""
+    if key is None:
+        raise InvalidEvent("key: missing; a catalogue deletion is keyed by the item_id it deletes")
+    try:
+        return _ITEM_ID.validate_python(key.decode("utf-8"))
+    except (UnicodeDecodeError, ValidationError) as exc:
+        why = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not UTF-8"
+        raise InvalidEvent(f"key: a catalogue deletion's key must be an item_id ({why})") from None

@@ -158,7 +158,10 @@ class PageService:
         plan = PagePlan(
             request.user_id,
             context.positives,
-            frozenset(context.positives) | frozenset(context.bought) | frozenset(request.exclude),
+            frozenset(context.positives)
+            | context.bought
+            | frozenset(request.exclude)
+            | self.context.deleted,
             request.k,
         )
         served = table.live.get(routed.version) if routed.version else None

@@ -49,7 +49,8 @@ class PagePlan:
     user_id: str
     positives: tuple[str, ...]  # the user's positives, oldest first
     # What no page of it may hold, whichever path writes it: the user's liked items (in the
-    # prompt or not), bought items and the request's exclusions. The policy's page at the
+    # prompt or not), bought items, the request's exclusions and the items deleted from the
+    # catalogue. The policy's page at the
     # largest k, whose prompt had no room, held liked items that the fallback left out.
     banned: frozenset[str]
     k: int

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class StoreContext:
         self.rule = rule or RatingRule()
         self.recent_events = recent_events
         self.catalogue: dict[str, CatalogueItem] = {}
+        self.deleted: frozenset[str] = frozenset()  # items taken out of the catalogue: no page
         self.item_popularity: Counter[str] = Counter()
         self._users: dict[str, UserState] = {}
         self._lock = threading.Lock()
@@ -70,15 +71,24 @@ class StoreContext:
         """Forget every user and item (before folding the whole store in again)."""
         with self._lock:
             self.catalogue.clear()
+            self.deleted = frozenset()
             self.item_popularity.clear()
             self._users.clear()
             self._ranking = None
 
-    def fold(self, events: Iterable[Event], catalogue: Iterable[CatalogueItem] = ()) -> None:
-        """Add events (in stream order) and catalogue records."""
+    def fold(
+        self,
+        events: Iterable[Event],
+        catalogue: Mapping[str, CatalogueItem] | None = None,
+        deleted: Iterable[str] = (),
+    ) -> None:
+        """Add events (in stream order), the latest item records and the items whose latest
+        catalogue record is a deletion (``read_stream``'s three parts)."""
+        catalogue = catalogue or {}
+        deleted = set(deleted)
         with self._lock:
-            for item in catalogue:
-                self.catalogue[item.item_id] = item
+            self.catalogue.update(catalogue)
+            self.deleted = (self.deleted - catalogue.keys()) | deleted
             touched: set[str] = set()
             for event in events:
                 touched.add(event.user_id)
@@ -121,10 +131,11 @@ class StoreContext:
         return item.category if item is not None else None
 
     def popular_items(self) -> list[str]:
-        """Catalogue items and items with signals, most positive signals first (ties: id)."""
+        """Catalogue items and items with signals, most positive signals first (ties: id); none
+        deleted from the catalogue."""
         with self._lock:
             if self._ranking is None:
-                items = set(self.catalogue) | set(self.item_popularity)
+                items = (set(self.catalogue) | set(self.item_popularity)) - self.deleted
                 self._ranking = sorted(items, key=lambda i: (-self.item_popularity[i], i))
             return self._ranking
 
@@ -148,8 +159,8 @@ class StoreReader:
         new = self.follower.poll()
         if not new.files:
             return 0
-        events, catalogue = read_stream(self.store, new.files)
+        events, catalogue, deleted = read_stream(self.store, new.files)
         if new.from_scratch:
             self.context.clear()
-        self.context.fold(events, catalogue.values())
+        self.context.fold(events, catalogue, deleted)
         return len(events)

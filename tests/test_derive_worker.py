@@ -21,7 +21,7 @@ def view_lists(store: EventStore) -> dict[str, tuple]:
 
 def rebuilt_lists(store: EventStore) -> dict[str, tuple]:
     files = tuple(store.ledger_files())
-    events, catalogue = read_stream(store, files)
+    events, catalogue, _ = read_stream(store, files)
     state = DerivedState.rebuild(catalogue, CONFIG, events)
     return {u: (d.prompt.items, d.golden.items) for u, d in state.users.items()}
 

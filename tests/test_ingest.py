@@ -137,18 +137,27 @@ def test_records_at_the_brokers_limits_never_stop_ingestion(
             value=event_to_json(valid["u7"]),
             timestamp_ms=-62_135_596_800_001,
         ),
+        # On the catalogue topic a null value is Kafka's delete: "gone" leaves the catalogue.
+        producer.send(
+            settings.catalogue_topic, key=b"gone", value=b'{"item_id": "gone", "category": "c"}'
+        ),
+        producer.send(
+            settings.catalogue_topic, key=b"kept", value=b'{"item_id": "kept", "category": "c"}'
+        ),
+        producer.send(settings.catalogue_topic, key=b"gone", value=None),
     ]
     producer.flush()
     producer.close()
     assert all(future.succeeded() for future in sent), [f.exception for f in sent]
     worker = workers()
-    wait_for(lambda: stored_count(settings) == 7, 90, "all 7 records in the store")
+    wait_for(lambda: stored_count(settings) == 10, 90, "all 10 records in the store")
     assert worker.poll() is None, "the worker stopped"
 
     con = connect_store(settings.store_dir)
     assert con.execute(
         "SELECT event_id, kafka_timestamp IS NULL FROM events ORDER BY 1"
     ).fetchall() == [("u5", False), ("u7", True)]
+    assert con.execute("SELECT item_id FROM catalogue").fetchall() == [("kept",)]
     rejected = {
         key: (reason, raw, dead_letter)
         for key, reason, raw, dead_letter in con.execute(

@@ -87,6 +87,42 @@ def test_catalogue_records_are_validated_as_items(ingestor: Ingestor) -> None:
     )
 
 
+def test_a_catalogue_tombstone_deletes_its_item_until_the_item_is_sent_again(
+    ingestor: Ingestor,
+) -> None:
+    # A null value on the (compacted) catalogue topic is Kafka's delete: it was rejected, and
+    # the item stayed in the catalogue, on every page that could offer it.
+    now = datetime.now(UTC)
+    topic = ingestor.settings.catalogue_topic
+    item = b'{"item_id": "%s", "category": "toys"}'
+
+    def send(*records: tuple[bytes | None, bytes | None]) -> list[str]:
+        start = len(stored_offsets(ingestor.store))
+        held = [(SourceRecord(topic, 0, start + n, key, now), value)
+                for n, (key, value) in enumerate(records)]  # fmt: skip
+        batch, rejects = ingestor.build_batch(held)
+        ingestor.commit_batch(batch, held)
+        return [r.reason for r in rejects]
+
+    def listed() -> list[str]:
+        con = connect_store(ingestor.store.root)
+        return [r[0] for r in con.execute("SELECT item_id FROM catalogue ORDER BY 1").fetchall()]
+
+    assert send((b"a", item % b"a"), (b"b", item % b"b"), (b"c", item % b"c")) == []
+    refused = send((b"a", None), (None, None), (b"no spaces", None))
+    assert refused == [
+        "key: missing; a catalogue deletion is keyed by the item_id it deletes",
+        "key: a catalogue deletion's key must be an item_id "
+        "(String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.:\\-]*$')",
+    ]
+    assert listed() == ["b", "c"]
+    _, catalogue, deleted = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
+    assert (sorted(catalogue), deleted) == (["a", "b", "c"], {"a"})  # a's last record stays
+    assert send((b"a", item % b"a")) == []
+    assert listed() == ["a", "b", "c"]
+    assert read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))[2] == set()
+
+
 def test_a_record_keyed_by_anything_but_its_id_is_refused(ingestor: Ingestor) -> None:
     # A keyless or mis-keyed event may land in another partition than its user's other events
     # and overtake them; a mis-keyed catalogue item escapes the compaction by item id.
@@ -205,7 +241,7 @@ def test_training_data_counts_a_resent_rating_once(ingestor: Ingestor) -> None:
     copy = resend([first[0][1]], range(3, 4))
     batch, _ = ingestor.build_batch(first + copy)
     ingestor.commit_batch(batch, first + copy)
-    events, _ = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
+    events, _, _ = read_stream(ingestor.store, tuple(ingestor.store.ledger_files()))
     assert [e.event_id for e in events] == ["u0-0", "u0-1", "u0-2"]
 
 

@@ -180,6 +180,30 @@ def test_an_experiment_routes_its_users_to_a_popularity_version(
     }
 
 
+def test_an_item_deleted_from_the_catalogue_is_on_no_page(
+    service: PageService, tmp_path: Path
+) -> None:
+    assert register_popularity(service, tmp_path / "w") == "v2"
+    running_experiment(service, "pop-vs-llm", control="v1", popularity="v2")
+    service.refresh_versions()
+    # The items each path would put first for a user, before they go.
+    first = {item_ids(page(service, u, k=3))[0] for u in USERS[:10]}
+    first.add(service.context.popular_items()[0])  # the fallback's first (and the frozen one's)
+    batch = LedgerBatch()
+    for n, item in enumerate(sorted(first)):
+        batch.add_catalogue_deletion(item, SourceRecord("catalogue", 0, 10_000 + n, None, None))
+    EventStore(service.streams.store_dir).write_batch(batch, "w")
+    assert service.refresh_context() == 0  # no events: deletions only
+    assert not first & set(service.context.popular_items())
+    variants = set()
+    unknown_to_v1 = [f"u{n}" for n in range(30, 40)]
+    for user in USERS + unknown_to_v1:  # the learned, popularity and fallback paths
+        answer = page(service, user, k=10)
+        assert not first & set(item_ids(answer)), (user, answer)
+        variants.add((answer.variant, answer.fallback_reason is not None))
+    assert {("control", False), ("popularity", False), ("control", True)} <= variants
+
+
 def test_a_variant_naming_production_serves_each_promoted_version_in_turn(
     service: PageService, tmp_path: Path
 ) -> None:

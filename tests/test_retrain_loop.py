@@ -131,7 +131,7 @@ def produce_ratings(
     write_ratings(scratch, users, items, 0, day=day)
     from streams.derive.snapshot_store import read_stream
 
-    events, catalogue = read_stream(scratch, tuple(scratch.ledger_files()))
+    events, catalogue, _ = read_stream(scratch, tuple(scratch.ledger_files()))
     with EventProducer(settings.kafka_bootstrap, settings.catalogue_topic) as producer:
         for item in catalogue.values():
             producer.send_raw(item.item_id.encode(), item.model_dump_json().encode())

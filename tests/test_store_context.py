@@ -20,7 +20,7 @@ def rating(user: str, item: str, stars: int, minute: int) -> Rating:
 
 def test_positives_bought_items_recent_categories_and_popularity() -> None:
     context = StoreContext(recent_events=2)
-    catalogue = [CatalogueItem(item_id=f"i{n}", category=f"c{n % 3}") for n in range(6)]
+    catalogue = {f"i{n}": CatalogueItem(item_id=f"i{n}", category=f"c{n % 3}") for n in range(6)}
     purchase = Purchase(type="purchase", event_id="p1", user_id="u", session_id="s",
                         ts=T0 + timedelta(minutes=5), item_id="i4", quantity=1,
                         unit_price=Decimal("2.50"), currency="EUR")  # fmt: skip

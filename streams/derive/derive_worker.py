@@ -51,7 +51,8 @@ class DeriveWorker:
         new = self.follower.poll()
         if not new.files:
             return PollReport()
-        events, catalogue = read_stream(self.store, new.files)
+        # A deleted item keeps its last record here: training reads what users did with it.
+        events, catalogue, _ = read_stream(self.store, new.files)
         if new.from_scratch:  # the first poll is a full rebuild: exact, nothing stale
             self.state = DerivedState.rebuild(catalogue, self.state.config, events)
             users, items = set(self.state.users), set(self.state.items)

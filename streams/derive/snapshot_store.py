@@ -112,9 +112,9 @@ def read_manifest(store: EventStore, snapshot_id: str) -> SnapshotManifest:
 
 def read_stream(
     store: EventStore, files: tuple[str, ...], up_to: Mapping[str, int] | None = None
-) -> tuple[list[Event], dict[str, CatalogueItem]]:
-    """Accepted events of ``files`` (at or below the position ``up_to``) in stream order, and
-    the latest catalogue record per item."""
+) -> tuple[list[Event], dict[str, CatalogueItem], set[str]]:
+    """Accepted events of ``files`` (at or below the position ``up_to``) in stream order, the
+    latest item record per item, and the items whose latest catalogue record is a deletion."""
     where, params = _up_to(up_to) if up_to is not None else ("true", [])
     with duckdb.connect() as con:
         table = con.sql(
@@ -124,12 +124,16 @@ def read_stream(
         ).to_arrow_table()
     events: list[Event] = []
     catalogue: dict[str, CatalogueItem] = {}
+    deleted: set[str] = set()
     for row in table.to_pylist():
-        if row["type"] == "catalogue":
-            catalogue[row["item_id"]] = catalogue_item_from_row(row)
-        else:
+        if row["type"] != "catalogue":
             events.append(event_from_row(row))
-    return events, catalogue
+        elif row["category"] is None:  # a deletion: the item's last record stays its record
+            deleted.add(row["item_id"])
+        else:
+            catalogue[row["item_id"]] = catalogue_item_from_row(row)
+            deleted.discard(row["item_id"])
+    return events, catalogue, deleted
 
 
 def _check_rows(store: EventStore, files: tuple[str, ...], manifest: SnapshotManifest) -> None:
@@ -154,7 +158,8 @@ def load_snapshot(store: EventStore, snapshot_id: str) -> tuple[SnapshotManifest
     config = DeriveConfig.model_validate(manifest.config)
     files = store.current_ledger().files
     _check_rows(store, files, manifest)
-    events, catalogue = read_stream(store, files, up_to=manifest.stream_position)
+    # A deleted item keeps its last record here: training reads what users did with it.
+    events, catalogue, _ = read_stream(store, files, up_to=manifest.stream_position)
     by_user: dict[str, list[Event]] = {}
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)

@@ -30,7 +30,7 @@ import faust
 import pyarrow as pa
 from aiokafka import TopicPartition
 
-from schemas import InvalidEvent, parse_catalogue_item, parse_event
+from schemas import InvalidEvent, parse_catalogue_deletion, parse_catalogue_item, parse_event
 from streams.ingest.batch_consumer import EXIT_UNPERSISTED, BatchConsumer
 from streams.ingest.dead_letter import DeadLetter, Reject, dead_letter_all
 from streams.ingest.event_id_index import EventIdIndex
@@ -138,6 +138,9 @@ class Ingestor:
         self, batch: LedgerBatch, source: SourceRecord, value: bytes | None, now: datetime
     ) -> None:
         """Add the record as accepted, or raise ``InvalidEvent`` with the reason."""
+        if value is None and source.topic == self.settings.catalogue_topic:
+            batch.add_catalogue_deletion(parse_catalogue_deletion(source.key), source)
+            return
         if value is None:
             raise InvalidEvent("value: null (a tombstone or an empty send); expected a JSON object")
         if source.topic == self.settings.catalogue_topic:

@@ -1,7 +1,8 @@
 """The ledger row layout: one row per consumed Kafka record, accepted or rejected.
 
 An accepted event fills its type's columns (and ``duplicate``: whether its event id was
-already stored), an accepted catalogue record (type ``catalogue``) the item's; a rejected
+already stored), an accepted catalogue record (type ``catalogue``) the item's, or only its
+``item_id`` for a deletion (a tombstone: no category, which every item has); a rejected
 record keeps its reason, its raw bytes (null for a null value) and what became of it on the
 dead-letter topic.
 Both kinds of row carry the record's topic, partition and offset, which is what makes a replay
@@ -146,6 +147,13 @@ class LedgerBatch:
         row = {"type": "catalogue", **item.model_dump()}
         for name in _EVENT_COLUMNS:
             self.columns[name].append(row.get(name))
+        self._add_source(source, reason=None, raw=None)
+        self.accepted += 1
+
+    def add_catalogue_deletion(self, item_id: str, source: SourceRecord) -> None:
+        """A catalogue tombstone: a ``catalogue`` row with the item id alone (no category)."""
+        for name in _EVENT_COLUMNS:
+            self.columns[name].append({"type": "catalogue", "item_id": item_id}.get(name))
         self._add_source(source, reason=None, raw=None)
         self.accepted += 1
 

@@ -163,8 +163,10 @@ def view_definitions(
         "catalogue": (
             "SELECT item_id, category, brand, title, price, kafka_timestamp AS updated_at "
             "FROM ingested WHERE type = 'catalogue' AND reject_reason IS NULL "
-            # One item id is one key, hence one partition: its offsets order its updates.
-            "QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY kafka_offset DESC) = 1"
+            # One item id is one key, hence one partition: its offsets order its updates. An
+            # item whose latest record is a deletion (no category) is not in the catalogue.
+            "QUALIFY row_number() OVER (PARTITION BY item_id ORDER BY kafka_offset DESC) = 1 "
+            "AND category IS NOT NULL"
         ),
         "impressions": (
             f"SELECT {_COMMON}, request_id, model_version, experiment, variant, page, "

@@ -160,7 +160,7 @@ def main() -> None:
 
         store = EventStore(settings.store_dir)
         files = tuple(store.ledger_files())
-        events, catalogue = read_stream(store, files)
+        events, catalogue, _ = read_stream(store, files)
     config = DeriveConfig()
 
     console.print(f"full rebuild over {len(events):,} events ...")
