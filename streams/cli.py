@@ -16,7 +16,7 @@ from typing import IO, TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from schemas import InvalidEvent, event_to_json, parse_event
+from schemas import InvalidEvent, event_to_json, parse_catalogue_deletion, parse_event
 from streams.derive.derived_state import DeriveConfig
 from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
@@ -119,6 +119,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="send lines unvalidated (the worker dead-letters bad ones)",
     )
     produce.set_defaults(run=run_produce)
+
+    delist = commands.add_parser(
+        "delist", help="take items out of the catalogue: a tombstone for each on its topic"
+    )
+    _add_common(delist)
+    delist.add_argument("item_ids", nargs="+", metavar="ITEM_ID", help="the items to delete")
+    delist.set_defaults(run=run_delist)
 
     worker = commands.add_parser("worker", help="run one ingest worker (faust) until stopped")
     _add_common(worker, store=True)
@@ -272,6 +279,28 @@ def run_produce(args: argparse.Namespace) -> int:
         f"-> {settings.events_topic}"
     )
     return 1 if report.failed or invalid else 0
+
+
+def run_delist(args: argparse.Namespace) -> int:
+    """Kafka's delete for each item: a null value keyed by its id on the catalogue topic."""
+    from streams.ingest.producer import EventProducer
+
+    for item_id in args.item_ids:
+        try:
+            parse_catalogue_deletion(item_id.encode())
+        except InvalidEvent as exc:
+            console.print(f"item {item_id!r}: {exc.reason}; nothing sent", markup=False)
+            return 2
+    settings = settings_from(args)
+    if problem := missing_topic(settings, settings.catalogue_topic):
+        console.print(f"[red]cannot delist:[/red] {problem}")
+        return 2
+    with EventProducer(settings.kafka_bootstrap, settings.catalogue_topic) as producer:
+        for item_id in args.item_ids:
+            producer.send_raw(item_id.encode(), None)
+    report = producer.report
+    console.print(f"deleted {report.sent}, failed {report.failed} -> {settings.catalogue_topic}")
+    return 1 if report.failed else 0
 
 
 def run_worker(args: argparse.Namespace) -> int:

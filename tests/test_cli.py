@@ -84,6 +84,19 @@ def test_produce_reports_bad_lines_and_sends_the_good(
     assert {r.key for r in got} == {b"u-1"}
 
 
+@pytest.mark.kafka
+def test_delist_sends_a_tombstone_keyed_by_each_item(settings: StreamSettings) -> None:
+    refused = pagellm("delist", "i-1", "not an id", *cluster_flags(settings))
+    assert refused.returncode == 2
+    assert "item 'not an id': key: a catalogue deletion's key must be an item_id" in (
+        refused.stderr.decode()
+    )
+    sent = pagellm("delist", "i-1", "i-2", *cluster_flags(settings))
+    assert sent.returncode == 0, sent.stderr.decode()
+    got = read_topic(settings, settings.catalogue_topic, 2)  # none from the refused call
+    assert [(r.key, r.value) for r in got] == [(b"i-1", None), (b"i-2", None)]
+
+
 def test_feed_writes_valid_jsonl_and_store_sql_reads(tmp_path: Path) -> None:
     result = pagellm("feed", "--events", "25")
     assert result.returncode == 0

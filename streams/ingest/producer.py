@@ -47,8 +47,9 @@ class EventProducer:
         """Queue one validated event."""
         self.send_raw(event.user_id.encode(), event_to_json(event))
 
-    def send_raw(self, key: bytes | None, value: bytes) -> None:
-        """Queue bytes as they are (the ingest worker validates them; tests send bad ones)."""
+    def send_raw(self, key: bytes | None, value: bytes | None) -> None:
+        """Queue bytes as they are (the ingest worker validates them; tests send bad ones); a
+        None value is Kafka's tombstone."""
         future = self._producer.send(self.topic, key=key, value=value)
         future.add_callback(self._on_sent).add_errback(self._on_failed)
 
