@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from learner.command_options import CommandError, train_or_refuse
 from learner.interactions_file import read_interactions
 from learner.pipeline import STAGE_SECONDS_FILE, train_all
+from learner.ray_jobs import NotEnoughResources, StageFailed
 from learner.settings import LearnerSettings
 from learner.stages import RunMismatch
 from streams.derive.derived_state import DeriveConfig
@@ -66,3 +68,20 @@ def test_a_run_is_repeatable_resumes_and_refuses_other_settings(tmp_path: Path) 
         train_all(snapshot, changed, tmp_path / "a", ["sft", "both"])
     with pytest.raises(RunMismatch, match=r"data: '[0-9a-f]{64}' then"):
         train_all(tiny_snapshot(tmp_path, users=20), settings, tmp_path / "a", ["sft"])
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotEnoughResources("ray.workers: 64 workers need a CPU each; the Ray cluster has 2"), 2),
+        (RunMismatch("settings.ppo.lr: 0.0001 then, 0.001 now"), 2),
+        (StageFailed("stage reward failed on Ray"), 1),
+    ],
+)
+def test_a_run_that_cannot_start_exits_2_and_a_failed_stage_1(error: Exception, code: int) -> None:
+    def train() -> None:
+        raise error
+
+    with pytest.raises(CommandError) as refused:
+        train_or_refuse(train)
+    assert (refused.value.code, str(refused.value)) == (code, str(error))
