@@ -33,6 +33,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     demo.add_argument("--root", type=Path, help="store, registry and logs (var/demo)")
     demo.add_argument("--budget-s", type=float, help="the whole run at most, seconds (570)")
     demo.add_argument("--retrain-every-s", type=float, help="retrain interval in traffic (90)")
+    demo.add_argument(
+        "--retrains", type=int, help="end traffic after this many retrains (at the budget)"
+    )
     demo.add_argument("--users", type=int, help="simulated users (400)")
     demo.add_argument("--seed", type=int, help="the simulated world's seed (7)")
     demo.add_argument("--ratings", type=Path, help="tastes and history from a ratings file")
@@ -96,6 +99,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
             root=args.root,
             budget_s=args.budget_s,
             retrain_every_s=args.retrain_every_s,
+            retrains=args.retrains,
             learner_settings=args.settings,
         )
     )

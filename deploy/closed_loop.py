@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from pydantic import Field
@@ -84,6 +85,11 @@ class LoopSettings(BaseSettings):
     retrain_every_s: float = Field(
         90.0, gt=0, description="during traffic, a retrain starts this long after the last"
     )
+    retrains: int | None = Field(
+        None,
+        ge=1,
+        description="traffic ends once this many retrains have finished (None: at the budget)",
+    )
     ingest_workers: int = Field(1, ge=1)
     prompt_length: int = Field(10, ge=1, description="positives in a prompt (the paper: 20)")
     experiment: str = "pagellm-vs-popularity"
@@ -108,6 +114,7 @@ class LoopOutcome:
     exhausted_requests: int = 0  # 422: the user had nothing left to be shown
     bootstrap_events: int = 0
     retrains: list[RetrainRecord] = field(default_factory=list)
+    traffic_ended_on: Literal["", "budget", "retrains"] = ""
     decision: DecisionRecord | None = None
     report: Report | None = None
     report_png: Path | None = None
@@ -400,6 +407,7 @@ class ClosedLoop:
             if record.finished_at:
                 self.retrain_s = (record.finished_at - record.started_at).total_seconds()
 
+        before = len(self.outcome.retrains)  # the first version's training is one
         loop = self.retrain_loop(streams, progress, on_retrain)
         loop_stop, traffic_stop = threading.Event(), threading.Event()
 
@@ -418,6 +426,9 @@ class ClosedLoop:
             finished = False
             try:
                 while time.monotonic() < end:
+                    if self.retrains_done(begin, before):
+                        self.outcome.traffic_ended_on = "retrains"
+                        break
                     if time.monotonic() + self.retrain_s >= end:
                         loop_stop.set()  # a retrain started now would not finish in time
                     progress.update(
@@ -426,6 +437,8 @@ class ClosedLoop:
                         description=self._traffic_line(simulator),
                     )
                     time.sleep(0.5)
+                else:
+                    self.outcome.traffic_ended_on = "budget"
                 finished = True
             finally:
                 loop_stop.set()
@@ -441,6 +454,15 @@ class ClosedLoop:
         self.outcome.last_request_error = simulator.log.last_error
         with simulator.log.lock:
             return sum(t.pages for t in simulator.log.tallies.values())
+
+    def retrains_done(self, traffic_began: float, retrains_before: int) -> bool:
+        """The asked-for retrains have finished in traffic, after at least its minimum."""
+        wanted = self.settings.retrains
+        return (
+            wanted is not None
+            and len(self.outcome.retrains) - retrains_before >= wanted
+            and time.monotonic() - traffic_began >= MIN_TRAFFIC_S
+        )
 
     def retrain_loop(
         self,

@@ -79,7 +79,9 @@ def run_demo(settings: LoopSettings, users: SimulatorSettings) -> int:
 
 
 def show(outcome: LoopOutcome, settings: LoopSettings) -> None:
-    stages = Table("stage", "seconds", title="Stages", title_justify="left")
+    ended = {"budget": " (traffic ran to the budget)", "retrains": " (traffic ended on retrains)"}
+    title = "Stages" + ended.get(outcome.traffic_ended_on, "")
+    stages = Table("stage", "seconds", title=title, title_justify="left")
     for name, seconds in outcome.stage_seconds.items():
         stages.add_row(name, f"{seconds:.1f}")
     stages.add_row("total", f"{sum(outcome.stage_seconds.values()):.1f}")

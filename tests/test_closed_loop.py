@@ -26,7 +26,7 @@ from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.test_offline_eval import TINY
 
-# The loop runs to a wall-clock budget: `make test` runs its tests alone, not beside others.
+# The loop's traffic runs to wall-clock time: `make test` runs its tests alone, not beside others.
 alone = pytest.mark.serial
 
 USERS = SimulatorSettings(
@@ -86,9 +86,10 @@ def loop_run(
     root = tmp_path_factory.mktemp("loop")
     settings = LoopSettings(
         root=root / "run",
-        budget_s=130,
+        budget_s=360,  # a ceiling for slow machines: the run ends after its retrain
         finish_reserve_s=15,
-        retrain_every_s=15,
+        retrain_every_s=5,
+        retrains=1,
         learner_settings=tiny_learner(root / "learner.json"),
         prompt_length=5,
         min_users_per_variant=30,
@@ -129,6 +130,7 @@ def test_a_trained_version_is_served_and_a_retrain_registers_another(
     first, *later = outcome.retrains
     assert first.state == "registered" and first.promoted and first.version == "v1"
     assert any(r.state == "registered" and r.version for r in later), later
+    assert outcome.traffic_ended_on == "retrains"  # settings.retrains, not the budget
     registry = ModelRegistry.for_store(settings.root / "store")
     kinds = {v.version: v.kind for v in registry.versions()}
     assert kinds["v2"] == "popularity" and kinds["v1"] == kinds["v3"] == "pagellm"
