@@ -156,3 +156,33 @@ def test_pairs_kept_from_an_earlier_batch_equal_those_built_afresh(
         assert training_view(state) == training_view(
             DerivedState.rebuild(CATALOGUE, CONFIG, so_far)
         )
+
+
+def test_an_event_that_leaves_the_lists_as_they_were_keeps_their_models() -> None:
+    # a rates i0-i7 (5) and dislikes i20, i21; with L = 3 and K = 5 the list is i0-i4 (or
+    # their cap-balanced order). A neutral 3 changes no list and no disliked slice: the prompt,
+    # the golden list and every pair are the same objects; a new dislike rebuilds only np.
+    state = DerivedState(CATALOGUE, CONFIG)
+    rate = lambda i, r, m: Rating(  # noqa: E731
+        type="rating",
+        event_id=f"a-{i}-{m}",
+        user_id="a",
+        session_id="s",
+        ts=T0 + timedelta(minutes=m),
+        item_id=i,
+        rating=r,
+    )
+    state.apply([rate(f"i{n}", 5, n) for n in range(8)] + [rate("i20", 1, 9), rate("i21", 2, 10)])
+    data = state.users["a"]
+    prompt, golden, pairs = data.prompt, data.golden, {p.family: p for p in data.pairs}
+    assert set(pairs) == {"np", "rk", "d", "rd"}
+
+    state.apply([rate("i22", 3, 11)])
+    assert data.prompt is prompt and data.golden is golden
+    assert all(p is pairs[p.family] for p in data.pairs) and len(data.pairs) == 4
+
+    state.apply([rate("i23", 1, 12)])  # lowest rating, most recent: first in np's slice
+    kept = {p.family: p for p in data.pairs}
+    assert data.golden is golden and kept["np"] is not pairs["np"]
+    assert kept["np"].rejected[0] == "i23"
+    assert all(kept[f] is pairs[f] for f in ("rk", "d", "rd"))

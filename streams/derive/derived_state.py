@@ -8,8 +8,8 @@ the list length, not by the user's history nor by the total.
 Which pairs a batch can change: while the golden list (and the catalogue) stays as it was, rk
 and rd, functions of the golden list alone, stay too; d stays unless the user's rated items of
 the list's dominant category changed (its draws read only which of them are rated); np, a
-slice of the disliked items, is recomputed. A long history makes an unchanged list likelier,
-so later events of a user cost less, not more.
+slice of the disliked items, stays while that slice does. An unchanged prompt or list keeps its
+model. A long history makes an unchanged list likelier, so later events of a user cost less.
 
 Staleness bound: a user's golden list breaks rating ties by the popularity s_i each candidate
 had when the user's rating of it last changed (or at the user's last refresh), and caps
@@ -41,9 +41,9 @@ from streams.derive.golden_list import (
     DEFAULT_CATEGORY_CAP,
     DEFAULT_LIST_LENGTH,
     DEFAULT_PROMPT_LENGTH,
-    prompt_and_golden_list,
+    prompt_and_golden_items,
 )
-from streams.derive.preference_pairs import build_pairs, dominant_category
+from streams.derive.preference_pairs import build_pairs, dominant_category, preference_negative
 from streams.derive.sorted_ratings import SortedRatings
 
 Event = Impression | Click | Purchase | Rating
@@ -162,13 +162,21 @@ class DerivedState:
         """Rebuild the user's prompt and golden list, and the pairs they (or ``newly_seen``, the
         categories whose rated items changed since the last build) can change; None: all."""
         c = self.config
-        prompt, golden = prompt_and_golden_list(
+        prompt_items, golden_items, relaxed = prompt_and_golden_items(
             data.history,
             self.category,
             prompt_length=c.prompt_length,
             list_length=c.list_length,
             category_cap=c.category_cap,
         )
+        # An unchanged list keeps its model: no validation, and "unchanged" below is identity.
+        user = data.history.user_id
+        prompt = data.prompt
+        if prompt is None or prompt.items != prompt_items:
+            prompt = UserPrompt(user_id=user, items=prompt_items)
+        golden = data.golden
+        if golden is None or (golden.items, golden.cap_relaxed) != (golden_items, relaxed):
+            golden = GoldenList(user_id=user, items=golden_items, cap_relaxed=relaxed)
         kept = self._pairs_still_valid(data, golden, newly_seen)
         pairs, skipped = build_pairs(
             golden,
@@ -191,13 +199,17 @@ class DerivedState:
         self, data: UserData, golden: GoldenList, newly_seen: set[str] | None
     ) -> set[PairFamily]:
         """The families whose pair (or skip) built last time is still the one to build."""
-        if newly_seen is None or golden != data.golden:
+        if newly_seen is None or golden is not data.golden:
             return set()
         if data.catalogue_version != self.catalogue_version:
             return set()
         kept: set[PairFamily] = {"rk", "rd"}
         if not golden.items or dominant_category(golden.items, self.category) not in newly_seen:
             kept.add("d")
+        if golden.items:  # np is a slice of the disliked items: kept if that slice is
+            before = next((p.rejected for p in data.pairs if p.family == "np"), None)
+            if preference_negative(golden.items, data.history.disliked) == before:
+                kept.add("np")
         return kept
 
     def _resort(self, user_id: str, data: UserData) -> None:

@@ -78,15 +78,15 @@ def apply_category_cap(
     return tuple(taken), relaxed
 
 
-def prompt_and_golden_list(
+def prompt_and_golden_items(
     history: SortedRatings,
     category: Mapping[str, str],
     *,
     prompt_length: int = DEFAULT_PROMPT_LENGTH,
     list_length: int = DEFAULT_LIST_LENGTH,
     category_cap: float = DEFAULT_CATEGORY_CAP,
-) -> tuple[UserPrompt, GoldenList]:
-    """q_u and sigma_u^gt of one user, read off their sorted ratings (no sorting here)."""
+) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """(q_u, sigma_u^gt, cap relaxed) of one user, read off their sorted ratings (no sorting)."""
     length = prompt_length_for(len(history.chronological), prompt_length, list_length)
     latest = history.chronological[-length:] if length > 0 else []
     prompt = tuple(item for _, item in latest)  # the most recent, oldest first
@@ -98,6 +98,25 @@ def prompt_and_golden_list(
         list_length,
         category_cap,
         available=len(history.ranked) - len(prompt),
+    )
+    return prompt, items, relaxed
+
+
+def prompt_and_golden_list(
+    history: SortedRatings,
+    category: Mapping[str, str],
+    *,
+    prompt_length: int = DEFAULT_PROMPT_LENGTH,
+    list_length: int = DEFAULT_LIST_LENGTH,
+    category_cap: float = DEFAULT_CATEGORY_CAP,
+) -> tuple[UserPrompt, GoldenList]:
+    """q_u and sigma_u^gt of one user, as the models training data is made of."""
+    prompt, items, relaxed = prompt_and_golden_items(
+        history,
+        category,
+        prompt_length=prompt_length,
+        list_length=list_length,
+        category_cap=category_cap,
     )
     user = history.user_id
     return (
