@@ -102,26 +102,13 @@ def prompt_and_golden_items(
     return prompt, items, relaxed
 
 
-def prompt_and_golden_list(
-    history: SortedRatings,
-    category: Mapping[str, str],
-    *,
-    prompt_length: int = DEFAULT_PROMPT_LENGTH,
-    list_length: int = DEFAULT_LIST_LENGTH,
-    category_cap: float = DEFAULT_CATEGORY_CAP,
+def as_models(
+    user_id: str, prompt: tuple[str, ...], items: tuple[str, ...], cap_relaxed: bool
 ) -> tuple[UserPrompt, GoldenList]:
-    """q_u and sigma_u^gt of one user, as the models training data is made of."""
-    prompt, items, relaxed = prompt_and_golden_items(
-        history,
-        category,
-        prompt_length=prompt_length,
-        list_length=list_length,
-        category_cap=category_cap,
-    )
-    user = history.user_id
+    """q_u and sigma_u^gt as the models training data is made of."""
     return (
-        UserPrompt(user_id=user, items=prompt),
-        GoldenList(user_id=user, items=items, cap_relaxed=relaxed),
+        UserPrompt(user_id=user_id, items=prompt),
+        GoldenList(user_id=user_id, items=items, cap_relaxed=cap_relaxed),
     )
 
 
@@ -136,10 +123,13 @@ def build_prompt_and_golden_list(
     category_cap: float = DEFAULT_CATEGORY_CAP,
 ) -> tuple[UserPrompt, GoldenList]:
     """q_u and sigma_u^gt of one user from their effective ratings."""
-    return prompt_and_golden_list(
-        SortedRatings.build(user_id, ratings, popularity, category),
-        category,
-        prompt_length=prompt_length,
-        list_length=list_length,
-        category_cap=category_cap,
+    return as_models(
+        user_id,
+        *prompt_and_golden_items(
+            SortedRatings.build(user_id, ratings, popularity, category),
+            category,
+            prompt_length=prompt_length,
+            list_length=list_length,
+            category_cap=category_cap,
+        ),
     )

@@ -22,7 +22,7 @@ from schemas.training_data import (
     UserPrompt,
 )
 from streams.derive.derived_state import DeriveConfig, ItemStats
-from streams.derive.golden_list import prompt_and_golden_list
+from streams.derive.golden_list import as_models, prompt_and_golden_items
 from streams.derive.preference_pairs import build_pairs
 from streams.derive.sorted_ratings import SortedRatings
 from streams.derive.split import UserSplit, split_user
@@ -82,12 +82,15 @@ def build_training_snapshot(
     popularity = train_popularity({u: s.train for u, s in splits.items()})
     for user, split in splits.items():
         history = SortedRatings.build(user, split.train, popularity, category)
-        prompt, golden = prompt_and_golden_list(
-            history,
-            category,
-            prompt_length=config.prompt_length,
-            list_length=config.list_length,
-            category_cap=config.category_cap,
+        prompt, golden = as_models(
+            user,
+            *prompt_and_golden_items(
+                history,
+                category,
+                prompt_length=config.prompt_length,
+                list_length=config.list_length,
+                category_cap=config.category_cap,
+            ),
         )
         pairs, skipped = build_pairs(
             golden,
