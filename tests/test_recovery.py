@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import signal
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import islice
+from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
@@ -13,6 +16,7 @@ from kafka.errors import KafkaError
 
 from streams.ingest.producer import EventProducer
 from streams.settings import StreamSettings
+from streams.store.event_store import EventStore
 from streams.store.store_views import connect_store
 from tests.conftest import wait_for
 from tests.feed_bytes import rating_records
@@ -151,18 +155,40 @@ def test_two_workers_share_four_partitions_and_store_each_event_once(
     assert owned["wa"] | owned["wb"] == {0, 1, 2, 3}, owned
 
 
+def waiting_on_a_file_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked on a ``flock`` (a ``->`` line of /proc/locks)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any(f[1:3] == ["->", "FLOCK"] and f[5] == str(pid) for f in map(str.split, lines))
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (state T in /proc/PID/task/*/stat)."""
+    stats = (path.read_text() for path in Path(f"/proc/{pid}/task").glob("*/stat"))
+    return all(stat.rsplit(")", 1)[1].split()[0] == "T" for stat in stats)
+
+
 def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
     settings: StreamSettings, workers: Callable
 ) -> None:
-    # A backlog keeps the worker busy, so that when it is stopped (as a long GC pause or
-    # SIGSTOP would) it holds records it has not stored. A successor takes its partitions once
-    # its session times out and stores everything; when the stalled worker resumes, its batch
-    # must not land beside the successor's copy.
-    settings = settings.model_copy(update={"session_timeout_s": 6.0, "batch_max_events": 2000})
-    produced = produce_ratings(settings, users=1000, per_user=100)
+    # The stall must hit a worker holding a batch it has not made visible. Waiting for "some
+    # stored" and then stopping it raced a worker that had meanwhile stored the whole backlog
+    # (it then woke up with nothing to store and stayed). So the test holds the partitions'
+    # fence locks: the worker's next publication waits on them with its batch, and is stopped
+    # there (a stopped process leaves the lock's queue, so its successor is not held up).
+    settings = settings.model_copy(update={"session_timeout_s": 6.0, "batch_max_events": 1000})
+    records = rating_records(users=400, per_user=50)
+    produced = produce(settings, islice(records, 5_000))
     stalled = workers("wa", use=settings)
-    wait_for(lambda: stored(settings)[0] >= 10_000, 120, "the first worker storing")
-    stalled.send_signal(signal.SIGSTOP)
+    fence_dir = EventStore(settings.store_dir).fences.dir / settings.events_topic
+    wait_for(lambda: list(fence_dir.glob("*.json")), 120, "the first worker claiming partitions")
+    with contextlib.ExitStack() as held:
+        for lock_path in sorted(fence_dir.glob("*.lock")):
+            fcntl.flock(held.enter_context(lock_path.open("a")), fcntl.LOCK_EX)
+        produced += produce(settings, records)  # every user: every partition, held ones too
+        wait_for(lambda: waiting_on_a_file_lock(stalled.pid), 60, "a batch waiting to publish")
+        stalled.send_signal(signal.SIGSTOP)
+        # Not before every thread stopped: a waiter woken by the release would take the lock.
+        wait_for(lambda: stopped(stalled.pid), 10, "the first worker stopped")
     try:
         workers("wb", use=settings)
         wait_for(lambda: stored(settings)[1] >= produced, 180, "the successor storing it all")
