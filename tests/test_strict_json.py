@@ -9,6 +9,7 @@ import pytest
 
 from schemas import parse_event
 from schemas.strict_json import keys_given, parse_json_strictly
+from serving.strict_json_routes import is_json_media_type
 
 
 def test_valid_json_reads_as_json_loads_does() -> None:
@@ -40,3 +41,19 @@ def test_keys_given_counts_the_keys_of_nested_models_too() -> None:
             "items": slots}  # fmt: skip
     event = parse_event(json.dumps(page), now=datetime(2026, 6, 1, 12, tzinfo=UTC))
     assert keys_given(event) == 8 + 2 * 2  # schema_version, experiment, variant not given
+
+
+@pytest.mark.parametrize(
+    ("content_type", "is_json"),
+    [
+        ("application/json", True),
+        ("Application/JSON; charset=utf-8", True),
+        ("application/merge-patch+json", True),
+        ("text/plain", False),
+        ("text/json+x", False),
+        ("application/x-www-form-urlencoded", False),
+        ("", False),
+    ],
+)
+def test_only_json_media_types_are_taken_as_json(content_type: str, is_json: bool) -> None:
+    assert is_json_media_type(content_type) is is_json
