@@ -71,7 +71,7 @@ def undefined_part(moments: Moments, metric: Metric, pre_period: bool = False) -
 
 def delta_method_covariance(moments: Moments, grad_f: np.ndarray, grad_g: np.ndarray) -> float:
     """Cov(f(m), g(m)) ~ grad f^T C grad g / n."""
-    return float(grad_f @ moments.covariance() @ grad_g) / moments.n
+    return float(grad_f @ moments.covariance @ grad_g) / moments.n
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache, cached_property
 
 import numpy as np
 
@@ -18,6 +19,7 @@ import numpy as np
 ROUNDING = 1e-9
 
 
+@cache  # a report names the same few dozen pairs for every variant, phase and metric
 def cross_name(a: str, b: str) -> str:
     """The SQL alias of sum(a * b) (the pair in canonical order)."""
     first, second = sorted((a, b))
@@ -59,6 +61,7 @@ class Moments:
         """m = s / n."""
         return self.sums / self.n
 
+    @cached_property  # the delta method asks for it once per variance and covariance it forms
     def covariance(self) -> np.ndarray:
         """C = (Q - n m m^T) / (n - 1), the unbiased sample covariance of the columns; a column
         whose variance is under ROUNDING x Q_jj / (n - 1) is constant (its row and column 0)."""

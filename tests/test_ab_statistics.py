@@ -43,12 +43,12 @@ def test_moments_give_the_sample_mean_and_covariance() -> None:
     values = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 4.0]])
     moments = Moments.from_values(["a", "b"], values)
     assert moments.mean() == pytest.approx([2.0, 8 / 3])
-    assert moments.covariance() == pytest.approx(np.cov(values.T))
+    assert moments.covariance == pytest.approx(np.cov(values.T))
 
 
 def test_a_constant_column_has_exactly_zero_covariance() -> None:
     values = np.array([[19.99, 1.0], [19.99, 2.0], [19.99, 4.0]])
-    covariance = Moments.from_values(["a", "b"], values).covariance()
+    covariance = Moments.from_values(["a", "b"], values).covariance
     assert covariance[0].tolist() == [0.0, 0.0] and covariance[:, 0].tolist() == [0.0, 0.0]
     assert covariance[1, 1] == pytest.approx(7 / 3)  # mean 7/3, squares 16/9 + 1/9 + 25/9
 
