@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 from pydantic import Field
@@ -63,6 +63,9 @@ from streams.progress_bars import progress_bar
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
 from streams.store.store_views import connect_store
+
+if TYPE_CHECKING:  # it imports torch: the loop loads it when it trains, not when imported
+    from learner.ray_jobs import RayStageRunner
 
 log = logging.getLogger(__name__)
 
@@ -211,15 +214,18 @@ class ClosedLoop:
             population = self.bootstrap(streams)
         with self.stage("ray", progress):
             ray_address = self.start_ray(cleanup)
+            runner = self.training_runner(cleanup)
         server = self.start_server(streams, ray_address, cleanup)  # comes up while we train
         with self.stage("training", progress):
-            first = self.train_first_version(progress)
+            first = self.train_first_version(progress, runner)
         with self.stage("experiment", progress):
             self.start_experiment(streams.store_dir, first)
         with self.stage("serving", progress):
             url = self.wait_for_server(server)
         with self.stage("traffic", progress):
-            pages = self.outcome.pages_served = self.run_traffic(population, url, streams, progress)
+            pages = self.outcome.pages_served = self.run_traffic(
+                population, url, streams, progress, runner
+            )
         with self.stage("drain", progress):
             self.drain(streams, url, pages)
         with self.stage("decision", progress):
@@ -297,6 +303,15 @@ class ClosedLoop:
         self.outcome.ray_session_dir = str(context.address_info["session_dir"])
         return str(context.address_info["gcs_address"])
 
+    def training_runner(self, cleanup: contextlib.ExitStack) -> RayStageRunner:
+        """One runner for the first version and every retrain: with one worker it stays warm
+        between them (``RaySettings.keep_warm``), and is released before Ray stops."""
+        from learner.ray_jobs import RayStageRunner
+
+        runner = RayStageRunner(self.learner.ray)
+        cleanup.callback(runner.release_warm_worker)
+        return runner
+
     # --- 5-7: serving, the first version, the experiment ---------------------------------
 
     def start_server(
@@ -311,15 +326,14 @@ class ClosedLoop:
         cleanup.callback(stop_worker, server, 60.0)
         return server
 
-    def train_first_version(self, progress: Progress) -> str:
-        from learner.ray_jobs import RayStageRunner
+    def train_first_version(self, progress: Progress, runner: RayStageRunner) -> str:
         from learner.retrain import RetrainJob, RetrainSettings, retrain
 
         job = RetrainJob(
             store_dir=self.root / "store",
             learner=self.learner,
             settings=RetrainSettings(),
-            runner=RayStageRunner(self.learner.ray),
+            runner=runner,
             trigger="bootstrap: the first version",
             full=True,
             derive=self.derive,
@@ -388,7 +402,12 @@ class ClosedLoop:
     # --- 8: traffic while the loop retrains ----------------------------------------------
 
     def run_traffic(
-        self, population: Population, url: str, streams: StreamSettings, progress: Progress
+        self,
+        population: Population,
+        url: str,
+        streams: StreamSettings,
+        progress: Progress,
+        runner: RayStageRunner,
     ) -> int:
         """Simulated users until the budget's end, retraining meanwhile; the pages served."""
         end = self.started + self.settings.budget_s - self.settings.finish_reserve_s
@@ -408,7 +427,7 @@ class ClosedLoop:
                 self.retrain_s = (record.finished_at - record.started_at).total_seconds()
 
         before = len(self.outcome.retrains)  # the first version's training is one
-        loop = self.retrain_loop(streams, progress, on_retrain)
+        loop = self.retrain_loop(streams, progress, on_retrain, runner)
         loop_stop, traffic_stop = threading.Event(), threading.Event()
 
         def retrain_when_due() -> None:
@@ -469,15 +488,14 @@ class ClosedLoop:
         streams: StreamSettings,
         progress: Progress,
         on_retrain: Callable[[RetrainRecord], None],
+        runner: RayStageRunner,
     ) -> RetrainLoop:
         """The continuous-learning loop on the interval trigger alone, training on our Ray."""
-        from learner.ray_jobs import RayStageRunner
         from learner.retrain import RetrainJob, RetrainSettings
 
         settings = RetrainSettings(
             interval_s=self.settings.retrain_every_s, min_new_pairs=0, poll_s=1.0
         )
-        runner = RayStageRunner(self.learner.ray)
         return RetrainLoop(
             streams.store_dir,
             settings,

@@ -10,6 +10,11 @@ all) and every worker waits at a barrier before the next stage reads it. Workers
 write the run directory, so on a cluster it must be on storage every node sees, as Ray Train's
 own storage path must be. A job that fails keeps the stages it finished.
 
+With one worker (``RaySettings.keep_warm``) the stages run instead on ``WarmStageWorker``, a
+plain Ray actor the runner keeps between jobs: a Ray Train job starts a controller, four helper
+actors and its workers, each a new process importing torch, and took 14-20 s to reach its worker
+on an idle 2-core machine, where a retrain loop's later jobs on a warm worker start at once.
+
 Progress: the first worker writes the current stage, its steps so far and the finished stages'
 start and end times to a JSON file, which the driver polls for its bars and its timings.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -88,17 +94,11 @@ class ProgressFile:
             return None
 
 
-def stage_worker(config: dict[str, Any]) -> None:
-    """What each Ray Train worker runs: its share of every stage, in order."""
+def run_stages(config: dict[str, Any], shard: Shard) -> None:
+    """This worker's share of every stage of ``config``, in order."""
     import ray
-    import ray.train
-    import ray.train.torch
 
     torch.set_num_threads(1)  # one CPU per worker: more threads oversubscribe the machine
-    context = ray.train.get_context()
-    shard = Shard(context.get_world_rank(), context.get_world_size())
-    if config["use_gpu"]:
-        torch.set_default_device(ray.train.torch.get_device())
     settings = LearnerSettings.model_validate_json(config["settings"])
     run_dir = Path(config["run_dir"])
     progress = ProgressFile(Path(config["progress"])) if shard.is_first else None
@@ -116,7 +116,37 @@ def stage_worker(config: dict[str, Any]) -> None:
             finish_stage(run_dir, name)
             progress.finish(stage)
         shard.barrier()  # the next stage reads this one from the run directory
+
+
+def stage_worker(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: its share of every stage, in order."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    if config["use_gpu"]:
+        torch.set_default_device(ray.train.torch.get_device())
+    run_stages(config, Shard(context.get_world_rank(), context.get_world_size()))
     ray.train.report({"stages": len(config["stages"])})
+
+
+class WarmStageWorker:
+    """A single training worker kept as a Ray actor between jobs (``RaySettings.keep_warm``):
+    its process, imports (torch, transformers) and CPU stay, so a retrain's job starts at once
+    where a Ray Train job took 14-20 s to reach its worker on an idle 2-core machine and 41 s
+    beside serving. Every stage seeds its own generators, so a reused worker trains exactly as
+    a fresh one does."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        torch.set_num_threads(1)
+        if use_gpu:
+            torch.set_default_device("cuda")  # Ray made the actor's one GPU the only visible
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, config: dict[str, Any]) -> None:
+        run_stages(config, Shard())
 
 
 class NotEnoughResources(ValueError):
@@ -144,6 +174,7 @@ class RayStageRunner:
         self.started_ray = False
         self.use_gpu = False
         self.shared: tuple[TrainingSnapshot, Any] | None = None
+        self.warm: Any = None  # the WarmStageWorker actor, once a job has needed it
 
     def snapshot_ref(self, snapshot: TrainingSnapshot) -> Any:
         """The snapshot in Ray's object store, put there once for every job that trains on
@@ -187,9 +218,24 @@ class RayStageRunner:
         import ray
 
         self.shared = None
+        self.release_warm_worker()
         if self.started_ray:
             ray.shutdown()
             self.started_ray = False
+
+    def release_warm_worker(self) -> None:
+        """Stop the warm worker (its CPU goes back to the cluster); the next job starts one."""
+        import ray
+
+        if self.warm is not None:
+            ray.kill(self.warm)
+            self.warm = None
+
+    def warm_worker_pid(self) -> int | None:
+        """The warm worker's process id, None before a job has started it."""
+        import ray
+
+        return None if self.warm is None else int(ray.get(self.warm.pid.remote()))
 
     def __call__(
         self,
@@ -202,49 +248,36 @@ class RayStageRunner:
         """Train ``stages`` in one job; the seconds of each, and of the job's start and end
         (``caller_seconds``)."""
         import ray
-        from ray.train import RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
 
         if not ray.is_initialized():
             self.connect()
         run_dir = run_dir.resolve()
         job = f"{'-'.join(stages)}-{uuid.uuid4().hex[:8]}"
         progress = run_dir / f".{job}.progress"
-        trainer = TorchTrainer(
-            stage_worker,
-            train_loop_config={
-                "stages": list(stages),
-                "run_dir": str(run_dir),
-                "snapshot": self.snapshot_ref(snapshot),
-                "settings": settings.model_dump_json(),
-                "progress": str(progress),
-                "use_gpu": self.use_gpu,
-            },
-            scaling_config=ScalingConfig(num_workers=self.settings.workers, use_gpu=self.use_gpu),
-            run_config=RunConfig(name=job, storage_path=str(run_dir / ".ray")),
-        )
+        config = {
+            "stages": list(stages),
+            "run_dir": str(run_dir),
+            "snapshot": self.snapshot_ref(snapshot),
+            "settings": settings.model_dump_json(),
+            "progress": str(progress),
+            "use_gpu": self.use_gpu,
+        }
         stop = threading.Event()
         poller = threading.Thread(target=follow_progress, args=(progress, on_stage, stop))
         poller.start()
         started = time.time()
-        # fit() in the main thread installs Ray Train's own SIGINT handler and leaves it there,
-        # bound to this job's controller: a later Ctrl-C would abort a job long gone.
-        sigint = signal.getsignal(signal.SIGINT)
         try:
-            result = trainer.fit()
+            if self.settings.workers == 1 and self.settings.keep_warm:
+                self._run_on_warm_worker(config)
+            else:
+                self._run_ray_train_job(job, run_dir, config)
         except Exception as exc:  # Ray wraps the worker's error; name the stage
             failed = (ProgressFile.read(progress) or {}).get("stage") or stages[0]
-            raise StageFailed(f"stage {failed}: its Ray Train job failed: {exc}") from exc
+            raise StageFailed(f"stage {failed}: its Ray job failed: {exc}") from exc
         finally:
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, sigint)
             stop.set()
             poller.join()
         ended = time.time()
-        if result.error is not None:
-            raise StageFailed(
-                f"stages {', '.join(stages)}: the Ray Train job failed: {result.error}"
-            )
         worker = ProgressFile.read(progress) or {}
         if "ready" in worker:
             log.info(
@@ -259,6 +292,44 @@ class RayStageRunner:
         progress.unlink(missing_ok=True)
         log.info("stages %s finished on Ray (%d workers)", ", ".join(stages), self.settings.workers)
         return caller_seconds(stages, worker, started, ended)
+
+    def _run_on_warm_worker(self, config: dict[str, Any]) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.warm is None:
+            actor = ray.remote(num_cpus=1, num_gpus=int(self.use_gpu))(WarmStageWorker)
+            self.warm = actor.remote(self.use_gpu)
+        try:
+            ray.get(self.warm.run.remote(config))
+        except RayActorError:
+            self.warm = None  # it died (killed, out of memory): the next job starts another
+            raise
+        except BaseException:
+            # A stage that failed or was interrupted may have left the process in any state.
+            self.release_warm_worker()
+            raise
+
+    def _run_ray_train_job(self, job: str, run_dir: Path, config: dict[str, Any]) -> None:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        trainer = TorchTrainer(
+            stage_worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=self.settings.workers, use_gpu=self.use_gpu),
+            run_config=RunConfig(name=job, storage_path=str(run_dir / ".ray")),
+        )
+        # fit() in the main thread installs Ray Train's own SIGINT handler and leaves it there,
+        # bound to this job's controller: a later Ctrl-C would abort a job long gone.
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            result = trainer.fit()
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
+        if result.error is not None:
+            raise result.error
 
 
 def caller_seconds(

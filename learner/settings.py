@@ -27,6 +27,14 @@ class RaySettings(BaseModel):
     health_check_interval_s: float = Field(
         0.25, gt=0, description="how often Ray Train's controller polls its workers"
     )
+    # A Ray Train job reached its worker 14-20 s after it started on an idle 2-core machine
+    # (and 41 s beside serving): a controller, four helper actors and a worker, each a new
+    # process importing torch, for stages that train in seconds.
+    keep_warm: bool = Field(
+        True,
+        description="with one worker, keep it between jobs as a Ray actor (its imports done; it "
+        "holds its CPU while the run or the retrain loop lives); false: a Ray Train job each",
+    )
 
 
 class LearnerSettings(BaseModel):

@@ -1,5 +1,5 @@
-"""The training stages as real Ray Train jobs on a local Ray: two data-parallel workers through
-``pagellm eval``, and one worker reproducing the in-process stage exactly.
+"""The training stages on a local Ray: as Ray Train jobs on two data-parallel workers through
+``pagellm eval``, and on one warm worker reproducing the in-process stage exactly, job after job.
 
 A TorchTrainer job costs seconds to start, so the Ray path is exercised here and nowhere else.
 """
@@ -48,18 +48,29 @@ def test_eval_runs_every_stage_as_a_ray_train_job_on_two_workers(tmp_path: Path)
     assert again.stderr.decode().count("kept from an earlier run") == 4
 
 
-def test_one_ray_worker_reproduces_the_in_process_stage(tmp_path: Path) -> None:
+def test_one_warm_ray_worker_reproduces_the_in_process_stage_job_after_job(
+    tmp_path: Path,
+) -> None:
+    # With one worker the runner keeps it between jobs (``RaySettings.keep_warm``): the second
+    # job must run in the same process and still train exactly what a fresh process trains.
     snapshot = tiny_snapshot(tmp_path)
     settings = LearnerSettings.model_validate(TINY)
     train_all(snapshot, settings, tmp_path / "in_process", ["sft"])
-    shutil.copytree(tmp_path / "in_process", tmp_path / "on_ray")
-    shutil.rmtree(tmp_path / "on_ray" / "reference")
+    on_ray = [tmp_path / "on_ray_1", tmp_path / "on_ray_2"]
+    for run in on_ray:
+        shutil.copytree(tmp_path / "in_process", run)
+        shutil.rmtree(run / "reference")
     with RayStageRunner(RaySettings(workers=1)) as runner:
-        runner(["finetune"], tmp_path / "on_ray", snapshot, settings, lambda title: None)
+        pids = []
+        for run in on_ray:
+            seconds = runner(["finetune"], run, snapshot, settings, lambda title: None)
+            assert set(seconds) == {"ray_job_start", "finetune", "ray_job_end"}
+            pids.append(runner.warm_worker_pid())
+        assert pids[0] is not None and pids[0] == pids[1]
         # Asked of the same real cluster (starting another just to be refused took 17-30 s).
         with pytest.raises(NotEnoughResources, match="64 workers need a CPU each; the Ray clu"):
             RayStageRunner(RaySettings(workers=64)).connect()
-    assert same_weights(
-        load_policy(tmp_path / "in_process" / "reference"),
-        load_policy(tmp_path / "on_ray" / "reference"),
-    )
+    assert runner.warm_worker_pid() is None  # released with the runner
+    expected = load_policy(tmp_path / "in_process" / "reference")
+    for run in on_ray:
+        assert same_weights(expected, load_policy(run / "reference"))
