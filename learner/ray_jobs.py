@@ -227,9 +227,9 @@ class RayStageRunner:
         """Stop the warm worker (its CPU goes back to the cluster); the next job starts one."""
         import ray
 
-        if self.warm is not None:
-            ray.kill(self.warm)
-            self.warm = None
+        warm, self.warm = self.warm, None
+        if warm is not None and ray.is_initialized():  # a Ray already stopped took it along
+            ray.kill(warm)
 
     def warm_worker_pid(self) -> int | None:
         """The warm worker's process id, None before a job has started it."""
