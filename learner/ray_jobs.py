@@ -11,9 +11,10 @@ write the run directory, so on a cluster it must be on storage every node sees, 
 own storage path must be. A job that fails keeps the stages it finished.
 
 With one worker (``RaySettings.keep_warm``) the stages run instead on ``WarmStageWorker``, a
-plain Ray actor the runner keeps between jobs: a Ray Train job starts a controller, four helper
-actors and its workers, each a new process importing torch, and took 14-20 s to reach its worker
-on an idle 2-core machine, where a retrain loop's later jobs on a warm worker start at once.
+plain Ray actor the runner keeps between jobs: a Ray Train job starts a controller, three or
+four helper actors and its workers, each a new process importing torch, and took 14-20 s to
+reach its worker on an idle 2-core machine, where a retrain loop's later jobs on a warm worker
+start at once.
 
 Progress: the first worker writes the current stage, its steps so far and the finished stages'
 start and end times to a JSON file, which the driver polls for its bars and its timings.
@@ -138,7 +139,6 @@ class WarmStageWorker:
     a fresh one does."""
 
     def __init__(self, use_gpu: bool) -> None:
-        torch.set_num_threads(1)
         if use_gpu:
             torch.set_default_device("cuda")  # Ray made the actor's one GPU the only visible
 

@@ -28,8 +28,8 @@ class RaySettings(BaseModel):
         0.25, gt=0, description="how often Ray Train's controller polls its workers"
     )
     # A Ray Train job reached its worker 14-20 s after it started on an idle 2-core machine
-    # (and 41 s beside serving): a controller, four helper actors and a worker, each a new
-    # process importing torch, for stages that train in seconds.
+    # (and 41 s beside serving): a controller, three or four helper actors and a worker, each
+    # a new process importing torch, for stages that train in seconds.
     keep_warm: bool = Field(
         True,
         description="with one worker, keep it between jobs as a Ray actor (its imports done; it "
