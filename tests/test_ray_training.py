@@ -30,9 +30,10 @@ def test_eval_runs_every_stage_as_a_ray_train_job_on_two_workers(tmp_path: Path)
     settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
     command = ("eval", "--data", str(data), "--out", str(out), "--settings", str(settings),
                "--prompt-length", "5", "--ablations", "sft,both", "--workers", "2")  # fmt: skip
-    result = pagellm(*command, timeout_s=600)  # four jobs of about 20 s each, when idle
+    result = pagellm(*command, timeout_s=600)  # one job: 30 s to start beside other tests
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     run = out / "run"
+    # Whole stage directories: what a later run keeps (test_training_run resumes from them).
     for stage in ("meta", "reference", "reward", "policy_both"):
         assert (run / stage / "curve.json").exists()
     assert not list(run.glob(".*.partial")) and not list((run / ".ray").glob("*"))
@@ -41,11 +42,6 @@ def test_eval_runs_every_stage_as_a_ray_train_job_on_two_workers(tmp_path: Path)
     finetune = json.loads((run / "reference" / "curve.json").read_text())["finetune_nll"]
     assert len(finetune) == TINY["supervised"]["finetune_epochs"] and finetune[1] < finetune[0]
     assert json.loads((out / "metrics_both.json").read_text())["users"] == 40
-
-    # Everything is in the run now: a second eval keeps every stage and starts no Ray job.
-    again = pagellm(*command)
-    assert again.returncode == 0, again.stderr.decode()[-3000:]
-    assert again.stderr.decode().count("kept from an earlier run") == 4
 
 
 def test_one_warm_ray_worker_reproduces_the_in_process_stage_job_after_job(
