@@ -135,35 +135,33 @@ class LedgerBatch:
         source: SourceRecord,
         duplicate: bool = False,
     ) -> None:
-        row = _event_columns(event)
-        for name in _EVENT_COLUMNS:
-            self.columns[name].append(row.get(name))
-        self._add_source(source, reason=None, raw=None)
+        self._add_accepted_row(_event_columns(event), source)
         self.columns["duplicate"][-1] = duplicate
-        self.accepted += 1
 
     def add_catalogue_item(self, item: CatalogueItem, source: SourceRecord) -> None:
         """A catalogue record: a row of type ``catalogue`` (the latest per item counts)."""
-        row = {"type": "catalogue", **item.model_dump()}
-        for name in _EVENT_COLUMNS:
-            self.columns[name].append(row.get(name))
-        self._add_source(source, reason=None, raw=None)
-        self.accepted += 1
+        self._add_accepted_row({"type": "catalogue", **item.model_dump()}, source)
 
     def add_catalogue_deletion(self, item_id: str, source: SourceRecord) -> None:
         """A catalogue tombstone: a ``catalogue`` row with the item id alone (no category)."""
-        for name in _EVENT_COLUMNS:
-            self.columns[name].append({"type": "catalogue", "item_id": item_id}.get(name))
-        self._add_source(source, reason=None, raw=None)
-        self.accepted += 1
+        self._add_accepted_row({"type": "catalogue", "item_id": item_id}, source)
 
     def add_rejected(self, raw: bytes | None, reason: str, source: SourceRecord) -> int:
         """A rejected record's row; returns its index, for ``note_dead_letter``."""
-        for name in _EVENT_COLUMNS:
-            self.columns[name].append(None)
+        self._add_event_columns({})
         self._add_source(source, reason=reason, raw=raw)
         self.rejected += 1
         return len(self.columns["raw"]) - 1
+
+    def _add_accepted_row(self, row: dict[str, object], source: SourceRecord) -> None:
+        self._add_event_columns(row)
+        self._add_source(source, reason=None, raw=None)
+        self.accepted += 1
+
+    def _add_event_columns(self, row: dict[str, object]) -> None:
+        """Each event column's value from ``row``; null where it has none."""
+        for name in _EVENT_COLUMNS:
+            self.columns[name].append(row.get(name))
 
     def note_dead_letter(self, row: int, outcome: str) -> None:
         self.columns["dead_letter"][row] = outcome
