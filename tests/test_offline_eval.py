@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,37 @@ def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
     assert set(accuracy) <= {"np", "rk", "d", "rd"} and accuracy
     assert (out / "training_curves.png").read_bytes().startswith(PNG_MAGIC)
     assert (out / "run" / "policy_both" / "config.json").exists()
+
+
+SNAPSHOT_DIGEST_OF_FILE = """
+import sys
+from pathlib import Path
+from learner.interactions_file import read_interactions
+from streams.derive.derived_state import DeriveConfig
+from streams.derive.training_snapshot import build_training_snapshot, snapshot_digest
+data = read_interactions(Path(sys.argv[1]))
+config = DeriveConfig(prompt_length=5)
+print(snapshot_digest(build_training_snapshot(data.ratings, data.catalogue, config, None)))
+"""
+
+
+def test_a_file_gives_the_same_training_data_in_every_process(tmp_path: Path) -> None:
+    # A stopped `pagellm eval` keeps its finished stages only if the data's digest is the one
+    # its run recorded (prepare_run), so what a file derives to may not hang on the order of a
+    # set, which moves with each process's hash seed.
+    data = tmp_path / "ratings.csv"
+    write_interactions(data, users=40)
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", SNAPSHOT_DIGEST_OF_FILE, str(data)],
+            env=os.environ | {"PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+            cwd=Path(__file__).parent.parent,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert len(digests) == 1 and len(digests.pop()) == 64
 
 
 def test_a_given_split_column_is_used_as_given(tmp_path: Path) -> None:
