@@ -5,7 +5,7 @@ Base: ml-100k's ratings in time order (``../shared/data/ml-100k``, read in place
 last 5,000 with the catalogue, produced to a real local broker and ingested by one ingest
 worker into a fresh store; a production version is trained on that store with the default
 ``LearnerSettings`` (every stage in one Ray job). Training the base takes about 16 minutes, so
-its model is kept in ``var/bench-retrain/base`` and registered again by later runs when the
+its model is kept in ``var/bench-retrain/full/base`` and registered again by later runs when the
 base snapshot's digest and the settings are unchanged (same data, same model).
 
 Measured, with Ray already up (the loop holds it for its lifetime) and no training worker yet
