@@ -30,7 +30,7 @@ def test_eval_runs_every_stage_as_a_ray_train_job_on_two_workers(tmp_path: Path)
     settings.write_text(LearnerSettings.model_validate(TINY).model_dump_json())
     command = ("eval", "--data", str(data), "--out", str(out), "--settings", str(settings),
                "--prompt-length", "5", "--ablations", "sft,both", "--workers", "2")  # fmt: skip
-    result = pagellm(*command, timeout_s=600)  # one job: 30 s to start beside other tests
+    result = pagellm(*command, timeout_s=600)  # one job: 31 s to start, alone
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     run = out / "run"
     # Whole stage directories: what a later run keeps (test_training_run resumes from them).
