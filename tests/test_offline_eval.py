@@ -83,6 +83,7 @@ def test_eval_writes_metrics_recommendations_and_curves(tmp_path: Path) -> None:
     assert (out / "run" / "policy_both" / "config.json").exists()
 
 
+# What `pagellm eval` derives from its --data file, as its digest.
 SNAPSHOT_DIGEST_OF_FILE = """
 import sys
 from pathlib import Path
@@ -91,7 +92,8 @@ from streams.derive.derived_state import DeriveConfig
 from streams.derive.training_snapshot import build_training_snapshot, snapshot_digest
 data = read_interactions(Path(sys.argv[1]))
 config = DeriveConfig(prompt_length=5)
-print(snapshot_digest(build_training_snapshot(data.ratings, data.catalogue, config, None)))
+snapshot = build_training_snapshot(data.ratings, data.catalogue, config, data.given_splits)
+print(snapshot_digest(snapshot))
 """
 
 
