@@ -327,7 +327,8 @@ class ClosedLoop:
         return server
 
     def train_first_version(self, progress: Progress, runner: RayStageRunner) -> str:
-        from learner.retrain import RetrainJob, RetrainSettings, retrain
+        from learner.retrain import RetrainJob, retrain
+        from learner.settings import RetrainSettings
 
         job = RetrainJob(
             store_dir=self.root / "store",
@@ -491,7 +492,8 @@ class ClosedLoop:
         runner: RayStageRunner,
     ) -> RetrainLoop:
         """The continuous-learning loop on the interval trigger alone, training on our Ray."""
-        from learner.retrain import RetrainJob, RetrainSettings
+        from learner.retrain import RetrainJob
+        from learner.settings import RetrainSettings
 
         settings = RetrainSettings(
             interval_s=self.settings.retrain_every_s, min_new_pairs=0, poll_s=1.0

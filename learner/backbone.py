@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -21,6 +20,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from learner.settings import BackboneSettings
 from learner.vocabulary import (
     BOS,
     CATEGORY_OF,
@@ -32,16 +32,6 @@ from learner.vocabulary import (
     Vocabulary,
     domain_tokens,
 )
-
-
-class BackboneSettings(BaseModel):
-    """Size of the default decoder (the paper: 768, 12 layers, 12 heads, 1024 positions)."""
-
-    n_embd: int = Field(128, ge=8)
-    n_layer: int = Field(2, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_positions: int = Field(64, ge=8, description="longest prompt + page, in tokens")
-    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 def build_policy(

@@ -59,23 +59,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from learner.interactions_file import InteractionsError, read_interactions
-    from learner.offline_eval import (
-        page_quality,
-        plot_training_curves,
-        recommend,
-        relevance_metrics,
-        write_metrics,
-        write_recommendations,
-    )
-    from learner.pipeline import train_all
     from streams.derive.derived_state import DeriveConfig
     from streams.derive.training_snapshot import build_training_snapshot
     from streams.progress_bars import progress_bar
 
-    torch.set_num_threads(1)
     ablations = [a for a in args.ablations.split(",") if a]
     unknown = [a for a in ablations if a not in ABLATIONS]
     try:
@@ -96,6 +84,20 @@ def run_eval(args: argparse.Namespace) -> int:
             f"{sum(len(p) for p in snapshot.pairs.values())} pairs"
         )
         run_dir = run_directory(args.out, args.fresh)
+        # Model code only now: loading torch and transformers takes 8-10 s here, a refusal 1 s.
+        import torch
+
+        from learner.offline_eval import (
+            page_quality,
+            plot_training_curves,
+            recommend,
+            relevance_metrics,
+            write_metrics,
+            write_recommendations,
+        )
+        from learner.pipeline import train_all
+
+        torch.set_num_threads(1)
         with training_session(console, settings, args.in_process) as (runner, on_stage):
             models = train_or_refuse(
                 lambda: train_all(snapshot, settings, run_dir, ablations, runner, on_stage)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import ValidationError
 from rich.console import Console
 
+from learner.settings import LearnerSettings
 from schemas.events import describe_validation_error
 from streams.cli import settings_from
 from streams.progress_bars import progress_bar
@@ -22,7 +23,6 @@ from streams.store.event_store import EventStore
 
 if TYPE_CHECKING:
     from learner.pipeline import StageRunner
-    from learner.settings import LearnerSettings
     from learner.stages import StageProgress
 
 T = TypeVar("T")
@@ -77,7 +77,6 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
 
 def learner_settings_from(args: argparse.Namespace) -> LearnerSettings:
     """The --settings file (or the defaults), with --workers applied; refusals name the field."""
-    from learner.settings import LearnerSettings
 
     try:
         settings = (

@@ -19,42 +19,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
 from learner.backbone import last_hidden_states, output_logits
 from learner.constrained_decoding import GeneratedPages, generate_pages, page_logprobs, position_ids
 from learner.data_parallel import IN_PROCESS, Shard
+from learner.settings import PPOSettings
 from learner.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
 Request = tuple[str, Sequence[str]]
 PageReward = Callable[[Sequence[Request], Sequence[Sequence[str]]], torch.Tensor]
-
-
-class PPOSettings(BaseModel):
-    """The paper's defaults (section 5.1.4): clip 0.2, lr 1e-5, batch 64, KL 0.1, 5 epochs."""
-
-    iterations: int = Field(20, ge=1, description="rollout batches")
-    batch_size: int = Field(64, ge=1, description="pages generated per iteration, all workers")
-    minibatch_size: int = Field(16, ge=1)
-    epochs: int = Field(5, ge=1, description="passes over each rollout batch")
-    lr: float = Field(1e-5, gt=0)
-    clip: float = Field(0.2, gt=0)
-    kl_coef: float = Field(0.1, ge=0, description="beta of the per-token KL penalty")
-    gamma: float = Field(1.0, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    value_coef: float = Field(0.5, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    normalize_reward: bool = True
-    page_length: int = Field(10, ge=1, description="K")
-    ban_rated: bool = Field(
-        True,
-        description="rollout pages hold none of the items the user rated in training, not only"
-        " the prompt's: a recommender never shows them, so the policy should not learn to",
-    )
-    seed: int = 0
 
 
 class ValueHead(nn.Module):

@@ -31,16 +31,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from learner.ablations import Ablation
 from learner.artifacts import policy_directory
 from learner.pipeline import StageRunner, train_all
 from learner.promotion_gates import GateSettings, check_gates
 from learner.registry import ModelRegistry
 from learner.retrain_journal import RetrainJournal, read_retrains
-from learner.settings import LearnerSettings
+from learner.settings import LearnerSettings, RetrainSettings
 from learner.stages import labelled_pairs, prepare_run, validation_users
 from learner.version_eval import (
     POLICY,
@@ -57,7 +53,9 @@ from learner.version_eval import (
 )
 from schemas.model_registry import GateResult, RetrainRecord, VersionRecord
 from streams.derive.derived_state import DeriveConfig
-from streams.derive.snapshot_store import SnapshotManifest, load_snapshot, take_snapshot
+from streams.derive.snapshot_store import (
+    pin_snapshot,
+)
 from streams.derive.training_snapshot import TrainingSnapshot
 from streams.store.atomic_files import write_atomically
 from streams.store.event_store import EventStore
@@ -67,27 +65,6 @@ log = logging.getLogger(__name__)
 
 RUNS = "runs"
 RETRAIN_LOCK = "retrain.lock"
-
-
-class RetrainSettings(BaseSettings):
-    """When the loop retrains, what it trains, and what a candidate must pass
-    (``PAGELLM_RETRAIN_*``; nested with ``__``, e.g. ``PAGELLM_RETRAIN_GATES__MAX_KL``)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="PAGELLM_RETRAIN_", env_nested_delimiter="__", extra="ignore"
-    )
-
-    interval_s: float = Field(
-        3600.0, ge=0, description="retrain when the last one started this long ago (0: never)"
-    )
-    min_new_pairs: int = Field(
-        1000, ge=0, description="retrain when this many preference pairs are new (0: never)"
-    )
-    poll_s: float = Field(10.0, gt=0, description="how often the loop checks its triggers")
-    full: bool = Field(False, description="every retrain trains every stage (no warm start)")
-    ablation: Ablation = Field("both", description="which policy a version serves")
-    history: int = Field(10, ge=1, description="retrains `retrain status` lists")
-    gates: GateSettings = Field(default_factory=GateSettings)
 
 
 class RetrainBusy(RuntimeError):
@@ -120,15 +97,6 @@ def retrain_lock(registry: ModelRegistry) -> Iterator[None]:
             yield
     except LockBusy as exc:
         raise RetrainBusy(f"another retrain is running on {registry.root}") from exc
-
-
-def pin_snapshot(
-    store: EventStore, snapshot_id: str | None, config: DeriveConfig
-) -> tuple[SnapshotManifest, TrainingSnapshot]:
-    """The given snapshot, or (``None`` / ``latest``) the store as it is now."""
-    if snapshot_id in (None, "latest"):
-        return take_snapshot(store, config)
-    return load_snapshot(store, snapshot_id)
 
 
 def gate_candidate(

@@ -29,10 +29,11 @@ from learner.command_options import (
     train_or_refuse,
     training_session,
 )
+from learner.settings import RetrainSettings
 from streams.cli import add_derive_flags, derive_config_from
 
 if TYPE_CHECKING:
-    from learner.retrain import RetrainJob, RetrainSettings
+    from learner.retrain import RetrainJob
     from schemas.model_registry import RetrainRecord
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def retrain_settings_from(args: argparse.Namespace) -> RetrainSettings:
-    from learner.retrain import RetrainSettings
 
     flags = {
         name: getattr(args, name)
@@ -104,27 +104,30 @@ def retrain_settings_from(args: argparse.Namespace) -> RetrainSettings:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from learner.registry import ModelRegistry, RegistryError
+    from streams.derive.snapshot_store import SnapshotError, pin_snapshot
+    from streams.store.event_store import EventStore
+
+    store_dir, settings = store_dir_from(args), learner_settings_from(args)
+    gates = retrain_settings_from(args).gates
+    try:
+        warm_from = (
+            ModelRegistry.for_store(store_dir).model_dir(args.warm_from) if args.warm_from else None
+        )
+        manifest, snapshot = pin_snapshot(
+            EventStore(store_dir), args.snapshot, derive_config_from(args)
+        )
+    except (SnapshotError, RegistryError) as exc:
+        raise CommandError(str(exc)) from exc
+    # Model code only now: loading torch and transformers takes 8-10 s here, a refusal 1 s.
     import torch
 
     from learner.offline_eval import write_metrics
     from learner.pipeline import train_all
-    from learner.registry import ModelRegistry, RegistryError
-    from learner.retrain import gate_candidate, pin_snapshot
+    from learner.retrain import gate_candidate
     from learner.version_eval import VersionModels
-    from streams.derive.snapshot_store import SnapshotError
-    from streams.store.event_store import EventStore
 
     torch.set_num_threads(1)
-    store_dir, settings = store_dir_from(args), learner_settings_from(args)
-    try:
-        manifest, snapshot = pin_snapshot(
-            EventStore(store_dir), args.snapshot, derive_config_from(args)
-        )
-        warm_from = (
-            ModelRegistry.for_store(store_dir).model_dir(args.warm_from) if args.warm_from else None
-        )
-    except (SnapshotError, RegistryError) as exc:
-        raise CommandError(str(exc)) from exc
     console.print(
         f"snapshot {manifest.snapshot_id}: {len(snapshot.test)} users, "
         f"stream position {manifest.stream_position}"
@@ -139,9 +142,7 @@ def run_train(args: argparse.Namespace) -> int:
     candidate = VersionModels(
         models.vocab, models.policies[args.ablation], models.reference, models.reward_model
     )
-    figures, _, _ = gate_candidate(
-        candidate, None, None, snapshot, settings, retrain_settings_from(args).gates
-    )
+    figures, _, _ = gate_candidate(candidate, None, None, snapshot, settings, gates)
     figures |= {"snapshot_id": manifest.snapshot_id}  # type: ignore[dict-item]
     write_metrics(args.out / "metrics.json", figures)  # type: ignore[arg-type]
     console.print(json.dumps(figures, default=str))

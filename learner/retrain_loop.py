@@ -31,8 +31,9 @@ import duckdb
 
 from learner.loop_control import LOOP_STATE, REQUEST, loop_lock
 from learner.registry import ModelRegistry
-from learner.retrain import RetrainBusy, RetrainFailed, RetrainJob, RetrainSettings, retrain
+from learner.retrain import RetrainBusy, RetrainFailed, RetrainJob, retrain
 from learner.retrain_journal import read_retrains
+from learner.settings import RetrainSettings
 from schemas.model_registry import RetrainRecord
 from streams.store.atomic_files import write_atomically
 from streams.store.store_views import connect_store

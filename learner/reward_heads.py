@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
 from torch import nn
 
 from learner.ablations import RewardHeads
 from learner.constrained_decoding import left_pad
 from learner.data_parallel import IN_PROCESS, Shard
 from learner.page_prompts import page_tokens, prompt_tokens
+from learner.settings import RewardSettings
 from learner.training_loop import KeepBest, TrainingCurve, shuffled_batches, train_epochs
 from learner.vocabulary import Vocabulary
 
@@ -89,16 +89,6 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 def pair_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     """Share of pairs with R(chosen) > R(rejected)."""
     return float((chosen > rejected).float().mean())
-
-
-class RewardSettings(BaseModel):
-    """The paper's defaults: 5 epochs, lr 1e-5, batch 64, early stopping on validation."""
-
-    epochs: int = Field(5, ge=1)
-    lr: float = Field(1e-5, gt=0)
-    batch_size: int = Field(64, ge=1)
-    patience: int = Field(2, ge=1, description="epochs without a better validation loss to stop")
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ import random
 from collections.abc import Callable, Sequence
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn import functional as F
 
 from learner.backbone import last_hidden_states, output_logits
 from learner.data_parallel import IN_PROCESS, Shard
+from learner.settings import SupervisedSettings
 from learner.token_sequences import IGNORE, RatingExample, TokenExample, collate
 from learner.training_loop import (
     Batch,
@@ -26,30 +26,6 @@ from learner.training_loop import (
     shuffled_batches,
     train_epochs,
 )
-
-
-class SupervisedSettings(BaseModel):
-    """The paper's defaults (section 5.1.4), but for the fine-tuning learning rate."""
-
-    meta_epochs: int = Field(3, ge=0)
-    meta_lr: float = Field(5e-5, gt=0)
-    finetune_epochs: int = Field(10, ge=0, description="at most; see finetune_patience")
-    finetune_lr: float = Field(
-        2e-4,
-        gt=0,
-        description="10 x the paper's 2e-5, which suits a pretrained GPT-2: this small decoder "
-        "learns from scratch, and where fine-tuning runs (short histories; on dense the warm-up "
-        "wins) validation NDCG@100 rose 4% for sft and 12% for both (README)",
-    )
-    finetune_patience: int | None = Field(
-        2,
-        ge=1,
-        description="epochs without a better validation NDCG@100 before fine-tuning stops (the "
-        "best epoch's weights are kept); None: every epoch, the last kept",
-    )
-    batch_size: int = Field(32, ge=1)
-    rating_loss_weight: float = Field(1.0, ge=0, description="w of L_rating in meta training")
-    seed: int = 0
 
 
 class RatingHead(nn.Module):

@@ -12,9 +12,10 @@ from pathlib import Path
 from transformers import GPT2Model
 
 from learner.artifacts import save_policy, save_reward_model
-from learner.backbone import BackboneSettings, build_policy
+from learner.backbone import build_policy
 from learner.registry import ModelRegistry
 from learner.reward_heads import RewardModel
+from learner.settings import BackboneSettings
 from learner.version_eval import POLICY, REFERENCE, REWARD, VOCABULARY
 from learner.vocabulary import build_vocabulary
 from schemas.model_registry import VersionRecord

@@ -16,9 +16,10 @@ from learner.artifacts import (
     save_policy,
     save_reward_model,
 )
-from learner.backbone import BackboneSettings, build_policy, hidden_size
+from learner.backbone import build_policy, hidden_size
 from learner.offline_eval import first_slot_scores
 from learner.reward_heads import RewardModel, page_batch
+from learner.settings import BackboneSettings
 from learner.training_loop import TrainingCurve
 from learner.vocabulary import Vocabulary, build_vocabulary
 

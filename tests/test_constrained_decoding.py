@@ -7,8 +7,9 @@ import random
 import pytest
 import torch
 
-from learner.backbone import BackboneSettings, build_policy
+from learner.backbone import build_policy
 from learner.constrained_decoding import generate_pages, left_pad, page_logprobs, position_ids
+from learner.settings import BackboneSettings
 from learner.vocabulary import build_vocabulary
 
 torch.set_num_threads(1)

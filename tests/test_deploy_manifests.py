@@ -36,8 +36,7 @@ from ray.serve.schema import ServeDeploySchema
 import streams.ingest.topics
 from abtest.settings import AbSettings
 from learner.ray_jobs import NotEnoughResources, RayStageRunner
-from learner.retrain import RetrainSettings
-from learner.settings import LearnerSettings
+from learner.settings import LearnerSettings, RetrainSettings
 from pagellm import build_parser
 from serving.cli import serving_settings
 from serving.settings import ServingSettings

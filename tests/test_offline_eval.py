@@ -14,6 +14,7 @@ import pytest
 
 from learner.interactions_file import InteractionsError, read_interactions
 from learner.pipeline import LearnerSettings
+from learner.settings import BackboneSettings
 from streams.derive.split import split_user
 from tests.test_ab_cli import PNG_MAGIC
 from tests.test_cli import pagellm
@@ -144,7 +145,7 @@ def test_ranking_by_successive_pages_fills_distinct_unseen_items_page_by_page(
 ) -> None:
     import torch
 
-    from learner.backbone import BackboneSettings, build_policy
+    from learner.backbone import build_policy
     from learner.constrained_decoding import generate_pages
     from learner.offline_eval import recommend_by_pages
     from learner.vocabulary import build_vocabulary

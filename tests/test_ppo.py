@@ -7,15 +7,15 @@ import random
 import pytest
 import torch
 
-from learner.backbone import BackboneSettings, build_policy
+from learner.backbone import build_policy
 from learner.ppo import (
-    PPOSettings,
     PPOTrainer,
     RunningMoments,
     clipped_policy_loss,
     generalized_advantages,
     token_rewards,
 )
+from learner.settings import BackboneSettings, PPOSettings
 from learner.vocabulary import build_vocabulary
 
 torch.set_num_threads(1)

@@ -22,10 +22,10 @@ from learner.loop_control import (
     request_retrain,
 )
 from learner.registry import ModelRegistry
-from learner.retrain import RetrainSettings, retrain
+from learner.retrain import retrain
 from learner.retrain_journal import read_retrains
 from learner.retrain_loop import RetrainLoop, due_trigger
-from learner.settings import LearnerSettings
+from learner.settings import LearnerSettings, RetrainSettings
 from schemas.model_registry import RetrainRecord
 from streams.derive.derive_worker import DeriveWorker
 from streams.ingest.producer import EventProducer
@@ -48,15 +48,33 @@ def last(minutes_ago: float) -> RetrainRecord:
     )
 
 
-def test_status_reads_the_loop_and_retrains_without_loading_model_code() -> None:
-    # `pagellm status` and `retrain status` read these files: importing torch and transformers
-    # for that took 7 s of a status call on this machine.
+def test_status_and_refusals_run_without_loading_model_code(
+    store: EventStore, tmp_path: Path
+) -> None:
+    # Loading torch and transformers takes 8-10 s of a call on this machine: `retrain status`
+    # took that long (its settings lived beside the model code), and so did refusals of `train`
+    # and `eval` that needed none of it.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user_id,item_id,rating,timestamp\nu1,i1,9,1700000000\n")
+    on_store = ["--store", str(store.root)]
+    calls = [
+        ["retrain", "status", "--json", *on_store],
+        ["status", "--json", "--bootstrap", "127.0.0.1:1", *on_store],
+        ["train", "--snapshot", "latest", "--warm-from", "v9", *on_store],
+        ["eval", "--data", str(bad), "--out", str(tmp_path / "out")],
+    ]
     probe = (
-        "import sys, deploy.platform_status, learner.loop_control, learner.retrain_journal; "
-        "print(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))"
+        "import json, sys, pagellm\n"
+        f"codes = [pagellm.main(call) for call in {calls!r}]\n"
+        "loaded = sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)\n"
+        "print(json.dumps([codes, loaded]))"
     )
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
-    assert loaded.stdout.decode().strip() == "[]", loaded.stderr.decode()[-2000:]
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr.decode()[-2000:]
+    codes, loaded = json.loads(ran.stdout.decode().splitlines()[-1])
+    assert codes == [0, 1, 2, 2], ran.stderr.decode()[-2000:]
+    assert loaded == [], loaded
+    assert b"version: no 'v9'" in ran.stderr and b"bad.csv:2: rating" in ran.stderr
 
 
 def test_due_trigger_by_hand() -> None:

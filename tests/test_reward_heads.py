@@ -7,11 +7,10 @@ import random
 
 import torch
 
-from learner.backbone import BackboneSettings, build_policy
+from learner.backbone import build_policy
 from learner.reward_heads import (
     LabelledPair,
     RewardModel,
-    RewardSettings,
     accuracies_by_family,
     bradley_terry_loss,
     bradley_terry_terms,
@@ -22,6 +21,7 @@ from learner.reward_heads import (
     scored_pairs,
     train_reward_model,
 )
+from learner.settings import BackboneSettings, RewardSettings
 from learner.training_loop import TrainingCurve
 from learner.vocabulary import build_vocabulary
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from learner.backbone import BackboneSettings, build_policy
+from learner.backbone import build_policy
 from learner.constrained_decoding import generate_pages
+from learner.settings import BackboneSettings, SupervisedSettings
 from learner.supervised import (
     RatingHead,
-    SupervisedSettings,
     TrainingCurve,
     finetune_on_golden_lists,
     meta_pretrain,

@@ -173,3 +173,12 @@ def take_snapshot(
     """The learner's one call: pin the store as it is now and derive its training data."""
     manifest = create_snapshot(store, config)
     return load_snapshot(store, manifest.snapshot_id)
+
+
+def pin_snapshot(
+    store: EventStore, snapshot_id: str | None, config: DeriveConfig | None = None
+) -> tuple[SnapshotManifest, TrainingSnapshot]:
+    """The given snapshot, or (``None`` / ``latest``) the store as it is now."""
+    if snapshot_id in (None, "latest"):
+        return take_snapshot(store, config)
+    return load_snapshot(store, snapshot_id)

@@ -42,8 +42,8 @@ from rich.console import Console
 from deploy.local_kafka import LocalKafka
 from learner.ray_jobs import RayStageRunner
 from learner.registry import ModelRegistry
-from learner.retrain import RetrainJob, RetrainSettings, retrain
-from learner.settings import LearnerSettings
+from learner.retrain import RetrainJob, retrain
+from learner.settings import LearnerSettings, RetrainSettings
 from learner.stages import prepare_run, run_in_process
 from learner.version_eval import POLICY, REFERENCE, REWARD, VOCABULARY
 from schemas import event_to_json

@@ -49,8 +49,8 @@ import torch
 from rich.console import Console
 
 from deploy.local_kafka import LocalKafka, free_port
-from learner.backbone import BackboneSettings
 from learner.registry import ModelRegistry
+from learner.settings import BackboneSettings
 from schemas.page_api import PageRequest, PageResponse
 from serving.page_service import PageService
 from serving.served_versions import LearnedVersion, PagePlan, load_served_version
