@@ -181,12 +181,12 @@ def run_retrain_now(args: argparse.Namespace) -> int:
             raise CommandError(f"--snapshot: {exc}") from exc
     if loop_running(registry):
         return _ask_the_loop(registry, args.wait_s)
+    settings = learner_settings_from(args)
     import torch
 
     from learner.retrain import RetrainBusy, RetrainFailed, retrain
 
     torch.set_num_threads(1)
-    settings = learner_settings_from(args)
     with training_session(console, settings, args.in_process) as (runner, on_stage):
         try:
             record = retrain(make_job(args, "manual: retrain now", runner, on_stage))

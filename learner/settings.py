@@ -103,6 +103,11 @@ class RaySettings(BaseModel):
         "holds its CPU while the run or the retrain loop lives); false: a Ray Train job each",
     )
 
+    @property
+    def warm_worker(self) -> bool:
+        """Stages run on one kept worker, not as Ray Train jobs."""
+        return self.workers == 1 and self.keep_warm
+
 
 class LearnerSettings(BaseModel):
     """Every stage's settings (paper defaults), the backbone, and where the stages run."""

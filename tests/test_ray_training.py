@@ -15,7 +15,7 @@ import torch
 
 from learner.artifacts import load_policy
 from learner.pipeline import train_all
-from learner.ray_jobs import NotEnoughResources, RayStageRunner
+from learner.ray_jobs import NotEnoughResources, RayStageRunner, ray_init_options
 from learner.settings import LearnerSettings, RaySettings
 from tests.test_cli import pagellm
 from tests.test_offline_eval import TINY, write_interactions
@@ -70,3 +70,11 @@ def test_one_warm_ray_worker_reproduces_the_in_process_stage_job_after_job(
     expected = load_policy(tmp_path / "in_process" / "reference")
     for run in on_ray:
         assert same_weights(expected, load_policy(run / "reference"))
+
+
+def test_only_ray_train_jobs_get_a_runtime_environment() -> None:
+    # Its one variable is Ray Train's; the warm worker, given none, starts on an idle process.
+    assert "runtime_env" not in ray_init_options(RaySettings())
+    for settings in (RaySettings(workers=2), RaySettings(keep_warm=False)):
+        variables = ray_init_options(settings)["runtime_env"]["env_vars"]
+        assert variables == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
