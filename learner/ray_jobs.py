@@ -177,6 +177,7 @@ class RayStageRunner:
     def __init__(self, settings: RaySettings) -> None:
         self.settings = settings
         self.started_ray = False
+        self.connected = False
         self.use_gpu = False
         self.shared: tuple[TrainingSnapshot, Any] | None = None
         self.warm: Any = None  # the WarmStageWorker actor, once a job has needed it
@@ -194,6 +195,8 @@ class RayStageRunner:
         return self
 
     def connect(self) -> None:
+        """Join the cluster (or start a local Ray), then check that it can place the workers
+        and whether they get GPUs: also when the caller started Ray (the closed loop does)."""
         import ray
 
         if not ray.is_initialized():
@@ -213,6 +216,7 @@ class RayStageRunner:
                 f"ray.workers: {self.settings.workers} workers need a {kind} each; "
                 f"the Ray cluster has {resources.get(kind, 0):g}"
             )
+        self.connected = True
 
     def __exit__(
         self,
@@ -227,6 +231,7 @@ class RayStageRunner:
         if self.started_ray:
             ray.shutdown()
             self.started_ray = False
+        self.connected = False
 
     def release_warm_worker(self) -> None:
         """Stop the warm worker (its CPU goes back to the cluster); the next job starts one."""
@@ -254,7 +259,7 @@ class RayStageRunner:
         (``caller_seconds``)."""
         import ray
 
-        if not ray.is_initialized():
+        if not (self.connected and ray.is_initialized()):
             self.connect()
         run_dir = run_dir.resolve()
         job = f"{'-'.join(stages)}-{uuid.uuid4().hex[:8]}"
