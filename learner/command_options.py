@@ -77,7 +77,6 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
 
 def learner_settings_from(args: argparse.Namespace) -> LearnerSettings:
     """The --settings file (or the defaults), with --workers applied; refusals name the field."""
-
     try:
         settings = (
             LearnerSettings.model_validate_json(args.settings.read_text())

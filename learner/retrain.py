@@ -53,9 +53,7 @@ from learner.version_eval import (
 )
 from schemas.model_registry import GateResult, RetrainRecord, VersionRecord
 from streams.derive.derived_state import DeriveConfig
-from streams.derive.snapshot_store import (
-    pin_snapshot,
-)
+from streams.derive.snapshot_store import pin_snapshot
 from streams.derive.training_snapshot import TrainingSnapshot
 from streams.store.atomic_files import write_atomically
 from streams.store.event_store import EventStore

@@ -90,7 +90,6 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def retrain_settings_from(args: argparse.Namespace) -> RetrainSettings:
-
     flags = {
         name: getattr(args, name)
         for name in ("interval_s", "min_new_pairs", "poll_s", "last")

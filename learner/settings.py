@@ -1,4 +1,5 @@
-"""Every setting of a training run, with the paper's defaults, and where its stages run."""
+"""Every setting of a training run, with the paper's defaults, and where its stages run; and
+the retrain loop's. Nothing here imports torch: commands that only read settings stay fast."""
 
 from __future__ import annotations
 
