@@ -91,7 +91,8 @@ class LoopSettings(BaseSettings):
     retrains: int | None = Field(
         None,
         ge=1,
-        description="traffic ends once this many retrains have finished (None: at the budget)",
+        description="traffic ends once this many retrains have finished and each variant has "
+        "shown pages to min_users_per_variant users (None: at the budget)",
     )
     ingest_workers: int = Field(1, ge=1)
     prompt_length: int = Field(10, ge=1, description="positives in a prompt (the paper: 20)")
@@ -446,7 +447,7 @@ class ClosedLoop:
             finished = False
             try:
                 while time.monotonic() < end:
-                    if self.retrains_done(begin, before):
+                    if self.traffic_done(simulator, begin, before):
                         self.outcome.traffic_ended_on = "retrains"
                         break
                     if time.monotonic() + self.retrain_s >= end:
@@ -475,13 +476,21 @@ class ClosedLoop:
         with simulator.log.lock:
             return sum(t.pages for t in simulator.log.tallies.values())
 
-    def retrains_done(self, traffic_began: float, retrains_before: int) -> bool:
-        """The asked-for retrains have finished in traffic, after at least its minimum."""
+    def traffic_done(
+        self, simulator: UserSimulator, traffic_began: float, retrains_before: int
+    ) -> bool:
+        """The asked-for retrains have finished in traffic, after at least its minimum, and
+        each variant has shown pages to enough users for the report to decide (on a slow
+        machine 30 s of traffic reached too few, and the report withheld its results)."""
         wanted = self.settings.retrains
+        with simulator.log.lock:
+            exposed = [len(t.users) for t in simulator.log.tallies.values()]
         return (
             wanted is not None
             and len(self.outcome.retrains) - retrains_before >= wanted
             and time.monotonic() - traffic_began >= MIN_TRAFFIC_S
+            and len(exposed) >= 2
+            and min(exposed) >= self.settings.min_users_per_variant
         )
 
     def retrain_loop(

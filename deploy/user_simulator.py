@@ -38,6 +38,7 @@ class Tally:
     clicks: int = 0
     purchases: int = 0
     gmv: float = 0.0
+    users: set[str] = field(default_factory=set)  # shown at least one page
 
     @property
     def ctr(self) -> float:
@@ -173,6 +174,7 @@ class UserSimulator:
             total.clicks += tally.clicks
             total.purchases += tally.purchases
             total.gmv += tally.gmv
+            total.users.add(user.user_id)
         return budget_left
 
     def _send(self, event: Click | Purchase) -> None:

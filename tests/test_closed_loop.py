@@ -10,17 +10,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
 from abtest.metrics import MetricName
-from deploy.closed_loop import ClosedLoop, LoopOutcome, LoopSettings
+from deploy.closed_loop import MIN_TRAFFIC_S, ClosedLoop, LoopOutcome, LoopSettings
 from deploy.simulated_users import SimulatorSettings
+from deploy.user_simulator import TrafficLog
 from learner.registry import ModelRegistry
 from learner.settings import LearnerSettings
+from schemas.model_registry import RetrainRecord
 from streams.ingest.worker_process import process_alive
 from streams.store.store_views import connect_store
 from tests.conftest import wait_for
@@ -77,6 +82,25 @@ def descendants(root: int) -> set[int]:
         frontier = {pid for pid, ppid in parent.items() if ppid in frontier} - found
         found |= frontier
     return found
+
+
+def test_traffic_goes_on_until_each_variant_has_shown_pages_to_enough_users(
+    tmp_path: Path,
+) -> None:
+    # On a slow hour 30 s of traffic exposed too few users, and the report withheld its results.
+    settings = LoopSettings(root=tmp_path, retrains=1, min_users_per_variant=3)
+    loop = ClosedLoop(settings, USERS, Console(file=io.StringIO()))
+    loop.outcome.retrains.append(
+        RetrainRecord(retrain_id="r", trigger="t", state="registered", started_at=datetime.now(UTC))
+    )
+    simulator = SimpleNamespace(log=TrafficLog())
+    began = time.monotonic() - MIN_TRAFFIC_S
+    simulator.log.tallies["pagellm"].users.update({"u1", "u2", "u3"})
+    simulator.log.tallies["popularity"].users.update({"u1", "u2"})
+    assert not loop.traffic_done(simulator, began, 0)  # type: ignore[arg-type]
+    simulator.log.tallies["popularity"].users.add("u4")
+    assert loop.traffic_done(simulator, began, 0)  # type: ignore[arg-type]
+    assert not loop.traffic_done(simulator, time.monotonic(), 0)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
