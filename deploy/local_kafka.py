@@ -134,7 +134,7 @@ class LocalKafka:
 
     def _java(self, libs: Path, *args: str, tool: bool = False) -> list[str]:
         # A tool runs for a second or two: the optimising compiler and G1's threads cost it
-        # CPU they never pay back (StorageTool format: 2.5 s of CPU, 1.5 s without them).
+        # CPU they never pay back (StorageTool format: 2.1-2.5 s of CPU, 1.3-1.5 s without).
         collector = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"] if tool else ["-XX:+UseG1GC"]
         return [
             "java",
