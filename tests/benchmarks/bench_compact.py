@@ -193,8 +193,8 @@ def start_reader(store: EventStore, expected: int) -> tuple[subprocess.Popen, Pa
 
 def compact_in_rounds(store: EventStore) -> list[CompactionReport]:
     """``compact`` as the service runs it: rounds of at most 20,000 fresh files until none wait."""
-    rounds = [compact(store, min_age_s=0)]
-    while rounds[-1].more_waiting:
+    rounds: list[CompactionReport] = []
+    while not rounds or rounds[-1].more_waiting:
         rounds.append(compact(store, min_age_s=0))
         console.print(f"compaction round {len(rounds)}: {rounds[-1].fresh_files} fresh files")
     return rounds
@@ -217,7 +217,8 @@ def main() -> None:
         rounds = compact_in_rounds(store)
         compact_s = time.perf_counter() - started
         stop.touch()
-        reader.wait()
+        if reader.wait() != 0:
+            raise SystemExit(f"the reader exited with {reader.returncode}")
         tally = reader_tally(progress)
         # Until the purge, views skip every merged small file by name: a list as long as the
         # files compacted within one retention.
