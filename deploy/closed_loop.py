@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # it imports torch: the loop loads it when it trains, not whe
 log = logging.getLogger(__name__)
 
 MIN_TRAFFIC_S = 30.0  # less is no experiment: too few users would be exposed
+CONTROL, TREATMENT = "popularity", "pagellm"  # the experiment's variants
 
 STORED_FEEDBACK = """SELECT count(DISTINCT event_id) FROM events
     WHERE event_id LIKE 'sim-click-%' OR event_id LIKE 'sim-buy-%'"""
@@ -366,8 +367,8 @@ class ClosedLoop:
             Experiment(
                 name=self.settings.experiment,
                 variants=(
-                    Variant(name="popularity", weight=1, model_version=popularity.version),
-                    Variant(name="pagellm", weight=1, model_version="production"),
+                    Variant(name=CONTROL, weight=1, model_version=popularity.version),
+                    Variant(name=TREATMENT, weight=1, model_version="production"),
                 ),
                 start=datetime.now(UTC),
                 pre_period_days=0,  # the shop's history holds ratings only, no pages
@@ -484,12 +485,12 @@ class ClosedLoop:
         machine 30 s of traffic reached too few, and the report withheld its results)."""
         wanted = self.settings.retrains
         with simulator.log.lock:
-            exposed = [len(t.users) for t in simulator.log.tallies.values()]
+            tallies = simulator.log.tallies
+            exposed = [len(tallies[v].users) if v in tallies else 0 for v in (CONTROL, TREATMENT)]
         return (
             wanted is not None
             and len(self.outcome.retrains) - retrains_before >= wanted
             and time.monotonic() - traffic_began >= MIN_TRAFFIC_S
-            and len(exposed) >= 2
             and min(exposed) >= self.settings.min_users_per_variant
         )
 
