@@ -211,8 +211,10 @@ def main() -> None:
         time.sleep(CLOCK_MARGIN_S)
         fresh_times, fresh_answers = measure(store, experiment, "small files", RUNS_SMALL)
         rows_before = fresh_answers["count_and_gmv"][0][0]
+        if rows_before != rows:
+            raise SystemExit(f"the small files hold {rows_before} events of the {rows} written")
         console.print("starting the reader (it counts once before the compaction starts)")
-        reader, stop, progress = start_reader(store, rows_before)
+        reader, stop, progress = start_reader(store, rows)
         started = time.perf_counter()
         rounds = compact_in_rounds(store)
         compact_s = time.perf_counter() - started
