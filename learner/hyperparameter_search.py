@@ -46,6 +46,7 @@ def search_space() -> dict[str, Any]:
         "supervised.meta_lr": tune.loguniform(1e-5, 1e-3),
         "supervised.meta_epochs": tune.choice([3, 6, 10]),
         "supervised.finetune_lr": tune.loguniform(1e-5, 1e-3),
+        "supervised.page_set_weight": tune.choice([0.0, 1.0, 3.0]),
         "backbone.n_embd": tune.choice([64, 128, 256]),
         "reward.lr": tune.loguniform(1e-5, 1e-3),
         "reward.epochs": tune.choice([5, 10]),

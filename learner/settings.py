@@ -23,7 +23,8 @@ class BackboneSettings(BaseModel):
 
 
 class SupervisedSettings(BaseModel):
-    """The paper's defaults (section 5.1.4), but for the fine-tuning learning rate."""
+    """The paper's defaults (section 5.1.4), but for the fine-tuning learning rate and the
+    page-set loss."""
 
     meta_epochs: int = Field(3, ge=0)
     meta_lr: float = Field(5e-5, gt=0)
@@ -43,6 +44,13 @@ class SupervisedSettings(BaseModel):
     )
     batch_size: int = Field(32, ge=1)
     rating_loss_weight: float = Field(1.0, ge=0, description="w of L_rating in meta training")
+    page_set_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the page-set loss (the first slot learns every item of the next "
+        "page) beside the next-token loss, in meta pre-training and fine-tuning; not in the "
+        "paper. Validation NDCG@100 of sft (README): dense 0.2590 at 0, 0.2712 at 1, 0.2654 at 3",
+    )
     seed: int = 0
 
 

@@ -27,6 +27,9 @@ from learner.training_loop import (
     train_epochs,
 )
 
+META_TERMS = ("meta_next_token", "meta_page_set")
+FINETUNE_TERMS = ("finetune_nll", "finetune_page_set")
+
 
 class RatingHead(nn.Module):
     """f(u, i): a scalar from the hidden state of the last token of '[BOS] user [RATED] item'."""
@@ -39,18 +42,40 @@ class RatingHead(nn.Module):
         return self.score(last_hidden).squeeze(-1)
 
 
-def next_token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """-mean over labelled t of log softmax(W h_{t-1})[x_t]: the logits only where scored.
+def token_losses(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next-token loss and the page-set loss of a batch, from one forward pass.
 
-    Padding and prompts are most of a batch's positions, so this is the full-sequence loss
-    at a fraction of the output layer's cost (the same value: tested)."""
+    Next-token: -mean over labelled t of log softmax(W h_{t-1})[x_t], the logits only where
+    scored (padding and prompts are most of a batch's positions, so this is the full-sequence
+    loss at a fraction of the output layer's cost; the same value: tested).
+    Page set: ``page_set_loss`` over the batch's page examples (0 when it has none, so that
+    every batch logs the same terms: data-parallel workers average them by name)."""
     hidden = last_hidden_states(
         model, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
     )
     targets = batch["labels"][:, 1:]
     scored = targets != IGNORE
     logits = output_logits(model, hidden[:, :-1][scored])
-    return F.cross_entropy(logits.float(), targets[scored])
+    next_token = F.cross_entropy(logits.float(), targets[scored])
+    if not len(batch["page_rows"]):
+        return next_token, next_token.new_zeros(())
+    first_slot = output_logits(model, hidden[batch["page_rows"], batch["page_slot"]])
+    return next_token, page_set_loss(first_slot, batch["page_items"])
+
+
+def page_set_loss(first_slot_logits: torch.Tensor, page_items: torch.Tensor) -> torch.Tensor:
+    """-mean over pages of (1/|page|) sum_{i in page} log softmax(z)[i], z the first slot's
+    logits: the first slot learns the whole next page, not only its first item.
+
+    Recommendations rank items by the first slot's distribution (``offline_eval``), and a
+    user's held-out positives are a set; next-token training alone teaches that slot only the
+    item that came first."""
+    log_p = F.log_softmax(first_slot_logits.float(), dim=-1)
+    present = page_items != IGNORE
+    picked = log_p.gather(1, page_items.clamp(min=0)) * present
+    return -(picked.sum(1) / present.sum(1)).mean()
 
 
 def rating_loss(
@@ -61,6 +86,20 @@ def rating_loss(
     hidden = last_hidden_states(model, input_ids=ids)[:, -1, :]
     target = torch.tensor([e.rating for e in examples])
     return torch.mean((target - head(hidden)) ** 2)
+
+
+def sequence_terms(
+    names: tuple[str, str],
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    settings: SupervisedSettings,
+) -> dict[str, torch.Tensor]:
+    """A stage's token loss terms under ``names``: next-token, and the weighted page set."""
+    next_token, page_set = token_losses(model, batch)
+    terms = {names[0]: next_token}
+    if settings.page_set_weight > 0:
+        terms[names[1]] = settings.page_set_weight * page_set
+    return terms
 
 
 def meta_pretrain(
@@ -92,7 +131,7 @@ def meta_pretrain(
         meta_batch, rating_batch = batch
         terms = {}
         if meta_batch:
-            terms["meta_next_token"] = next_token_loss(model, collate(meta_batch, pad_id))
+            terms |= sequence_terms(META_TERMS, model, collate(meta_batch, pad_id), settings)
         if rating_batch and settings.rating_loss_weight > 0:
             mse = rating_loss(model, head, rating_batch)
             terms["rating_mse"] = settings.rating_loss_weight * mse
@@ -148,7 +187,7 @@ def finetune_on_golden_lists(
         settings.finetune_epochs,
         settings.finetune_lr,
         lambda rng: shuffled_batches(examples, settings.batch_size, rng),
-        lambda batch: {"finetune_nll": next_token_loss(model, collate(batch, pad_id))},
+        lambda batch: sequence_terms(FINETUNE_TERMS, model, collate(batch, pad_id), settings),
         curve,
         settings.seed,
         score if best is not None else None,

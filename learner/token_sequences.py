@@ -34,6 +34,7 @@ CO_OCCURRENCE_CHUNK = 8
 class TokenExample:
     ids: tuple[int, ...]
     loss_from: int  # positions >= loss_from are predicted from the ones before
+    page_items: int = 0  # a page example: its items are ids[loss_from : loss_from + page_items]
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class RatingExample:
 def golden_example(vocab: Vocabulary, user: str, history: Sequence[str], golden: Sequence[str]):
     """q_u followed by the golden page; only the page (and its [EOS]) is predicted."""
     prompt = vocab.encode(prompt_tokens(user, history))
-    return TokenExample(tuple(prompt + vocab.encode(page_tokens(golden))), len(prompt))
+    page = vocab.encode(page_tokens(golden))
+    return TokenExample(tuple(prompt + page), len(prompt), len(golden))
 
 
 def sequence_windows(
@@ -111,14 +113,27 @@ def rating_examples(
 
 
 def collate(examples: Sequence[TokenExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels (IGNORE before loss_from and on padding)."""
+    """Right-padded ids, attention mask, and labels (IGNORE before loss_from and on padding);
+    for the page examples, the position of their first slot and their items (IGNORE-padded)."""
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, IGNORE)
+    pages = [(row, e) for row, e in enumerate(examples) if e.page_items]
+    page_items = torch.full((len(pages), max((e.page_items for _, e in pages), default=0)), IGNORE)
     for row, e in enumerate(examples):
         n = len(e.ids)
         ids[row, :n] = torch.tensor(e.ids)
         mask[row, :n] = 1
         labels[row, e.loss_from : n] = ids[row, e.loss_from : n]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    for k, (row, e) in enumerate(pages):
+        page_items[k, : e.page_items] = ids[row, e.loss_from : e.loss_from + e.page_items]
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        # The hidden state that predicts a page's first slot: the prompt's last token's.
+        "page_rows": torch.tensor([row for row, _ in pages], dtype=torch.long),
+        "page_slot": torch.tensor([e.loss_from - 1 for _, e in pages], dtype=torch.long),
+        "page_items": page_items,
+    }
