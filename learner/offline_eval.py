@@ -183,8 +183,8 @@ def write_metrics(path: Path, metrics: dict[str, object]) -> None:
 
 
 CURVE_PANELS = (
-    ("supervised loss", "finetune", "finetune_nll"),
-    ("meta pre-training", "meta", "meta_next_token"),
+    ("supervised loss", "finetune", "finetune_"),
+    ("meta pre-training", "meta", "meta_"),
     ("fine-tuning validation NDCG@100", "finetune", "validation_ndcg@100"),
     ("reward head validation", "reward", "validation_accuracy_"),
     ("PPO mean reward", "ppo_", "mean_reward"),
