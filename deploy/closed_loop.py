@@ -320,7 +320,7 @@ class ClosedLoop:
         self, streams: StreamSettings, ray_address: str, cleanup: contextlib.ExitStack
     ) -> subprocess.Popen[bytes]:
         run_dir = (self.root / "serve").resolve()
-        env = settings_env(streams.model_copy(update={"store_dir": streams.store_dir.resolve()}))
+        env = settings_env(streams)
         env |= {"PAGELLM_SERVE_PORT": "0", "PAGELLM_SERVE_RUN_DIR": str(run_dir)}
         env |= {"RAY_ADDRESS": ray_address}
         server = spawn_server(env, run_dir)  # stopped by us, in order, after the traffic

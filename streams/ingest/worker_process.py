@@ -28,13 +28,16 @@ def process_alive(pid: int) -> bool:
 
 
 def settings_env(settings: StreamSettings) -> dict[str, str]:
-    """The ``PAGELLM_*`` environment that reproduces ``settings`` in another process."""
+    """The ``PAGELLM_*`` environment that reproduces ``settings`` in another process, paths
+    made absolute: a process started elsewhere reads and writes the same files."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
         if value is None:  # unset: the other process takes the same default
             env.pop(f"PAGELLM_{name.upper()}", None)
         else:
-            env[f"PAGELLM_{name.upper()}"] = str(value)
+            env[f"PAGELLM_{name.upper()}"] = str(
+                value.absolute() if isinstance(value, Path) else value
+            )
     return env
 
 
@@ -57,7 +60,6 @@ def spawn_pagellm(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parent.parent,
         )
 
 
