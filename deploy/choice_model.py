@@ -7,7 +7,8 @@ utility that the user's hidden tastes define; purchases follow clicks within a b
   (a_u: the user's category affinities, summing to 1 over C categories; q_i: the item's quality;
   p_i its price; b_u the user's price point; log+ = max(0, log): only dearer items put off);
 * examined  theta_k = k ** -eta at position k (1-based);
-* clicked   P(click | shown at k) = theta_k * sigmoid(s + click_bias);
+* clicked   P(click | shown at k) = theta_k * sigmoid(s + click_bias), so a page's expected
+            clicks are the sum of that over its slots;
 * bought    P(buy | clicked) = sigmoid(s + buy_bias), if the price fits the session's budget left;
 * rated     r = 1 + round(4 * sigmoid(s + rating_bias)) for the bootstrap history's ratings.
 
@@ -17,6 +18,7 @@ Every function is pure: the simulator draws the random numbers and passes them i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -66,6 +68,14 @@ def examination(position: int, eta: float) -> float:
 def click_probability(s: float, position: int, eta: float, click_bias: float) -> float:
     """P(click) = theta_k * sigmoid(s + click_bias)."""
     return examination(position, eta) * sigmoid(s + click_bias)
+
+
+def expected_clicks(s: Sequence[float | None], eta: float, click_bias: float) -> float:
+    """E[clicks on a page] = sum_k theta_k sigmoid(s_k + click_bias), s_k the utility in slot k
+    (None: an item the world does not know, which draws no click but takes its slot)."""
+    return sum(
+        click_probability(x, k, eta, click_bias) for k, x in enumerate(s, start=1) if x is not None
+    )
 
 
 def purchase_probability(s: float, price: float, budget_left: float, buy_bias: float) -> float:

@@ -180,7 +180,12 @@ class ClosedLoop:
         progress.update(task, total=1, completed=1)
 
     def run(self) -> LoopOutcome:
+        import torch
         from transformers.utils import logging as transformers_logging
+
+        # This process evaluates candidates for their gates while a training worker runs: on a
+        # small machine more threads than one would contend with it.
+        torch.set_num_threads(1)
 
         # Every retrain loads and saves models: transformers' bars would bury the stages'.
         transformers_logging.disable_progress_bar()

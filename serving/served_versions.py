@@ -77,10 +77,14 @@ def prompt_history(
 class LearnedVersion:
     kind = "pagellm"
 
-    def __init__(self, record: VersionRecord, model_dir: Path, prompt_length: int) -> None:
+    def __init__(
+        self, record: VersionRecord, model_dir: Path, prompt_length: int, policy: str = POLICY
+    ) -> None:
+        """``policy``: the version's served policy, or ``REFERENCE`` (the fine-tuned policy its
+        PPO started from) to see what PPO changed."""
         self.record = record
         self.vocab = Vocabulary.load(model_dir / VOCABULARY)
-        self.policy = load_policy(model_dir / POLICY)
+        self.policy = load_policy(model_dir / policy)
         self.reward_model: RewardModel = load_reward_model(model_dir / REWARD)
         self.prompt_length = prompt_length
         self.context_tokens = int(self.policy.config.n_positions)  # type: ignore[union-attr]

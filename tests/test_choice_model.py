@@ -14,6 +14,7 @@ import pytest
 from deploy.choice_model import (
     click_probability,
     examination,
+    expected_clicks,
     purchase_probability,
     rating_of,
     sigmoid,
@@ -54,6 +55,12 @@ def test_clicks_purchases_and_ratings_by_hand() -> None:
     assert sigmoid(math.log(3)) == pytest.approx(0.75)
     assert rating_of(math.log(3), 0.0) == 4  # 1 + round(4 * 0.75)
     assert rating_of(-50.0, 0.0) == 1 and rating_of(50.0, 0.0) == 5
+
+
+def test_expected_clicks_of_a_page_by_hand() -> None:
+    # Slots 1 and 2 at sigmoid(0) = 1/2, looked at with 1 and 1/2; slot 3 an unknown item.
+    assert expected_clicks([1.5, 1.5, None], eta=1.0, click_bias=-1.5) == pytest.approx(0.75)
+    assert expected_clicks([], eta=1.0, click_bias=0.0) == 0.0
 
 
 def test_the_same_seed_gives_the_same_world_and_another_seed_another() -> None:

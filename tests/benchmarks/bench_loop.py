@@ -12,7 +12,11 @@ happened from the store and the registry:
   last retrain's snapshot never reach a model within the run; they are counted
   (events_not_in_a_model) and left out of the median;
 * the PageLLM variant against the popularity variant, served side by side in the same run (the
-  reference): GMV per user and CTR lifts with their fixed and always-valid p.
+  reference): GMV per user and CTR lifts with their fixed and always-valid p;
+* expected_clicks_first_page: what each registered version's first page (and each learned
+  version's fine-tuned reference's) is worth by the simulated users' ground truth, beside the
+  best page by true utility (``deploy.page_value``): where a lift was lost, without the A/B
+  noise. Not a target.
 
 Targets: total_s <= 600; lost_events == 0; retrains >= 1; event_to_model_s_p50 <= 300; CTR lift
 positive with p < 0.05. The last line printed is the JSON summary.
@@ -24,6 +28,7 @@ import json
 import logging
 import statistics
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -31,7 +36,8 @@ from rich.console import Console
 from abtest.metrics import MetricName
 from deploy.closed_loop import ClosedLoop, LoopOutcome, LoopSettings
 from deploy.demo import logging_to
-from deploy.simulated_users import SimulatorSettings
+from deploy.page_value import version_page_values
+from deploy.simulated_users import SimulatorSettings, build_population
 from learner.registry import ModelRegistry
 from streams.store.store_views import connect_store
 
@@ -111,6 +117,9 @@ def main() -> None:
         "ctr_always_valid_p": ctr.always_valid_p,
         "users": outcome.report.users,
         "decision": outcome.decision.decision.action,
+        "expected_clicks_first_page": version_page_values(
+            store, build_population(users, datetime.now(UTC)), users.page_size
+        ),
     }
     print(json.dumps(figures, default=str))
     sys.stdout.flush()
