@@ -150,7 +150,7 @@ class RetrainJob:
     settings: RetrainSettings
     runner: StageRunner
     trigger: str
-    full: bool = False
+    full: bool = False  # this once, every stage (``settings.full``: every retrain)
     snapshot_id: str | None = None  # None: the store as it is now
     derive: DeriveConfig = field(default_factory=DeriveConfig)
     on_stage: Callable[[str], Callable[[int], None] | None] = no_progress
@@ -194,7 +194,8 @@ def _retrain(
             gate_reason=reason,
         )
         return journal.record
-    warm_from = registry.model_dir(parent) if parent is not None and not job.full else None
+    warm = parent is not None and not (job.full or job.settings.full)
+    warm_from = registry.model_dir(parent) if warm else None
     journal.update(
         snapshot_id=manifest.snapshot_id,
         stream_position=manifest.stream_position,

@@ -171,6 +171,18 @@ def test_warm_retrains_keep_the_reference_and_serve_new_users_and_items(
     assert [v.version for v in registry.versions()] == ["v1", "v2"]
 
 
+def test_a_loop_set_to_retrain_fully_fine_tunes_every_version_afresh(store: EventStore) -> None:
+    # PAGELLM_RETRAIN_FULL: without it a warm start keeps the parent's fine-tuned policy, so a
+    # loop serving that policy (ablation sft) would serve the same pages after every retrain.
+    offset = write_ratings(store, range(40), range(60), 0)
+    assert retrain(job(store, full=True, ablation="sft")).version == "v1"
+    write_ratings(store, range(40, 50), range(30, 70), offset, day=1)
+    second = retrain(job(store, full=True, ablation="sft"))
+    assert [s.stage for s in second.stages][:4] == ["snapshot", "prepare", "meta", "finetune"]
+    v2 = ModelRegistry.for_store(store.root).record(second.version or "")
+    assert v2.parent == "v1" and not v2.warm_start
+
+
 def test_a_candidate_trained_on_reversed_pairs_is_refused_with_the_reason(
     store: EventStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
