@@ -49,10 +49,11 @@ from abtest.registry import ExperimentRegistry
 from deploy.local_kafka import LocalKafka
 from deploy.simulated_users import Population, SimulatorSettings, build_population
 from deploy.user_simulator import UserSimulator
+from learner.ablations import Ablation
 from learner.command_options import stage_progress
 from learner.registry import ModelRegistry
 from learner.retrain_loop import RetrainLoop
-from learner.settings import LearnerSettings
+from learner.settings import LearnerSettings, RetrainSettings
 from schemas.model_registry import RetrainRecord
 from serving.server import LOG_FILE, read_state, spawn_server
 from streams.derive.derived_state import DeriveConfig
@@ -103,6 +104,14 @@ class LoopSettings(BaseSettings):
     )
     min_users_per_variant: int = Field(100, ge=2, description="below it, results are withheld")
     learner_settings: Path | None = Field(None, description="LearnerSettings JSON (paper's)")
+    # In this world PPO's reward learned item popularity, and its policy's pages are worth about
+    # half the fine-tuned policy's (README, "Where the learning is lost"): the loop serves the
+    # fine-tuned policy until the reward is fixed, and fine-tunes afresh on every retrain, since
+    # a warm start keeps its parent's fine-tuned policy and would serve the same pages forever.
+    ablation: Ablation = Field("sft", description="the policy every version serves (paper: both)")
+    full_retrains: bool = Field(
+        True, description="every retrain trains every stage on its snapshot (no warm start)"
+    )
     server_timeout_s: float = Field(240.0, gt=0, description="for serving to come up")
 
 
@@ -333,14 +342,19 @@ class ClosedLoop:
         cleanup.callback(stop_worker, server, 60.0)
         return server
 
+    def retrain_settings(self, **triggers: float) -> RetrainSettings:
+        """What every retrain of the run, the first version's too, trains and serves."""
+        return RetrainSettings(
+            ablation=self.settings.ablation, full=self.settings.full_retrains, **triggers
+        )
+
     def train_first_version(self, progress: Progress, runner: RayStageRunner) -> str:
         from learner.retrain import RetrainJob, retrain
-        from learner.settings import RetrainSettings
 
         job = RetrainJob(
             store_dir=self.root / "store",
             learner=self.learner,
-            settings=RetrainSettings(),
+            settings=self.retrain_settings(),
             runner=runner,
             trigger="bootstrap: the first version",
             full=True,
@@ -508,9 +522,8 @@ class ClosedLoop:
     ) -> RetrainLoop:
         """The continuous-learning loop on the interval trigger alone, training on our Ray."""
         from learner.retrain import RetrainJob
-        from learner.settings import RetrainSettings
 
-        settings = RetrainSettings(
+        settings = self.retrain_settings(
             interval_s=self.settings.retrain_every_s, min_new_pairs=0, poll_s=1.0
         )
         return RetrainLoop(
