@@ -106,12 +106,8 @@ class LoopSettings(BaseSettings):
     learner_settings: Path | None = Field(None, description="LearnerSettings JSON (paper's)")
     # In this world PPO's reward learned item popularity, and its policy's pages are worth about
     # half the fine-tuned policy's (README, "Where the learning is lost"): the loop serves the
-    # fine-tuned policy until the reward is fixed, and fine-tunes afresh on every retrain, since
-    # a warm start keeps its parent's fine-tuned policy and would serve the same pages forever.
+    # fine-tuned policy until the reward is fixed (retrains fine-tune it on their snapshot).
     ablation: Ablation = Field("sft", description="the policy every version serves (paper: both)")
-    full_retrains: bool = Field(
-        True, description="every retrain trains every stage on its snapshot (no warm start)"
-    )
     server_timeout_s: float = Field(240.0, gt=0, description="for serving to come up")
 
 
@@ -344,9 +340,7 @@ class ClosedLoop:
 
     def retrain_settings(self, **triggers: float) -> RetrainSettings:
         """What every retrain of the run, the first version's too, trains and serves."""
-        return RetrainSettings(
-            ablation=self.settings.ablation, full=self.settings.full_retrains, **triggers
-        )
+        return RetrainSettings(ablation=self.settings.ablation, **triggers)
 
     def train_first_version(self, progress: Progress, runner: RayStageRunner) -> str:
         from learner.retrain import RetrainJob, retrain

@@ -12,7 +12,8 @@ stopped run resumes from the stages it has)::
     policy_<ablation>/    after PPO with that ablation's reward         + curve.json
 
 A warm-started run (``stages.prepare_warm_run``) has no initial/ or meta/: its vocabulary and
-reference are the parent version's, grown by the new tokens.
+parent/ are the parent version's vocabulary and reference, grown by the new tokens, and
+fine-tuning continues from parent/ into reference/.
 
 Models are saved with transformers' ``save_pretrained`` and the reward heads as safetensors:
 nothing in a run (or a registered version) is loaded through pickle.
@@ -120,7 +121,7 @@ def load_models(run_dir: Path, ablations: list[Ablation]) -> TrainedModels:
         raise FileNotFoundError(f"{run_dir} holds no finished run (missing: {', '.join(missing)})")
     stages = {"meta": "meta", "finetune": "reference", "reward": "reward"}
     stages |= {f"ppo_{a}": policy_directory(a) for a in ablations if a != "sft"}
-    # A warm-started run has no meta stage and a reference without a curve of its own.
+    # A warm-started run has no meta stage.
     stages = {stage: name for stage, name in stages.items() if (run_dir / name / CURVE).exists()}
     return TrainedModels(
         vocab=Vocabulary.load(run_dir / "vocabulary"),

@@ -63,7 +63,7 @@ def train_all(
     ``on_stage(title)`` announces a stage and may return a callback that is called after each of
     its steps with the stage's expected number of steps (for a progress bar). ``warm_from`` (a
     registered version's model directory) continues from that version: its reference, with the
-    snapshot's new tokens added, replaces meta pre-training and fine-tuning.
+    snapshot's new tokens added, replaces meta pre-training, and fine-tuning continues it.
     """
     prepare_run(run_dir, snapshot, settings, warm_from)
     missing = []

@@ -5,10 +5,11 @@
    here as skipped.
 2. Warm start from the production version: its vocabulary grows by the snapshot's new users,
    items and categories (new embedding rows ~ N(0, var), old rows untouched) and its reference
-   policy is kept; the reward heads and PPO are trained again on the new snapshot. PPO starts
-   from the reference, not from the parent's PPO policy: the KL penalty anchors on the
-   reference, and PPO on top of PPO would drift further from it with every retrain. With no
-   production version, or ``full``, every stage is trained (meta pre-training and fine-tuning).
+   policy is fine-tuned on the new snapshot's golden lists (kept as it is if no epoch beats it
+   on validation); the reward heads and PPO are trained again. PPO starts from the new
+   reference, not from the parent's PPO policy: the KL penalty anchors on the reference, and
+   PPO on top of PPO would drift further from it with every retrain. With no production
+   version, or ``full``, every stage is trained from the start (meta pre-training too).
 3. Score the candidate and production on the same held-out users of the snapshot, ranking the
    items both know, and apply the promotion gates (``learner.promotion_gates``).
 4. Publish the candidate atomically; promote it if every gate passed, else it stays a candidate

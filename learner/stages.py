@@ -1,6 +1,7 @@
 """The training stages, each a function from the run directory to one new output in it.
 
 meta -> finetune (the reference) -> reward -> ppo_<ablation> for each ablation with a reward.
+A warm start replaces meta pre-training with its parent's reference, which fine-tuning continues.
 A stage reads what earlier stages wrote, trains its share under data parallelism, and the first
 worker writes the output into the directory it is given. The same function runs in process
 (tests, ``--in-process``) and inside every Ray Train worker (``learner.ray_jobs``).
@@ -55,6 +56,8 @@ from streams.derive.training_snapshot import TrainingSnapshot, snapshot_digest
 
 log = logging.getLogger(__name__)
 
+PARENT = "parent"  # a warm start's parent reference, grown by the snapshot's new tokens
+
 STAGE_TITLES = {
     "meta": "meta pre-training",
     "finetune": "golden-list fine-tuning",
@@ -72,9 +75,9 @@ class RunMismatch(ValueError):
 
 
 def stages_for(ablations: Sequence[Ablation], warm: bool = False) -> list[str]:
-    """The stages a run needs for ``ablations``, in order; a warm start keeps its parent's
-    reference, so it needs neither meta pre-training nor fine-tuning."""
-    supervised = [] if warm else ["meta", "finetune"]
+    """The stages a run needs for ``ablations``, in order; a warm start fine-tunes its parent's
+    reference, so it needs no meta pre-training."""
+    supervised = ["finetune"] if warm else ["meta", "finetune"]
     return [*supervised, "reward", *(f"ppo_{a}" for a in ablations if a != "sft")]
 
 
@@ -152,8 +155,9 @@ def snapshot_tokens(snapshot: TrainingSnapshot) -> tuple[list[str], list[str], l
 
 def prepare_warm_run(run_dir: Path, parent: Path, snapshot: TrainingSnapshot, seed: int) -> None:
     """The parent's vocabulary grown by the snapshot's new users, items and categories, and its
-    reference policy with a new N(0, var) embedding row per new token (old rows untouched)."""
-    if (run_dir / "reference").is_dir():
+    reference policy with a new N(0, var) embedding row per new token (old rows untouched), as
+    the run's ``PARENT``: where its fine-tuning starts."""
+    if (run_dir / PARENT).is_dir():
         return
     vocab = Vocabulary.load(parent / "vocabulary")
     before = vocab.size
@@ -163,8 +167,8 @@ def prepare_warm_run(run_dir: Path, parent: Path, snapshot: TrainingSnapshot, se
     log.info("warm start from %s: %d new tokens", parent, grown.size - before)
     grown.save(staging_directory(run_dir, "vocabulary"))
     finish_stage(run_dir, "vocabulary")
-    save_policy(reference, staging_directory(run_dir, "reference"))
-    finish_stage(run_dir, "reference")
+    save_policy(reference, staging_directory(run_dir, PARENT))
+    finish_stage(run_dir, PARENT)
 
 
 def prepare_run(
@@ -231,9 +235,17 @@ def meta_stage(ctx: StageContext, out: Path) -> None:
         save_curve(curve, out)
 
 
+def finetune_start(run_dir: Path) -> Path:
+    """A warm start's parent reference, else the run's meta pre-trained policy."""
+    return run_dir / PARENT if (run_dir / PARENT).is_dir() else run_dir / "meta"
+
+
 def finetune_stage(ctx: StageContext, out: Path) -> None:
     vocab, prompts = ctx.vocab, ctx.prompts
-    policy = load_policy(ctx.run_dir / "meta")
+    # New clicks become golden lists: fine-tuning is how they reach the policy itself (a warm
+    # start that kept its parent's reference unchanged served the same pages after a retrain).
+    # Fine-tuning keeps its starting weights when no epoch beats them on validation.
+    policy = load_policy(finetune_start(ctx.run_dir))
     ctx.reseed_for_this_worker()
     golden = [
         golden_example(vocab, u, prompts[u], g.items)

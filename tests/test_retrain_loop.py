@@ -235,7 +235,7 @@ def test_events_in_kafka_become_a_version_through_the_loop_on_ray(
         log.close()
     output = (tmp_path / "loop.log").read_text()
     assert code == 0, output[-3000:]
-    assert "stages reward, ppo_both finished on Ray" in output
+    assert "stages finetune, reward, ppo_both finished on Ray" in output
 
     v2 = registry.record("v2")
     record = next(r for r in read_retrains(registry) if r.version == "v2")
