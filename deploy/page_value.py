@@ -4,8 +4,9 @@ The A/B report measures a lift against the control with the noise of a few hundr
 simulator knows every user's utilities, so a policy's page has an exact worth: its expected
 clicks under the choice model (``deploy.choice_model.expected_clicks``). Every user is asked for
 one first page of ``k`` in the state the bootstrap left (the history's positives as the prompt
-and as the bans), by every registered version, by its fine-tuned reference (what its PPO started
-from), and by the best ``k`` items by true utility (the ceiling no policy exceeds).
+and as the bans), by every registered version, by the fine-tuned reference of one that serves
+PPO's policy (what its PPO started from), and by the best ``k`` items by true utility (the
+ceiling no policy exceeds).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from serving.served_versions import (
     load_served_version,
     snapshot_prompt_length,
 )
+from streams.derive.feedback_ratings import is_positive
 
 BATCH = 64  # plans a version writes pages for at once
 
@@ -37,7 +39,7 @@ def bootstrap_plans(population: Population, k: int) -> list[PagePlan]:
     """One plan per user: their history's positives (r > 3, oldest first), all of them banned."""
     liked: dict[str, list[str]] = defaultdict(list)
     for rating in sorted(population.history, key=lambda r: r.ts):
-        if rating.rating > 3:
+        if is_positive(rating.rating):
             liked[rating.user_id].append(rating.item_id)
     return [
         PagePlan(u.user_id, tuple(liked[u.user_id]), frozenset(liked[u.user_id]), k)
@@ -80,9 +82,10 @@ def pages_of(served: ServedVersion, plans: Sequence[PagePlan]) -> list[list[str]
 
 
 def version_page_values(store: Path, population: Population, k: int) -> dict[str, float]:
-    """Mean expected clicks of a first page: the best pages, then each version (learned ones
-    also as ``<version>_reference``). A version that could not page every user (cold start,
-    too few items left) is valued over those it paged, with their count as ``<name>_users``."""
+    """Mean expected clicks of a first page: the best pages, then each version (one serving
+    PPO's policy also as ``<version>_reference``). A version that could not page every user
+    (cold start, too few items left) is valued over those it paged, their count as
+    ``<name>_users``."""
     plans = bootstrap_plans(population, k)
     best, _ = mean_expected_clicks(population, best_pages(population, plans))
     values: dict[str, float] = {"best_by_true_utility": best}
@@ -91,7 +94,7 @@ def version_page_values(store: Path, population: Population, k: int) -> dict[str
         served: list[tuple[str, ServedVersion]] = [
             (record.version, load_served_version(registry, store, record.version))
         ]
-        if record.kind == "pagellm":
+        if record.kind == "pagellm" and record.ablation != "sft":  # sft serves the reference
             length = snapshot_prompt_length(store, record.snapshot_id)
             model_dir = registry.model_dir(record.version)
             reference = LearnedVersion(record, model_dir, length, policy=REFERENCE)

@@ -174,8 +174,8 @@ def test_warm_retrains_fine_tune_the_reference_and_serve_new_users_and_items(
 
 
 def test_a_loop_set_to_retrain_fully_fine_tunes_every_version_afresh(store: EventStore) -> None:
-    # PAGELLM_RETRAIN_FULL: without it a warm start keeps the parent's fine-tuned policy, so a
-    # loop serving that policy (ablation sft) would serve the same pages after every retrain.
+    # PAGELLM_RETRAIN_FULL (RetrainSettings.full) was read and ignored: only the CLI's --full
+    # reached a retrain, so a loop configured for full retrains warm-started anyway.
     offset = write_ratings(store, range(40), range(60), 0)
     assert retrain(job(store, full=True, ablation="sft")).version == "v1"
     write_ratings(store, range(40, 50), range(30, 70), offset, day=1)

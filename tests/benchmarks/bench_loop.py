@@ -13,10 +13,10 @@ happened from the store and the registry:
   (events_not_in_a_model) and left out of the median;
 * the PageLLM variant against the popularity variant, served side by side in the same run (the
   reference): GMV per user and CTR lifts with their fixed and always-valid p;
-* expected_clicks_first_page: what each registered version's first page (and each learned
-  version's fine-tuned reference's) is worth by the simulated users' ground truth, beside the
-  best page by true utility (``deploy.page_value``): where a lift was lost, without the A/B
-  noise. Not a target.
+* expected_clicks_first_page: what each registered version's first page (and, for one serving
+  PPO's policy, its fine-tuned reference's) is worth by the simulated users' ground truth,
+  beside the best page by true utility (``deploy.page_value``): where a lift was lost, without
+  the A/B noise. Not a target.
 
 Targets: total_s <= 600; lost_events == 0; retrains >= 1; event_to_model_s_p50 <= 300; CTR lift
 positive with p < 0.05. The last line printed is the JSON summary.
