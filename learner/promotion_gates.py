@@ -4,8 +4,10 @@ Both versions are scored on the same held-out users of the candidate's snapshot
 (``learner.version_eval``); each gate is a small comparison over those figures:
 
   relevance (NDCG@100, Recall@20): candidate >= production * (1 - tolerance)
-  reward-head pair accuracy, per family: candidate >= production - tolerance (a family with
-    fewer than ``min_pairs`` validation pairs is reported, not compared)
+  reward-head pair accuracy, per family: candidate >= production - max(tolerance, z * se), se
+    the standard error of the two accuracies' difference over the family's n pairs, so that a
+    drop of one pair in a dozen is not taken for a regression (a family with fewer than
+    ``min_pairs`` validation pairs is reported, not compared)
   KL of the policy to its reference (nats per page): candidate <= bound
 
 Without a production version only the bounds apply (the first version has nothing to regress
@@ -37,6 +39,12 @@ class GateSettings(BaseModel):
         0.05, ge=0, le=1, description="absolute drop of a family's pair accuracy allowed"
     )
     max_kl: float = Field(5.0, gt=0, description="KL to the reference, nats per page, at most")
+    pair_accuracy_z: float = Field(
+        1.645,
+        ge=0,
+        description="a family's drop must also exceed this many standard errors of the "
+        "difference (one-sided 95%): on few pairs the tolerance is below their noise",
+    )
     min_pairs: int = Field(
         30, ge=1, description="a family with fewer validation pairs is reported, not compared"
     )
@@ -50,6 +58,13 @@ def relative_floor(production: float, tolerance: float) -> float:
 def absolute_floor(production: float, tolerance: float) -> float:
     """floor = production - tolerance."""
     return production - tolerance
+
+
+def accuracy_difference_se(candidate: float, production: float, pairs: int) -> float:
+    """se = sqrt((p_c (1 - p_c) + p_p (1 - p_p)) / n), as if the accuracies were independent;
+    on the same pairs they correlate, so this errs wide, towards passing."""
+    variance = candidate * (1 - candidate) + production * (1 - production)
+    return math.sqrt(max(variance, 0.0) / pairs)
 
 
 def bounded(
@@ -109,7 +124,11 @@ def check_gates(
             if pairs < settings.min_pairs:
                 checks.append(too_few_pairs(name, candidate[name], production[name], pairs))
                 continue
-            lowest = absolute_floor(production[name], settings.pair_accuracy_tolerance)
+            noise = settings.pair_accuracy_z * accuracy_difference_se(
+                candidate[name], production[name], pairs
+            )
+            allowed = max(settings.pair_accuracy_tolerance, noise)
+            lowest = absolute_floor(production[name], allowed)
             checks.append(bounded(name, candidate[name], production[name], lowest, floor=True))
     return GateResult(
         passed=all(c.passed for c in checks),

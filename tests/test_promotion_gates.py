@@ -6,16 +6,22 @@ import math
 
 import pytest
 
-from learner.promotion_gates import GateSettings, absolute_floor, check_gates, relative_floor
+from learner.promotion_gates import (
+    GateSettings,
+    absolute_floor,
+    accuracy_difference_se,
+    check_gates,
+    relative_floor,
+)
 
 PRODUCTION = {
     "ndcg@100": 0.20,
     "recall@20": 0.30,
     "kl_to_reference": 0.5,
     "pair_accuracy_np": 0.90,
-    "pairs_np": 100.0,
+    "pairs_np": 1000.0,
     "pair_accuracy_rk": 0.60,
-    "pairs_rk": 100.0,
+    "pairs_rk": 1000.0,
 }
 SETTINGS = GateSettings(relevance_tolerance=0.05, pair_accuracy_tolerance=0.05, max_kl=2.0)
 
@@ -23,6 +29,24 @@ SETTINGS = GateSettings(relevance_tolerance=0.05, pair_accuracy_tolerance=0.05, 
 def test_floors_by_hand() -> None:
     assert relative_floor(0.20, 0.05) == pytest.approx(0.19)
     assert absolute_floor(0.90, 0.05) == pytest.approx(0.85)
+    # (0.8 * 0.2 + 0.9 * 0.1) / 100 = 0.0025
+    assert accuracy_difference_se(0.8, 0.9, 100) == pytest.approx(0.05)
+
+
+def test_a_drop_of_one_pair_in_eleven_is_noise_but_the_same_drop_on_many_pairs_is_not() -> None:
+    production = PRODUCTION | {"pair_accuracy_rd": 9 / 11, "pairs_rd": 11.0}
+    candidate = production | {"pair_accuracy_rd": 8 / 11}
+    settings = SETTINGS.model_copy(update={"min_pairs": 10})
+    # se = sqrt((24/121 + 18/121) / 11) = 0.17764; 1.645 se = 0.2922 > 0.05
+    few = check_gates(candidate, production, settings)
+    rd = next(c for c in few.checks if c.name == "pair_accuracy_rd")
+    assert few.passed and rd.threshold == pytest.approx(9 / 11 - 1.645 * 0.17764, abs=1e-4)
+    # the same accuracies over 1,100 pairs: 1.645 se = 0.0292 < 0.0909
+    many = check_gates(
+        candidate | {"pairs_rd": 1100.0}, production | {"pairs_rd": 1100.0}, settings
+    )
+    assert not many.passed
+    assert many.reason == "pair_accuracy_rd 0.7273 < 0.7682 (production 0.8182)"
 
 
 def test_a_candidate_within_tolerance_passes_every_gate() -> None:
