@@ -45,6 +45,7 @@ def search_space() -> dict[str, Any]:
     return {
         "supervised.meta_lr": tune.loguniform(1e-5, 1e-3),
         "supervised.meta_epochs": tune.choice([3, 6, 10]),
+        "supervised.meta_shuffled_windows": tune.choice([0, 4, 16]),
         "supervised.finetune_lr": tune.loguniform(1e-5, 1e-3),
         "supervised.page_set_weight": tune.choice([0.0, 1.0, 3.0]),
         "backbone.n_embd": tune.choice([64, 128, 256]),

@@ -23,11 +23,27 @@ class BackboneSettings(BaseModel):
 
 
 class SupervisedSettings(BaseModel):
-    """The paper's defaults (section 5.1.4), but for the fine-tuning learning rate and the
-    page-set loss."""
+    """The paper's defaults (section 5.1.4), but for meta pre-training's rate, epochs and
+    order-free windows, the fine-tuning learning rate and the page-set loss."""
 
-    meta_epochs: int = Field(3, ge=0)
-    meta_lr: float = Field(5e-5, gt=0)
+    # Meta pre-training departs from the paper's 3 epochs at 5e-5: with order-free windows the
+    # data hold more to learn, and validation picks the epoch (README, "Order-free windows").
+    meta_epochs: int = Field(10, ge=0, description="at most; see meta_patience")
+    meta_lr: float = Field(2e-4, gt=0, description="4 x the paper's 5e-5")
+    meta_shuffled_windows: int = Field(
+        4,
+        ge=0,
+        description="order-free windows per user in meta pre-training (a random page of the "
+        "user's training positives predicted from the others, beside the next-page windows); "
+        "not in the paper. Short MovieLens histories, validation NDCG@100 of sft: 0.0721 "
+        "without, 0.0940 with 4, 0.0936 with 16",
+    )
+    meta_patience: int | None = Field(
+        2,
+        ge=1,
+        description="epochs without a better validation NDCG@100 before meta pre-training "
+        "stops (the best epoch's weights are kept); None: every epoch, the last kept",
+    )
     finetune_epochs: int = Field(10, ge=0, description="at most; see finetune_patience")
     finetune_lr: float = Field(
         2e-4,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from learner.ablations import ABLATIONS, HEADS_OF, Ablation, RewardHeads
 from learner.artifacts import (
@@ -206,6 +207,17 @@ def prepare_run(
     finish_stage(run_dir, "initial")
 
 
+def validation_scorer(
+    vocab: Vocabulary, snapshot: TrainingSnapshot
+) -> Callable[[nn.Module], float] | None:
+    """The supervised stages' early-stopping score: validation NDCG@100 of the first slot; None
+    when the snapshot holds no validation items, so that every epoch trains and the last is
+    kept (a constant score would keep the first and stop)."""
+    if not any(snapshot.validation.values()):
+        return None
+    return lambda model: validation_ndcg(model, vocab, snapshot)
+
+
 def meta_stage(ctx: StageContext, out: Path) -> None:
     vocab, snapshot = ctx.vocab, ctx.snapshot
     policy = load_policy(ctx.run_dir / "initial")
@@ -223,12 +235,15 @@ def meta_stage(ctx: StageContext, out: Path) -> None:
             snapshot.train_sequences,
             max((len(h) for h in snapshot.histories.values()), default=0),
             ctx.settings.ppo.page_length,
+            ctx.settings.supervised.meta_shuffled_windows,
+            ctx.settings.supervised.seed,
         ),
         rating_examples(vocab, ratings),
         ctx.settings.supervised,
         curve,
         vocab.tokenizer.pad_token_id,
         ctx.shard,
+        validation_scorer(vocab, snapshot),
     )
     if ctx.shard.is_first:
         save_policy(policy, out)
@@ -260,7 +275,7 @@ def finetune_stage(ctx: StageContext, out: Path) -> None:
         curve,
         vocab.tokenizer.pad_token_id,
         ctx.shard,
-        lambda model: validation_ndcg(model, vocab, ctx.snapshot),
+        validation_scorer(vocab, ctx.snapshot),
     )
     if ctx.shard.is_first:
         save_policy(policy, out)

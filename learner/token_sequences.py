@@ -9,6 +9,7 @@ rating head.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,15 +76,49 @@ def sequence_windows(
     ]
 
 
+def shuffled_windows(
+    vocab: Vocabulary,
+    user: str,
+    sequence: Sequence[str],
+    history_length: int,
+    page_length: int,
+    draws: int,
+    rng: random.Random,
+) -> list[TokenExample]:
+    """``draws`` order-free windows of a user's P >= 2 positives: each a random page of
+    min(``page_length``, ceil(P / 2)) of them, predicted from up to ``history_length`` of the
+    others (page and prompt each in time order).
+
+    A user's held-out positives are a set, and the order inside a history says little about it:
+    EASE, blind to order, is the best peer on MovieLens. Next-page windows teach only what came
+    after what, once per window, and a short history has a single one; random splits teach the
+    first slot which items go together in both directions, and from every history alike."""
+    if len(sequence) < 2:
+        return []
+    page_size = min(page_length, (len(sequence) + 1) // 2)
+    windows = []
+    for _ in range(draws):
+        order = rng.sample(range(len(sequence)), len(sequence))
+        page = sorted(order[:page_size])
+        prompt = sorted(order[page_size:])[-history_length:] if history_length else []
+        windows.append(
+            golden_example(vocab, user, [sequence[i] for i in prompt], [sequence[i] for i in page])
+        )
+    return windows
+
+
 def meta_examples(
     vocab: Vocabulary,
     category_of: Mapping[str, str],
     sequences: Mapping[str, Sequence[str]],
     history_length: int,
     page_length: int,
+    shuffled_draws: int = 0,
+    seed: int = 0,
 ) -> list[TokenExample]:
     """The meta prompts: item -> category, co-occurrence within a category, and each user's
-    interaction sequence as next-page windows (``sequence_windows``)."""
+    interaction sequence as next-page windows (``sequence_windows``) and ``shuffled_draws``
+    order-free windows (``shuffled_windows``)."""
     examples = []
     for item in vocab.items:
         if item in category_of:
@@ -98,8 +133,12 @@ def meta_examples(
             chunk = items[start : start + CO_OCCURRENCE_CHUNK]
             tokens = [BOS, category_token(category), CATEGORY_OF, *map(item_token, chunk), EOS]
             examples.append(TokenExample(tuple(vocab.encode(tokens)), 1))
+    rng = random.Random(seed)
     for user, sequence in sorted(sequences.items()):
         examples += sequence_windows(vocab, user, sequence, history_length, page_length)
+        examples += shuffled_windows(
+            vocab, user, sequence, history_length, page_length, shuffled_draws, rng
+        )
     return examples
 
 

@@ -74,13 +74,14 @@ def train_epochs(
         means = shard.mean({name: total / max(len(batches), 1) for name, total in totals.items()})
         for name, value in means.items():
             curve.add(name, value)
+        stop = after_epoch is not None and after_epoch(epoch)
         log.info(
             "epoch %d/%d: %s",
             epoch + 1,
             epochs,
             {k: round(v[-1], 4) for k, v in curve.epochs.items()},
         )
-        if after_epoch is not None and after_epoch(epoch):
+        if stop:
             break
 
 

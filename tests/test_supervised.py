@@ -4,6 +4,7 @@ loss, which applies the output layer only where a token is scored, is the full-s
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from learner.token_sequences import (
     meta_examples,
     rating_examples,
     sequence_windows,
+    shuffled_windows,
 )
 from learner.vocabulary import build_vocabulary
 
@@ -159,9 +161,11 @@ def test_a_sequence_shorter_than_a_page_still_gives_one_window() -> None:
     assert sequence_windows(vocab, "u0", ["a"], history_length=3, page_length=10) == []
 
 
-def finetune_scored(scores: list[float]) -> tuple[torch.nn.Module, TrainingCurve, list[dict]]:
-    """Fine-tune the toy world with ``scores`` as the successive validation scores; returns the
-    model, its curve and the weights each score was given to."""
+def trained_with_scores(
+    stage: str, scores: list[float]
+) -> tuple[torch.nn.Module, TrainingCurve, list[dict]]:
+    """Train the toy world in ``stage`` (meta or finetune) with ``scores`` as the successive
+    validation scores; returns the model, its curve and the weights each score was given to."""
     vocab, history, golden = toy_world()
     model = build_policy(vocab, BackboneSettings(n_embd=48, n_layer=2, n_head=2), seed=0)
     examples = [golden_example(vocab, u, history[u], golden[u]) for u in USERS]
@@ -172,9 +176,15 @@ def finetune_scored(scores: list[float]) -> tuple[torch.nn.Module, TrainingCurve
         return next(given)
 
     curve = TrainingCurve()
-    settings = SupervisedSettings(finetune_epochs=10, finetune_patience=2, **FAST)
-    finetune_on_golden_lists(model, examples, settings, curve, vocab.tokenizer.pad_token_id,
-                             validation_score=validation_score)  # fmt: skip
+    pad = vocab.tokenizer.pad_token_id
+    if stage == "meta":
+        settings = SupervisedSettings(meta_epochs=10, meta_patience=2, **FAST)
+        meta_pretrain(model, RatingHead(48), examples, [], settings, curve, pad,
+                      validation_score=validation_score)  # fmt: skip
+    else:
+        settings = SupervisedSettings(finetune_epochs=10, finetune_patience=2, **FAST)
+        finetune_on_golden_lists(model, examples, settings, curve, pad,
+                                 validation_score=validation_score)  # fmt: skip
     return model, curve, states
 
 
@@ -183,7 +193,7 @@ def same_weights(model: torch.nn.Module, state: dict) -> bool:
 
 
 def test_finetuning_keeps_the_best_validation_epoch_and_stops_after_patience() -> None:
-    model, curve, states = finetune_scored([0.1, 0.3, 0.2, 0.25, 0.9])
+    model, curve, states = trained_with_scores("finetune", [0.1, 0.3, 0.2, 0.25, 0.9])
     # scored before training (0.1), then best after epoch 1 (0.3); epochs 2 and 3 do no
     # better, so it stops there and restores epoch 1's weights
     assert curve.epochs["validation_ndcg@100"] == [0.1, 0.3, 0.2, 0.25]
@@ -192,9 +202,66 @@ def test_finetuning_keeps_the_best_validation_epoch_and_stops_after_patience() -
     assert not same_weights(model, states[3])
 
 
+def test_meta_pretraining_keeps_its_best_validation_epoch_and_stops_after_patience() -> None:
+    model, curve, states = trained_with_scores("meta", [0.3, 0.5, 0.4, 0.2, 0.9])
+    # no score before training (random weights); best after epoch 2, none better after 3 and 4
+    assert curve.epochs["validation_ndcg@100"] == [0.3, 0.5, 0.4, 0.2]
+    assert len(curve.epochs["meta_next_token"]) == 4
+    assert same_weights(model, states[1])
+    assert not same_weights(model, states[3])
+
+
 def test_finetuning_that_never_beats_the_warm_up_keeps_the_warm_up() -> None:
-    model, curve, states = finetune_scored([0.3, 0.2, 0.1, 0.9])
+    model, curve, states = trained_with_scores("finetune", [0.3, 0.2, 0.1, 0.9])
     assert curve.epochs["validation_ndcg@100"] == [0.3, 0.2, 0.1]
     assert len(curve.epochs["finetune_nll"]) == 2
     assert same_weights(model, states[0])
     assert not same_weights(model, states[2])
+
+
+def test_shuffled_windows_split_a_history_into_a_random_page_and_a_prompt_in_time_order() -> None:
+    vocab = build_vocabulary(["u0"], list("abcdefg"), ["c0"])
+    sequence = list("abcde")
+    windows = shuffled_windows(vocab, "u0", sequence, 1, 10, draws=30, rng=random.Random(0))
+    assert len(windows) == 30
+    pages = set()
+    for w in windows:
+        tokens = vocab.tokenizer.convert_ids_to_tokens(list(w.ids))
+        page = [t.removeprefix("item_") for t in tokens[w.loss_from : w.loss_from + w.page_items]]
+        prompt = [t.removeprefix("item_") for t in tokens[: w.loss_from] if t.startswith("item_")]
+        # five positives: a page of ceil(5/2) = 3, the prompt the latest (history 1) of the rest
+        assert len(page) == 3 and page == sorted(page)
+        rest = sorted(set(sequence) - set(page))
+        assert prompt == rest[-1:]
+        pages.add("".join(page))
+    assert len(pages) > 5  # the draws differ
+    assert shuffled_windows(vocab, "u0", ["a"], 1, 10, draws=3, rng=random.Random(0)) == []
+
+
+def reverse_rank_hits(draws: int) -> float:
+    """Share of pairs (x, y), always rated x then y, whose x is the first slot's top item (y
+    excluded) for a prompt of y, after meta pre-training with ``draws`` shuffled windows."""
+    pairs = [(f"x{k}", f"y{k}") for k in range(10)]
+    users = [f"u{n}" for n in range(40)]
+    sequences = {u: list(pairs[n % 10]) for n, u in enumerate(users)}
+    vocab = build_vocabulary(users, [i for p in pairs for i in p], ["c0"])
+    model = build_policy(vocab, BackboneSettings(n_embd=32, n_layer=2, n_head=2), seed=0)
+    meta = meta_examples(vocab, {}, sequences, 1, 10, shuffled_draws=draws, seed=0)
+    settings = SupervisedSettings(meta_epochs=30, **FAST)
+    meta_pretrain(model, RatingHead(32), meta, [], settings, TrainingCurve(),
+                  vocab.tokenizer.pad_token_id)  # fmt: skip
+    model.eval()
+    scores = first_slot_scores(model, vocab, [(u, [sequences[u][1]]) for u in users])
+    hits = 0
+    for u, row in zip(users, scores, strict=True):
+        x, y = sequences[u]
+        row[vocab.items.index(y)] = -math.inf
+        hits += vocab.items[int(row.argmax())] == x
+    return hits / len(users)
+
+
+def test_shuffled_windows_teach_what_goes_with_an_item_whichever_came_first() -> None:
+    # Next-page windows only ever predict y from x; a prompt of y then knows nothing of x.
+    without, with_shuffled = reverse_rank_hits(0), reverse_rank_hits(4)
+    assert with_shuffled >= 0.9, f"x found for {with_shuffled:.2f} of the prompts"
+    assert without <= 0.3, f"x found for {without:.2f} of the prompts without shuffled windows"
