@@ -265,3 +265,14 @@ def test_shuffled_windows_teach_what_goes_with_an_item_whichever_came_first() ->
     without, with_shuffled = reverse_rank_hits(0), reverse_rank_hits(4)
     assert with_shuffled >= 0.9, f"x found for {with_shuffled:.2f} of the prompts"
     assert without <= 0.3, f"x found for {without:.2f} of the prompts without shuffled windows"
+
+
+def test_supervised_stages_stop_on_validation_only_where_a_snapshot_holds_some() -> None:
+    from learner.stages import validation_scorer
+    from streams.derive.training_snapshot import TrainingSnapshot
+
+    vocab, _, _ = toy_world()
+    # No validation items: every score would be 0, and keeping the best would keep epoch one.
+    assert validation_scorer(vocab, TrainingSnapshot(catalogue={}, validation={"u0": ()})) is None
+    held_out = TrainingSnapshot(catalogue={}, validation={"u0": ("i1",)})
+    assert callable(validation_scorer(vocab, held_out))
