@@ -86,13 +86,16 @@ def shuffled_windows(
     rng: random.Random,
 ) -> list[TokenExample]:
     """``draws`` order-free windows of a user's P >= 2 positives: each a random page of
-    min(``page_length``, ceil(P / 2)) of them, predicted from up to ``history_length`` of the
-    others (page and prompt each in time order).
+    min(``page_length``, ceil(P / 2)) of them, predicted from a random ``history_length`` of the
+    others (all when fewer; page and prompt each in time order).
 
     A user's held-out positives are a set, and the order inside a history says little about it:
     EASE, blind to order, is the best peer on MovieLens. Next-page windows teach only what came
     after what, once per window, and a short history has a single one; random splits teach the
-    first slot which items go together in both directions, and from every history alike."""
+    first slot which items go together in both directions, and from every history alike. The
+    prompt is drawn too: the latest of the others would be nearly the same prompt in every draw
+    of a long history (dense MovieLens, validation NDCG@100 after two epochs: 0.2649 with the
+    latest, 0.2840 with a random draw)."""
     if len(sequence) < 2:
         return []
     page_size = min(page_length, (len(sequence) + 1) // 2)
@@ -100,7 +103,7 @@ def shuffled_windows(
     for _ in range(draws):
         order = rng.sample(range(len(sequence)), len(sequence))
         page = sorted(order[:page_size])
-        prompt = sorted(order[page_size:])[-history_length:] if history_length else []
+        prompt = sorted(order[page_size : page_size + history_length])
         windows.append(
             golden_example(vocab, user, [sequence[i] for i in prompt], [sequence[i] for i in page])
         )

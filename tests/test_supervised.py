@@ -23,6 +23,7 @@ from learner.supervised import (
 )
 from learner.token_sequences import (
     IGNORE,
+    TokenExample,
     collate,
     golden_example,
     meta_examples,
@@ -30,7 +31,7 @@ from learner.token_sequences import (
     sequence_windows,
     shuffled_windows,
 )
-from learner.vocabulary import build_vocabulary
+from learner.vocabulary import Vocabulary, build_vocabulary
 
 torch.set_num_threads(1)
 USERS = [f"u{i}" for i in range(24)]
@@ -224,18 +225,31 @@ def test_shuffled_windows_split_a_history_into_a_random_page_and_a_prompt_in_tim
     sequence = list("abcde")
     windows = shuffled_windows(vocab, "u0", sequence, 1, 10, draws=30, rng=random.Random(0))
     assert len(windows) == 30
-    pages = set()
+    pages, not_latest = set(), 0
     for w in windows:
-        tokens = vocab.tokenizer.convert_ids_to_tokens(list(w.ids))
-        page = [t.removeprefix("item_") for t in tokens[w.loss_from : w.loss_from + w.page_items]]
-        prompt = [t.removeprefix("item_") for t in tokens[: w.loss_from] if t.startswith("item_")]
-        # five positives: a page of ceil(5/2) = 3, the prompt the latest (history 1) of the rest
+        page, prompt = page_and_prompt(vocab, w)
+        # five positives: a page of ceil(5/2) = 3, the prompt one (history 1) of the other two
         assert len(page) == 3 and page == sorted(page)
         rest = sorted(set(sequence) - set(page))
-        assert prompt == rest[-1:]
+        assert len(prompt) == 1 and prompt[0] in rest
+        not_latest += prompt != rest[-1:]
         pages.add("".join(page))
     assert len(pages) > 5  # the draws differ
+    assert 5 < not_latest < 25  # the prompt is drawn too, not always the latest of the rest
+    # a history longer than the rest: all of it, in time order
+    for w in shuffled_windows(vocab, "u0", sequence, 3, 10, draws=5, rng=random.Random(1)):
+        page, prompt = page_and_prompt(vocab, w)
+        assert prompt == sorted(set(sequence) - set(page))
     assert shuffled_windows(vocab, "u0", ["a"], 1, 10, draws=3, rng=random.Random(0)) == []
+
+
+def page_and_prompt(vocab: Vocabulary, window: TokenExample) -> tuple[list[str], list[str]]:
+    """A window's page items and prompt items, as item ids."""
+    tokens = vocab.tokenizer.convert_ids_to_tokens(list(window.ids))
+    end = window.loss_from + window.page_items
+    page = [t.removeprefix("item_") for t in tokens[window.loss_from : end]]
+    prompt = [t.removeprefix("item_") for t in tokens[: window.loss_from] if t.startswith("item_")]
+    return page, prompt
 
 
 def reverse_rank_hits(draws: int) -> float:
