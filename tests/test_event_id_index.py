@@ -50,3 +50,15 @@ def test_a_discarded_id_is_new_again_wherever_it_was_held(monkeypatch: pytest.Mo
     index.discard(merged)  # not held: nothing to do
     assert merged not in index and len(index) == 3
     assert index.add(merged) and index.add(stored)
+
+
+def test_add_all_marks_the_first_copy_within_a_batch_and_against_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(event_id_index, "_MERGE_AT", 2)
+    a, b, c, held = (event_id_digest(f"e{k}") for k in range(4))
+    index = EventIdIndex(np.array([held], DIGEST))
+    # The batch's ids pass the merge threshold mid-way: a copy after it is still a copy.
+    assert index.add_all([a, held, b, a, c, b, a]) == [True, False, True, False, True, False, False]
+    assert index.add_all([c, event_id_digest("e9")]) == [False, True]
+    assert index.add_all([]) == [] and len(index) == 5

@@ -11,6 +11,8 @@ of a Python set's ~100.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from streams.store.event_ids import DIGEST
@@ -32,20 +34,35 @@ class EventIdIndex:
         return len(self._sorted) + len(self._recent)
 
     def __contains__(self, digest: bytes) -> bool:
-        if digest in self._recent:
-            return True
-        i = int(np.searchsorted(self._sorted, digest))
-        # An element read out as bytes loses trailing NULs; compared as S16 arrays it does not.
-        return bool((self._sorted[i : i + 1] == np.array(digest, DIGEST)).any())
+        return digest in self._recent or bool(self._held_in_sorted([digest])[0])
+
+    def _held_in_sorted(self, digests: Sequence[bytes]) -> np.ndarray:
+        """Per digest, whether the sorted array holds it: one vectorised search for them all
+        (a search per record cost 15 us of the worker's 49 us per event)."""
+        # Compared as S16 arrays: an element read out as bytes loses its trailing NULs.
+        wanted = np.array(digests, DIGEST)
+        if not len(self._sorted):
+            return np.zeros(len(wanted), bool)
+        at = np.minimum(np.searchsorted(self._sorted, wanted), len(self._sorted) - 1)
+        return self._sorted[at] == wanted
 
     def add(self, digest: bytes) -> bool:
         """Record ``digest``; True if it was not held yet (the first copy of its event)."""
-        if digest in self:
-            return False
-        self._recent.add(digest)
+        return self.add_all([digest])[0]
+
+    def add_all(self, digests: Sequence[bytes]) -> list[bool]:
+        """Record ``digests`` in order; per digest, True if neither the index nor an earlier
+        one of them held it (the first copy of its event)."""
+        first = []
+        for digest, held in zip(digests, self._held_in_sorted(digests).tolist(), strict=True):
+            new = not held and digest not in self._recent
+            if new:
+                self._recent.add(digest)
+            first.append(new)
+        # Merged after the loop: the search above ran before any of these entered the array.
         if len(self._recent) >= _MERGE_AT:
             self._merge()
-        return True
+        return first
 
     def discard(self, digest: bytes) -> None:
         """Forget ``digest``: its event was not stored after all."""

@@ -118,6 +118,7 @@ class Ingestor:
         self._load_watermarks([source for source, _ in records])
         batch = LedgerBatch()
         rejects: list[Reject] = []
+        event_rows: dict[Partition, list[tuple[int, str]]] = {}  # (row, event id), in order
         now = datetime.now(UTC)
         for source, value in records:
             mark = self._watermarks.get((source.topic, source.partition))
@@ -128,19 +129,25 @@ class Ingestor:
                 self.counters.replays_dropped += 1
                 continue
             try:
-                self._add_valid(batch, source, value, now)
+                event_id = self._add_valid(batch, source, value, now)
             except InvalidEvent as exc:
                 row = batch.add_rejected(value, exc.reason, source)
                 rejects.append(Reject(source, value, exc.reason, row))
+                continue
+            if event_id is not None:
+                rows = event_rows.setdefault((source.topic, source.partition), [])
+                rows.append((len(batch) - 1, event_id))
+        self._mark_duplicates(batch, event_rows)
         return batch, rejects
 
     def _add_valid(
         self, batch: LedgerBatch, source: SourceRecord, value: bytes | None, now: datetime
-    ) -> None:
-        """Add the record as accepted, or raise ``InvalidEvent`` with the reason."""
+    ) -> str | None:
+        """Add the record as accepted and return its event id (None for a catalogue record),
+        or raise ``InvalidEvent`` with the reason."""
         if value is None and source.topic == self.settings.catalogue_topic:
             batch.add_catalogue_deletion(parse_catalogue_deletion(source.key), source)
-            return
+            return None
         if value is None:
             raise InvalidEvent("value: null (a tombstone or an empty send); expected a JSON object")
         if source.topic == self.settings.catalogue_topic:
@@ -148,14 +155,24 @@ class Ingestor:
             if problem := key_problem(source.key, item.item_id, "item_id"):
                 raise InvalidEvent(problem)
             batch.add_catalogue_item(item, source)
-        else:
-            event = parse_event(value, now=now, max_clock_skew=self._skew)
-            if problem := key_problem(source.key, event.user_id, "user_id"):
-                raise InvalidEvent(problem)
-            ids = self._event_ids[(source.topic, source.partition)]
-            duplicate = not ids.add(event_id_digest(event.event_id))
-            self.counters.duplicates += duplicate
-            batch.add_accepted(event, source, duplicate=duplicate)
+            return None
+        event = parse_event(value, now=now, max_clock_skew=self._skew)
+        if problem := key_problem(source.key, event.user_id, "user_id"):
+            raise InvalidEvent(problem)
+        batch.add_accepted(event, source)
+        return event.event_id
+
+    def _mark_duplicates(
+        self, batch: LedgerBatch, event_rows: dict[Partition, list[tuple[int, str]]]
+    ) -> None:
+        """Flag each accepted event whose id its partition already held, or held earlier in
+        the batch: one index lookup per partition and batch."""
+        for partition, rows in event_rows.items():
+            digests = [event_id_digest(event_id) for _, event_id in rows]
+            first = self._event_ids[partition].add_all(digests)
+            for (row, _), is_first in zip(rows, first, strict=True):
+                batch.columns["duplicate"][row] = not is_first
+                self.counters.duplicates += not is_first
 
     def commit_batch(
         self, batch: LedgerBatch, records: Sequence[tuple[SourceRecord, bytes | None]]

@@ -204,12 +204,14 @@ def with_resends(
 
 
 def dedup_cost_us(records: list[tuple[bytes, bytes]]) -> float:
-    """Per-record cost of the worker's duplicate check: digest the id, add it to the index."""
+    """Per-record cost of the worker's duplicate check: digest the ids, add them to the index,
+    by batches of the worker's largest size."""
     ids = [json.loads(value)["event_id"] for _, value in records]
     index = EventIdIndex()
+    size = StreamSettings().batch_max_events
     start = time.perf_counter()
-    for event_id in ids:
-        index.add(event_id_digest(event_id))
+    for at in range(0, len(ids), size):
+        index.add_all([event_id_digest(event_id) for event_id in ids[at : at + size]])
     return (time.perf_counter() - start) / len(ids) * 1e6
 
 
