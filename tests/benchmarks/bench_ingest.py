@@ -8,7 +8,7 @@
    every offset is committed (ingest_eps; its startup is included and also reported alone).
    Then ``events`` must hold each of the N events exactly once (``lost`` = N - distinct ids,
    ``duplicates_shown`` = rows beyond N); what hiding the copies costs is measured twice: in
-   the worker (digest and index per record, ``dedup_us_per_record``, timed here on the same ids)
+   the worker (digests and index by batches, ``dedup_us_per_record``, timed here on the same ids)
    and in queries (a full scan of ``events`` against the same scan without the duplicate
    filter).
 4. Freshness: with the backlog drained, events are produced live at half the measured ingest
