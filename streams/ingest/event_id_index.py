@@ -69,9 +69,8 @@ class EventIdIndex:
         if digest in self._recent:
             self._recent.remove(digest)
             return
-        i = int(np.searchsorted(self._sorted, digest))
-        if (self._sorted[i : i + 1] == np.array(digest, DIGEST)).any():
-            self._sorted = np.delete(self._sorted, i)
+        if self._held_in_sorted([digest])[0]:
+            self._sorted = np.delete(self._sorted, np.searchsorted(self._sorted, digest))
 
     def _merge(self) -> None:
         recent = np.sort(np.fromiter(self._recent, DIGEST, len(self._recent)))
