@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 JARS := $(VENV)/.kafka-jars
 
-.PHONY: install kafka-jars demo test lint bench-ingest bench-compact bench-derive bench-ab bench-quality tune-quality bench-eval-scale bench-retrain bench-serve bench-loop clean
+.PHONY: install kafka-jars demo test lint bench-ingest bench-compact bench-derive bench-ab bench-quality tune-quality bench-eval-scale bench-retrain bench-serve bench-loop bench-cuda clean
 
 # pip byte-compiles each package's ~18,700 modules in one process (about 95 s here); compileall
 # does it on every core. Some packages ship files that are not Python 3 on purpose (templates,
@@ -74,6 +74,10 @@ bench-serve: $(JARS)
 
 bench-loop: $(JARS)
 	$(BIN)/python -m tests.benchmarks.bench_loop
+
+# Where a GPU is present; without one only the CPU half runs.
+bench-cuda: $(INSTALLED)
+	$(BIN)/python -m tests.benchmarks.bench_cuda
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -61,7 +61,7 @@ def gaussian_rows_like(
 ) -> torch.Tensor:
     """New embedding rows ~ N(0, var(existing)), var over all entries of the existing rows."""
     std = existing.float().var().sqrt()
-    return torch.randn(rows, existing.shape[1], generator=generator) * std
+    return torch.randn(rows, existing.shape[1], generator=generator, device=existing.device) * std
 
 
 def add_embedding_rows(model: PreTrainedModel, first_new: int, size: int, seed: int) -> None:
@@ -69,7 +69,7 @@ def add_embedding_rows(model: PreTrainedModel, first_new: int, size: int, seed: 
     N(0, var) of the rows before it, which stay untouched (so do the tied output rows)."""
     old = model.get_input_embeddings().weight.data[:first_new].clone()
     model.resize_token_embeddings(size, mean_resizing=False)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(old.device).manual_seed(seed)  # CUDA draws need a CUDA generator
     with torch.no_grad():
         weight = model.get_input_embeddings().weight
         weight[first_new:] = gaussian_rows_like(old, size - first_new, generator)

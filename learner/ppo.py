@@ -159,7 +159,9 @@ class PPOTrainer:
         self.parameters = list(policy.parameters()) + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.lr)
         self.moments = RunningMoments()
-        self.generator = torch.Generator().manual_seed(settings.seed + shard.rank)
+        # Sampling draws on the policy's device: a CPU generator cannot drive CUDA sampling.
+        device = next(policy.parameters()).device
+        self.generator = torch.Generator(device).manual_seed(settings.seed + shard.rank)
 
     @torch.no_grad()
     def rollout(self, requests: Sequence[Request]) -> Rollout:

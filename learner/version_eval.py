@@ -84,7 +84,7 @@ def kl_to_reference(
 ) -> float:
     """KL(pi || pi_ref) per page, in nats: the mean over pages sampled from pi of
     sum_t (log pi(a_t) - log pi_ref(a_t)) under the decoding masks."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(next(models.policy.parameters()).device).manual_seed(seed)
     total, pages = 0.0, 0
     for start in range(0, len(requests), batch_size):
         chunk = requests[start : start + batch_size]
