@@ -35,6 +35,23 @@ LONGEST_MODULES = (
 )
 
 
+WORKER_LOG_LINES = 80
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test that started ingest workers shows the end of each one's log: a timeout
+    under load is otherwise not diagnosable after the fact."""
+    report = yield
+    if report.failed and call.when == "call":
+        for path in getattr(item, "worker_logs", ()):
+            lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+            report.sections.append(
+                (f"worker log {path.name}", "\n".join(lines[-WORKER_LOG_LINES:]))
+            )
+    return report
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {module: i for i, module in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept
@@ -58,6 +75,12 @@ def wait_for(
         if now > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(max(interval_s, 2 * (now - asked)))
+
+
+def waiting_on_a_file_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked on a ``flock`` (a ``->`` line of /proc/locks)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any(f[1:3] == ["->", "FLOCK"] and f[5] == str(pid) for f in map(str.split, lines))
 
 
 def read_topic(settings: StreamSettings, topic: str, expected: int) -> list:
@@ -143,16 +166,18 @@ def settings(kafka_bootstrap: str, tmp_path: Path) -> StreamSettings:
 
 @pytest.fixture
 def workers(
-    settings: StreamSettings, tmp_path: Path
+    settings: StreamSettings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ingest worker processes on demand; all are stopped (or killed) after the test."""
     started: list[subprocess.Popen[bytes]] = []
+    request.node.worker_logs = []
 
     def start(writer_id: str = "w0", use: StreamSettings | None = None) -> subprocess.Popen[bytes]:
         log_path = tmp_path / "logs" / f"{writer_id}-{len(started)}.log"
         proc = spawn_worker(use or settings, writer_id, log_path)
         proc.log_path = log_path  # type: ignore[attr-defined]
         started.append(proc)
+        request.node.worker_logs.append(log_path)
         return proc
 
     yield start

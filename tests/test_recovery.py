@@ -18,7 +18,7 @@ from streams.ingest.producer import EventProducer
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
 from streams.store.store_views import connect_store
-from tests.conftest import wait_for
+from tests.conftest import wait_for, waiting_on_a_file_lock
 from tests.feed_bytes import rating_records
 
 pytestmark = pytest.mark.kafka
@@ -156,12 +156,6 @@ def test_two_workers_share_four_partitions_and_store_each_event_once(
     assert owned["wa"] | owned["wb"] == {0, 1, 2, 3}, owned
 
 
-def waiting_on_a_file_lock(pid: int) -> bool:
-    """Whether process ``pid`` is blocked on a ``flock`` (a ``->`` line of /proc/locks)."""
-    lines = Path("/proc/locks").read_text().splitlines()
-    return any(f[1:3] == ["->", "FLOCK"] and f[5] == str(pid) for f in map(str.split, lines))
-
-
 def stopped(pid: int) -> bool:
     """Whether every thread of process ``pid`` is stopped (state T in /proc/PID/task/*/stat)."""
     stats = (path.read_text() for path in Path(f"/proc/{pid}/task").glob("*/stat"))
@@ -183,7 +177,10 @@ def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
     fence_dir = EventStore(settings.store_dir).fences.dir / settings.events_topic
     wait_for(lambda: list(fence_dir.glob("*.json")), 120, "the first worker claiming partitions")
     with contextlib.ExitStack() as held:
-        for lock_path in sorted(fence_dir.glob("*.lock")):
+        # Every partition's, not only those claimed so far: the first worker may claim the
+        # others, and store their batches, after this look.
+        for partition in range(settings.partitions):
+            lock_path = fence_dir / f"{partition}.lock"
             fcntl.flock(held.enter_context(lock_path.open("a")), fcntl.LOCK_EX)
         produced += produce(settings, records)  # every user: every partition, held ones too
         wait_for(lambda: waiting_on_a_file_lock(stalled.pid), 60, "a batch waiting to publish")

@@ -38,16 +38,29 @@ class PartitionFences:
 
     @contextlib.contextmanager
     def _locked(self, partitions: Iterable[Partition]) -> Iterator[dict[Partition, int]]:
-        """Hold the locks of ``partitions`` (in sorted order: no deadlock); their epochs."""
+        """Hold the locks of ``partitions``, all or none; their epochs.
+
+        A writer never waits for one lock while holding another: it takes them without
+        waiting, and at the first that is busy lets go of the rest and waits for that one
+        alone. A writer stalled while it waits (SIGSTOP, a pause) then holds nothing a
+        successor needs: held in sorted order instead, a batch of partitions 0 and 1 that
+        waited on 1 kept 0 from its successor for as long as the stall lasted."""
+        wanted = sorted(set(partitions))
+        paths = {p: self._epoch_path(p) for p in wanted}
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
-            epochs = {}
-            for partition in sorted(set(partitions)):
-                path = self._epoch_path(partition)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                lock = stack.enter_context(open(path.with_suffix(".lock"), "a"))
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                epochs[partition] = json.loads(path.read_text())["epoch"] if path.exists() else 0
-            yield epochs
+            while True:
+                busy = _lock_all(stack, [paths[p].with_suffix(".lock") for p in wanted])
+                if busy is None:
+                    break
+                stack.close()  # let go of the rest, then wait for the busy one alone
+                with open(busy, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+            yield {
+                p: json.loads(path.read_text())["epoch"] if path.exists() else 0
+                for p, path in paths.items()
+            }
 
     def claim(self, partitions: Iterable[Partition], writer_id: str) -> dict[Partition, int]:
         """Take ``partitions``: each epoch grows by one; returns the epochs now this writer's."""
@@ -70,3 +83,15 @@ class PartitionFences:
                     "them: its batch is not stored, the new owner has those records"
                 )
             yield
+
+
+def _lock_all(stack: contextlib.ExitStack, paths: list[Path]) -> Path | None:
+    """Take every lock in ``paths`` without waiting, each held until ``stack`` closes; the
+    first one another holder has, if any (the locks taken before it stay on ``stack``)."""
+    for path in paths:
+        lock = stack.enter_context(path.open("a"))
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return path
+    return None
