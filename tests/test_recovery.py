@@ -175,10 +175,15 @@ def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
     produced = produce(settings, islice(records, 5_000))
     stalled = workers("wa", use=settings)
     fence_dir = EventStore(settings.store_dir).fences.dir / settings.events_topic
-    wait_for(lambda: list(fence_dir.glob("*.json")), 120, "the first worker claiming partitions")
+    # Every partition claimed first (the first 5,000 records hold 100 users, so all four
+    # partitions): the stall then hits a batch waiting to publish, never a claim, which, woken
+    # after its successor's, would take a partition back with nothing of its own to store.
+    wait_for(
+        lambda: len(list(fence_dir.glob("*.json"))) == settings.partitions,
+        120,
+        "the first worker claiming every partition",
+    )
     with contextlib.ExitStack() as held:
-        # Every partition's, not only those claimed so far: the first worker may claim the
-        # others, and store their batches, after this look.
         for partition in range(settings.partitions):
             lock_path = fence_dir / f"{partition}.lock"
             fcntl.flock(held.enter_context(lock_path.open("a")), fcntl.LOCK_EX)
