@@ -13,7 +13,9 @@
    filter).
 4. Freshness: with the backlog drained, events are produced live at half the measured ingest
    rate; a DuckDB prober in this process notes when each batch file first appears in the glob
-   the views read; freshness = that moment - the record's Kafka timestamp (its produce time).
+   the views read; freshness = that moment - the record's Kafka timestamp (its produce time),
+   also in its two parts, split at the row's ``ingested_at`` (stamped just before its batch is
+   written): produce -> ingested_at, and ingested_at -> visible.
 
 The last line printed is the JSON summary.
 """
@@ -122,6 +124,11 @@ class FreshnessProber(threading.Thread):
         super().__init__(daemon=True)
         self.store, self.since_ms, self.interval_s = store, since_ms, interval_s
         self.delays: list[float] = []
+        # Each delay's two parts: produce -> ingested_at (stamped just before the batch is
+        # written: the client, the broker, the fetch, the batch wait, validation), and
+        # ingested_at -> visible (the write, and this prober's own polling).
+        self.to_ingested: list[float] = []
+        self.ingested_to_visible: list[float] = []
         self.seen: set[str] = set()
         self.stop_flag = threading.Event()
 
@@ -139,17 +146,22 @@ class FreshnessProber(threading.Thread):
             if new:
                 self.seen.update(new)
                 stamps = con.execute(
-                    "SELECT epoch_ms(kafka_timestamp) FROM read_parquet(?) "
-                    "WHERE epoch_ms(kafka_timestamp) >= ?",
+                    "SELECT epoch_ms(kafka_timestamp), epoch_ms(ingested_at) "
+                    "FROM read_parquet(?) WHERE epoch_ms(kafka_timestamp) >= ?",
                     [new, self.since_ms],
                 ).fetchall()
-                self.delays.extend((visible_ms - s[0]) / 1000 for s in stamps)
+                self.delays.extend((visible_ms - sent) / 1000 for sent, _ in stamps)
+                self.to_ingested.extend((stamped - sent) / 1000 for sent, stamped in stamps)
+                self.ingested_to_visible.extend(
+                    (visible_ms - stamped) / 1000 for _, stamped in stamps
+                )
             self.stop_flag.wait(self.interval_s)
 
 
 def measure_freshness(
     settings: StreamSettings, records: list[tuple[bytes, bytes]], rate_eps: float
-) -> list[float]:
+) -> FreshnessProber:
+    """The prober after every live record became visible: its delays, and their parts."""
     store = EventStore(settings.store_dir)
     start_ms = int(time.time() * 1000)
     prober = FreshnessProber(store, since_ms=start_ms)
@@ -183,7 +195,7 @@ def measure_freshness(
     prober.join()
     if stored(settings) - before < len(records):
         raise RuntimeError("the live events did not all arrive in the store")
-    return prober.delays
+    return prober
 
 
 def with_resends(
@@ -300,7 +312,8 @@ def main() -> None:
                 (e.user_id.encode(), event_to_json(e))
                 for e in generator.events(int(rate * args.live_seconds))
             ]
-            delays = measure_freshness(settings, live, rate)
+            prober = measure_freshness(settings, live, rate)
+            delays = prober.delays
             rss = peak_rss_mb(worker.pid)
             stop_worker(worker)
         finally:
@@ -321,6 +334,12 @@ def main() -> None:
                 "ratio": round(ingest_eps / raw_eps, 3),
                 "freshness_p50_s": round(quantile(delays, 0.5), 3),
                 "freshness_p99_s": round(quantile(delays, 0.99), 3),
+                "produce_to_ingested_p50_p99_s": [
+                    round(quantile(prober.to_ingested, q), 3) for q in (0.5, 0.99)
+                ],
+                "ingested_to_visible_p50_p99_s": [
+                    round(quantile(prober.ingested_to_visible, q), 3) for q in (0.5, 0.99)
+                ],
                 "peak_rss_mb": round(rss, 1),
                 "worker_first_batch_s": round(first_batch_s or float("nan"), 2),
                 "live_rate_eps": round(rate),
