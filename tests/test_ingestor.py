@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from streams.derive.snapshot_store import read_stream
-from streams.ingest.batch_consumer import source_of
+from streams.ingest.batch_consumer import batch_wait_left, source_of
 from streams.ingest.ingest_worker import Ingestor
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
@@ -301,3 +301,11 @@ def test_an_event_the_ledger_cannot_hold_is_parked_and_its_partition_goes_on(
     later = resend(values[4:5], range(7, 8))
     batch, _ = ingestor.build_batch(later)
     assert batch.columns["duplicate"] == [False]
+
+
+def test_a_batch_waits_what_is_left_of_its_oldest_records_wait() -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    assert batch_wait_left(0.5, now - timedelta(seconds=0.2), now) == pytest.approx(0.3)
+    assert batch_wait_left(0.5, now - timedelta(seconds=3), now) == 0  # a backlog: at once
+    assert batch_wait_left(0.5, now + timedelta(seconds=2), now) == 0.5  # a clock ahead
+    assert batch_wait_left(0.5, None, now) == 0.5  # no timestamp

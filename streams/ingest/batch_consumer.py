@@ -6,8 +6,11 @@ consumer reads (README, bench-ingest). The worker needs none of what that path a
 no per-event agents), so this service reads whole fetches with aiokafka's ``getmany`` inside
 faust's worker lifecycle, and keeps the guarantees the stream path gave:
 
-* a micro-batch closes at ``batch_max_events`` records or ``batch_max_wait_s`` after its first,
-  and is gathered while the one before it is stored (batches are stored one at a time, in
+* a micro-batch closes at ``batch_max_events`` records or once its oldest record is
+  ``batch_max_wait_s`` old, counted from the record's Kafka timestamp (its produce time), so
+  time spent in the client, the broker and the fetch comes out of the wait, not on top of it
+  (at most that long after the batch's first record arrived: a clock ahead cannot stretch it);
+  it is gathered while the one before it is stored (batches are stored one at a time, in
   order), so a record waits at most about the batch wait plus one store;
 * its offsets are committed only after ``persist`` made it durable (a crash replays it);
 * a rebalance waits for the batch in flight, so a revoked partition's last batch is stored and
@@ -51,6 +54,15 @@ def record_time(timestamp_ms: int | None) -> datetime | None:
         return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
     except (OverflowError, ValueError, OSError):
         return None
+
+
+def batch_wait_left(wait_s: float, oldest: datetime | None, now: datetime) -> float:
+    """How long a new batch may still gather: wait_s - clamp(now - oldest, 0, wait_s); the whole
+    wait when no record carries a timestamp."""
+    if oldest is None:
+        return wait_s
+    age = (now - oldest).total_seconds()
+    return wait_s - min(max(age, 0.0), wait_s)
 
 
 def source_of(record: ConsumerRecord[bytes, bytes]) -> tuple[SourceRecord, bytes | None]:
@@ -150,7 +162,7 @@ class BatchConsumer(Service):
             os._exit(EXIT_UNPERSISTED)
 
     async def _next_batch(self) -> Records:
-        """Records until ``batch_max_events``, or ``batch_max_wait_s`` after the first one."""
+        """Records until ``batch_max_events``, or until the oldest is ``batch_max_wait_s`` old."""
         assert self.consumer is not None
         s = self.settings
         records: Records = []
@@ -165,7 +177,11 @@ class BatchConsumer(Service):
             for partition_records in fetched.values():
                 records.extend(source_of(r) for r in partition_records)
             if records and deadline is None:
-                deadline = time.monotonic() + s.batch_max_wait_s
+                stamps = [source.timestamp for source, _ in records if source.timestamp]
+                left = batch_wait_left(
+                    s.batch_max_wait_s, min(stamps, default=None), datetime.now(UTC)
+                )
+                deadline = time.monotonic() + left
             elif not records:
                 break  # idle: let the loop start a fresh batch (and notice a stop)
         return records
