@@ -39,7 +39,9 @@ class StreamSettings(BaseSettings):
         20_000, ge=1, description="a micro-batch is written when it holds this many events"
     )
     batch_max_wait_s: float = Field(
-        0.5, gt=0, description="...or when its first event has waited this long (freshness)"
+        0.5,
+        gt=0,
+        description="...or once its oldest event is this old, from its produce time (freshness)",
     )
     session_timeout_s: float = Field(
         10.0, ge=6, description="a worker silent this long is dropped and its partitions move"
