@@ -305,7 +305,9 @@ def test_an_event_the_ledger_cannot_hold_is_parked_and_its_partition_goes_on(
 
 def test_a_batch_waits_what_is_left_of_its_oldest_records_wait() -> None:
     now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-    assert batch_wait_left(0.5, now - timedelta(seconds=0.2), now) == pytest.approx(0.3)
-    assert batch_wait_left(0.5, now - timedelta(seconds=3), now) == 0  # a backlog: at once
-    assert batch_wait_left(0.5, now + timedelta(seconds=2), now) == 0.5  # a clock ahead
-    assert batch_wait_left(0.5, None, now) == 0.5  # no timestamp
+    ago = [now - timedelta(seconds=s) for s in (0.2, 0.45, 3)]
+    assert batch_wait_left(0.5, ago[0], now, 0.1) == pytest.approx(0.3)
+    assert batch_wait_left(0.5, ago[1], now, 0.1) == 0.1  # late: one fetch wait still
+    assert batch_wait_left(0.5, ago[2], now, 0.1) == 0.1  # a backlog, a clock behind
+    assert batch_wait_left(0.5, now + timedelta(seconds=2), now, 0.1) == 0.5  # a clock ahead
+    assert batch_wait_left(0.5, None, now, 0.1) == 0.5  # no timestamp

@@ -9,7 +9,9 @@ faust's worker lifecycle, and keeps the guarantees the stream path gave:
 * a micro-batch closes at ``batch_max_events`` records or once its oldest record is
   ``batch_max_wait_s`` old, counted from the record's Kafka timestamp (its produce time), so
   time spent in the client, the broker and the fetch comes out of the wait, not on top of it
-  (at most that long after the batch's first record arrived: a clock ahead cannot stretch it);
+  (at most that long after the batch's first record arrived: a clock ahead cannot stretch it;
+  at least one fetch wait, so that late records, a backlog's or a clock behind's, still gather
+  a batch rather than close one per fetch);
   it is gathered while the one before it is stored (batches are stored one at a time, in
   order), so a record waits at most about the batch wait plus one store;
 * its offsets are committed only after ``persist`` made it durable (a crash replays it);
@@ -56,13 +58,14 @@ def record_time(timestamp_ms: int | None) -> datetime | None:
         return None
 
 
-def batch_wait_left(wait_s: float, oldest: datetime | None, now: datetime) -> float:
-    """How long a new batch may still gather: wait_s - clamp(now - oldest, 0, wait_s); the whole
-    wait when no record carries a timestamp."""
+def batch_wait_left(wait_s: float, oldest: datetime | None, now: datetime, floor_s: float) -> float:
+    """How long a new batch may still gather: max(floor_s, wait_s - clamp(now - oldest, 0,
+    wait_s)); the whole wait when no record carries a timestamp. The floor keeps records
+    already late (a backlog, a producer's clock behind) from closing a batch per fetch."""
     if oldest is None:
         return wait_s
     age = (now - oldest).total_seconds()
-    return wait_s - min(max(age, 0.0), wait_s)
+    return max(floor_s, wait_s - min(max(age, 0.0), wait_s))
 
 
 def source_of(record: ConsumerRecord[bytes, bytes]) -> tuple[SourceRecord, bytes | None]:
@@ -178,9 +181,9 @@ class BatchConsumer(Service):
                 records.extend(source_of(r) for r in partition_records)
             if records and deadline is None:
                 stamps = [source.timestamp for source, _ in records if source.timestamp]
-                left = batch_wait_left(
-                    s.batch_max_wait_s, min(stamps, default=None), datetime.now(UTC)
-                )
+                oldest = min(stamps, default=None)
+                floor_s = min(s.fetch_max_wait_ms / 1000, s.batch_max_wait_s)
+                left = batch_wait_left(s.batch_max_wait_s, oldest, datetime.now(UTC), floor_s)
                 deadline = time.monotonic() + left
             elif not records:
                 break  # idle: let the loop start a fresh batch (and notice a stop)
