@@ -3,25 +3,24 @@ none of the others (a stall while it waits must not block a successor)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from streams.store.file_locks import LockBusy, exclusive
 from streams.store.partition_fences import Fenced, PartitionFences
 from tests.conftest import wait_for, waiting_on_a_file_lock
 
 
 def try_lock(path: Path) -> bool:
     """Whether the lock on ``path`` is free (taken and let go at once)."""
-    with path.open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-    return True
+    try:
+        with exclusive(path, busy="held"):
+            return True
+    except LockBusy:
+        return False
 
 
 def test_claims_bump_epochs_and_fence_the_earlier_writer(tmp_path: Path) -> None:
@@ -40,8 +39,7 @@ def test_a_writer_waiting_for_one_partition_holds_none_of_the_others(tmp_path: P
     fences.claim([("t", 0), ("t", 1)], "wa")
     lock_of = {p: fences.dir / "t" / f"{p}.lock" for p in (0, 1)}
     claimed: dict = {}
-    with lock_of[1].open("a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # another writer holds partition 1
+    with exclusive(lock_of[1]):  # another writer holds partition 1
         waiter = threading.Thread(
             target=lambda: claimed.update(fences.claim([("t", 0), ("t", 1)], "wb"))
         )

@@ -14,12 +14,12 @@ local and NFSv4 file systems honour.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from streams.store.atomic_files import write_atomically
+from streams.store.file_locks import LockBusy, exclusive
 
 Partition = tuple[str, int]  # (topic, partition)
 
@@ -47,16 +47,11 @@ class PartitionFences:
         waited on 1 kept 0 from its successor for as long as the stall lasted."""
         wanted = sorted(set(partitions))
         paths = {p: self._epoch_path(p) for p in wanted}
-        for path in paths.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
-            while True:
-                busy = _lock_all(stack, [paths[p].with_suffix(".lock") for p in wanted])
-                if busy is None:
-                    break
+            while busy := _lock_all(stack, [paths[p].with_suffix(".lock") for p in wanted]):
                 stack.close()  # let go of the rest, then wait for the busy one alone
-                with open(busy, "a") as lock:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
+                with exclusive(busy):
+                    pass
             yield {
                 p: json.loads(path.read_text())["epoch"] if path.exists() else 0
                 for p, path in paths.items()
@@ -89,9 +84,8 @@ def _lock_all(stack: contextlib.ExitStack, paths: list[Path]) -> Path | None:
     """Take every lock in ``paths`` without waiting, each held until ``stack`` closes; the
     first one another holder has, if any (the locks taken before it stay on ``stack``)."""
     for path in paths:
-        lock = stack.enter_context(path.open("a"))
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            stack.enter_context(exclusive(path, busy=f"{path} is held"))
+        except LockBusy:
             return path
     return None

@@ -75,6 +75,12 @@ def synthetic_snapshot(users: int, items: int, seed: int = 7) -> TrainingSnapsho
     return build_training_snapshot(ratings, catalogue, DeriveConfig())
 
 
+def synchronize(device: str) -> None:
+    """Wait for the device's queued kernels, so that a timer reads their work too."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def train_on(
     device: str, snapshot: TrainingSnapshot, settings: LearnerSettings, run_dir: Path
 ) -> dict[str, float]:
@@ -85,8 +91,7 @@ def train_on(
         seconds = run_in_process(
             stages_for([ABLATION]), run_dir, snapshot, settings, lambda title: None
         )
-    if device == "cuda":
-        torch.cuda.synchronize()
+    synchronize(device)
     return seconds
 
 
@@ -109,16 +114,14 @@ def page_rate(
     requests = sorted(snapshot.histories.items())
     with torch.device(device):
         generate_pages(policy, vocab, requests[:batch], k, greedy=True)  # warm-up: kernels, caches
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         started = time.perf_counter()
         pages: list[list[str]] = []
         for first in range(0, len(requests), batch):
             pages += generate_pages(
                 policy, vocab, requests[first : first + batch], k, greedy=True
             ).pages
-        if device == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
         elapsed = time.perf_counter() - started
     return len(requests) / elapsed, pages
 
@@ -167,7 +170,7 @@ def main() -> None:
         "items": args.items,
         "cpu_threads": args.threads,
         "batch": args.batch,
-        **{f"{d}": f for d, f in figures.items()},
+        **figures,
         "train_speedup": round(figures["cpu"]["train_s"] / figures["cuda"]["train_s"], 2)
         if both
         else None,
