@@ -30,7 +30,7 @@ def test_rank_by_rating_then_popularity_then_id() -> None:
     user = ratings(("a", 4, 1), ("b", 5, 2), ("c", 4, 3), ("d", 4, 4), ("e", 5, 5))
     popularity = {"a": 3.9, "c": 4.5, "d": 3.9}
     ranked = SortedRatings.build("u1", user, popularity, {}).ranked
-    assert [item for *_, item in ranked] == ["b", "e", "c", "a", "d"]
+    assert list(ranked) == ["b", "e", "c", "a", "d"]
 
 
 def test_category_slots_is_floor_of_cap_times_size_at_least_one() -> None:

@@ -88,10 +88,9 @@ def prompt_and_golden_items(
 ) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
     """(q_u, sigma_u^gt, cap relaxed) of one user, read off their sorted ratings (no sorting)."""
     length = prompt_length_for(len(history.chronological), prompt_length, list_length)
-    latest = history.chronological[-length:] if length > 0 else []
-    prompt = tuple(item for _, item in latest)  # the most recent, oldest first
+    prompt = tuple(history.chronological[-length:]) if length > 0 else ()  # oldest first
     in_prompt = set(prompt)
-    candidates = (item for _, _, item in history.ranked if item not in in_prompt)
+    candidates = (item for item in history.ranked if item not in in_prompt)
     items, relaxed = apply_category_cap(
         candidates,
         category,

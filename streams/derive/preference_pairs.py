@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from schemas.training_data import PAIR_FAMILIES, GoldenList, PairFamily, PreferencePair
-from streams.derive.sorted_ratings import DislikeKey, SortedRatings
+from streams.derive.sorted_ratings import SortedRatings
 
 
 def family_rng(seed: int, user_id: str, family: str) -> random.Random:
@@ -39,14 +39,12 @@ def adjacent_same_category(items: Sequence[str], category: Mapping[str, str]) ->
     return sum(category.get(a) == category.get(b) for a, b in itertools.pairwise(items))
 
 
-def preference_negative(
-    golden: Sequence[str], disliked: Sequence[DislikeKey]
-) -> tuple[str, ...] | None:
+def preference_negative(golden: Sequence[str], disliked: Sequence[str]) -> tuple[str, ...] | None:
     """Up to len(golden) items rated r < 3, lowest rating first, then most recent
     (``disliked`` is in that order: ``SortedRatings.disliked``)."""
     if not disliked:
         return None
-    return tuple(item for *_, item in disliked[: max(1, len(golden))])
+    return tuple(disliked[: max(1, len(golden))])
 
 
 def ranking_negative(golden: Sequence[str], rng: random.Random) -> tuple[str, ...] | None:

@@ -103,9 +103,9 @@ def build_training_snapshot(
         snapshot.prompts[user], snapshot.golden[user] = prompt, golden
         snapshot.validation[user], snapshot.test[user] = split.validation, split.test
         snapshot.train_ratings[user] = {i: r.rating for i, r in split.train.items()}
-        snapshot.train_sequences[user] = tuple(item for _, item in history.chronological)
+        snapshot.train_sequences[user] = tuple(history.chronological)
         recent = history.chronological[-config.prompt_length :] if config.prompt_length else []
-        snapshot.histories[user] = tuple(item for _, item in recent)
+        snapshot.histories[user] = tuple(recent)
         for pair in pairs:
             snapshot.pairs.setdefault(pair.family, []).append(pair)
         snapshot.skipped.update(skipped.items())
