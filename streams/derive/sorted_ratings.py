@@ -90,6 +90,7 @@ class SortedItems:
         self.items.insert(at, item)
 
     def remove(self, item: str, number: float) -> None:
+        """Take out ``item``, held under ``number``."""
         lo, hi = self._span(number)
         at = self.items.index(item, lo, hi)
         del self.numbers[at]
