@@ -186,3 +186,66 @@ def test_an_event_that_leaves_the_lists_as_they_were_keeps_their_models() -> Non
     assert data.golden is golden and kept["np"] is not pairs["np"]
     assert kept["np"].rejected[0] == "i23"
     assert all(kept[f] is pairs[f] for f in ("rk", "d", "rd"))
+
+
+def test_a_d_pair_drawn_at_random_stands_until_an_item_it_drew_is_rated() -> None:
+    # a likes i0-i7: prompt i5-i7, list i0-i4, dominant category c0 (i0, i4); d replaces i1-i3
+    # by three unseen items of c0's 8, drawn at random (6 unseen). Rating another c0 item
+    # leaves the draws as they were; rating one of the drawn items changes them.
+    state = DerivedState(CATALOGUE, CONFIG)
+    rate = lambda i, m: Rating(  # noqa: E731
+        type="rating",
+        event_id=f"a-{i}-{m}",
+        user_id="a",
+        session_id="s",
+        ts=T0 + timedelta(minutes=m),
+        item_id=i,
+        rating=5 if m < 8 else 3,  # a 3 moves no list: only which items are rated
+    )
+    state.apply([rate(f"i{n}", n) for n in range(8)])
+    data = state.users["a"]
+    golden, pair = data.golden, next(p for p in data.pairs if p.family == "d")
+    assert golden is not None and golden.items == ("i0", "i1", "i2", "i3", "i4")
+    drawn = [r for g, r in zip(golden.items, pair.rejected, strict=True) if g != r]
+    undrawn = sorted({f"i{n}" for n in range(8, 30, 4)} - set(drawn))
+
+    def rebuilt(events: list) -> DerivedState:
+        return DerivedState.rebuild(CATALOGUE, CONFIG, events)
+
+    events = [rate(f"i{n}", n) for n in range(8)] + [rate(undrawn[0], 8)]
+    state.apply(events[-1:])
+    assert data.golden is golden and next(p for p in data.pairs if p.family == "d") is pair
+    assert training_view(state) == training_view(rebuilt(events))
+
+    events.append(rate(drawn[0], 9))
+    state.apply(events[-1:])
+    again = next(p for p in data.pairs if p.family == "d")
+    assert data.golden is golden and again is not pair and drawn[0] not in again.rejected
+    assert training_view(state) == training_view(rebuilt(events))
+
+
+def test_a_category_change_is_counted_again_at_the_next_refresh() -> None:
+    # a rated i1 (c1) and i2 (c2); i1 moves to c2. An event of a's after the change rebuilds
+    # a's lists with the new category, but a's count of rated items per category still says
+    # c1: the refresh recounts it, and the state equals a rebuild on the new catalogue.
+    rate = lambda i, r, m: Rating(  # noqa: E731
+        type="rating",
+        event_id=f"a-{i}-{m}",
+        user_id="a",
+        session_id="s",
+        ts=T0 + timedelta(minutes=m),
+        item_id=i,
+        rating=r,
+    )
+    events = [rate(f"i{n}", 5, n) for n in range(8)]
+    state = DerivedState(CATALOGUE, CONFIG)
+    state.apply(events)
+    moved = CATALOGUE | {"i1": CatalogueItem(item_id="i1", category="c2")}
+    state.update_catalogue(moved)
+    events.append(rate("i9", 4, 9))
+    state.apply(events[-1:])
+    assert state.users["a"].history.rated_per_category["c1"] == 3  # i1, i5, i9: i1 as it was
+    assert state.stale_users() == ["a"] and state.refresh() == ["a"]
+    full = DerivedState.rebuild(moved, CONFIG, events)
+    assert state.users["a"].history == full.users["a"].history
+    assert training_view(state) == training_view(full)

@@ -118,7 +118,7 @@ def test_unseen_items_are_drawn_without_listing_a_large_pool_and_listed_when_few
     assert drawn is not None and len(set(drawn)) == 5 and not any(map(seen, drawn))
     assert sample_unseen(pool, 51, seen, unseen=50, rng=family_rng(1, "u", "d")) is None
     # Few unseen (the draws would mostly miss): listed. A stale count that promises more than
-    # there are is caught by the listing too.
+    # there are finds none.
     few = {f"i{n}" for n in range(97)}.__contains__
     assert sorted(sample_unseen(pool, 3, few, unseen=3, rng=family_rng(1, "u", "d")) or []) == [
         "i97",

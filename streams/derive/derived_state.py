@@ -6,9 +6,11 @@ items whose rating by that user changed. The work per event is bounded by the pa
 the list length, not by the user's history nor by the total.
 
 Which pairs a batch can change: while the golden list (and the catalogue) stays as it was, rk
-and rd, functions of the golden list alone, stay too; d stays unless the user's rated items of
-the list's dominant category changed (its draws read only which of them are rated); np, a
-slice of the disliked items, stays while that slice does. An unchanged prompt or list keeps its
+and rd, functions of the golden list alone, stay too; d stays while the user's rated items of
+the list's dominant category are the same, and a d drawn at random also while none of the
+items it drew became rated and it would still draw at random (a draw at random reads only the
+items it drew, see ``sample_unseen``); np, a slice of the disliked items, stays while that
+slice does. An unchanged prompt or list keeps its
 model. A long history makes an unchanged list likelier, so later events of a user cost less.
 
 Staleness bound: a user's golden list breaks rating ties by the popularity s_i each candidate
@@ -43,7 +45,12 @@ from streams.derive.golden_list import (
     DEFAULT_PROMPT_LENGTH,
     prompt_and_golden_items,
 )
-from streams.derive.preference_pairs import build_pairs, dominant_category, preference_negative
+from streams.derive.preference_pairs import (
+    build_pairs,
+    dominant_category,
+    draws_at_random,
+    preference_negative,
+)
 from streams.derive.sorted_ratings import SortedRatings
 
 Event = Impression | Click | Purchase | Rating
@@ -82,7 +89,11 @@ class UserData:
     golden: GoldenList | None = None
     pairs: list[PreferencePair] = field(default_factory=list)
     skipped: dict[PairFamily, str] = field(default_factory=dict)
-    catalogue_version: int = 0
+    dominant: str = ""  # the golden list's dominant category
+    catalogue_version: int = 0  # the catalogue the lists were built with
+    # The catalogue the per-category counts were made with: a category change moves the count
+    # of every item that had it, rated by users an event may not touch before a refresh.
+    counted_version: int = 0
 
 
 class DerivedState:
@@ -117,13 +128,15 @@ class DerivedState:
     def _user(self, user_id: str) -> UserData:
         if user_id not in self.users:
             accumulator = RatingAccumulator(user_id, self.config.rule)
-            self.users[user_id] = UserData(accumulator, SortedRatings(user_id))
+            self.users[user_id] = UserData(
+                accumulator, SortedRatings(user_id), counted_version=self.catalogue_version
+            )
         return self.users[user_id]
 
     def _fold(self, data: UserData, events: Iterable[Event]) -> set[str]:
         """Fold a user's new events in; update only the ratings (and item stats) that moved.
-        Returns the categories in which the user's set of rated items changed."""
-        newly_seen: set[str] = set()
+        Returns the items that became rated (or unrated)."""
+        seen_changed: set[str] = set()
         changed: set[str] = set()
         for event in events:
             changed |= data.accumulator.add(event)
@@ -132,7 +145,7 @@ class DerivedState:
             if old == new:
                 continue
             if (old is None) != (new is None):
-                newly_seen.add(self.category.get(item, ""))
+                seen_changed.add(item)
             if old is not None:
                 stats = self.items[item]
                 stats.count -= 1
@@ -142,7 +155,7 @@ class DerivedState:
                 stats.count += 1
                 stats.rating_sum += new.rating
             data.history.set(item, new, self.popularity(item), self.category.get(item, ""))
-        return newly_seen
+        return seen_changed
 
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold a batch of events in (stream order); returns the users it touched."""
@@ -151,16 +164,16 @@ class DerivedState:
             touched.setdefault(event.user_id, []).append(event)
         for user_id, new in touched.items():
             data = self._user(user_id)
-            self._build_lists(data, newly_seen=self._fold(data, new))
+            self._build_lists(data, seen_changed=self._fold(data, new))
         return set(touched)
 
     def popularity(self, item: str) -> float:
         stats = self.items.get(item)
         return stats.mean if stats else 0.0
 
-    def _build_lists(self, data: UserData, newly_seen: set[str] | None = None) -> None:
-        """Rebuild the user's prompt and golden list, and the pairs they (or ``newly_seen``, the
-        categories whose rated items changed since the last build) can change; None: all."""
+    def _build_lists(self, data: UserData, seen_changed: set[str] | None = None) -> None:
+        """Rebuild the user's prompt and golden list, and the pairs they (or ``seen_changed``,
+        the items that became rated or unrated since the last build) can change; None: all."""
         c = self.config
         prompt_items, golden_items, relaxed = prompt_and_golden_items(
             data.history,
@@ -177,7 +190,7 @@ class DerivedState:
         golden = data.golden
         if golden is None or (golden.items, golden.cap_relaxed) != (golden_items, relaxed):
             golden = GoldenList(user_id=user, items=golden_items, cap_relaxed=relaxed)
-        kept = self._pairs_still_valid(data, golden, newly_seen)
+        kept = self._pairs_still_valid(data, golden, seen_changed)
         pairs, skipped = build_pairs(
             golden,
             data.history,
@@ -191,20 +204,22 @@ class DerivedState:
             skipped |= {f: reason for f, reason in data.skipped.items() if f in kept}
             pairs.sort(key=lambda p: PAIR_FAMILIES.index(p.family))
             skipped = {f: skipped[f] for f in PAIR_FAMILIES if f in skipped}
+        if golden is not data.golden or data.catalogue_version != self.catalogue_version:
+            data.dominant = dominant_category(golden.items, self.category) if golden.items else ""
         data.pairs, data.skipped = pairs, skipped
         data.prompt, data.golden = prompt, golden
         data.catalogue_version = self.catalogue_version
 
     def _pairs_still_valid(
-        self, data: UserData, golden: GoldenList, newly_seen: set[str] | None
+        self, data: UserData, golden: GoldenList, seen_changed: set[str] | None
     ) -> set[PairFamily]:
         """The families whose pair (or skip) built last time is still the one to build."""
-        if newly_seen is None or golden is not data.golden:
+        if seen_changed is None or golden is not data.golden:
             return set()
         if data.catalogue_version != self.catalogue_version:
             return set()
         kept: set[PairFamily] = {"rk", "rd"}
-        if not golden.items or dominant_category(golden.items, self.category) not in newly_seen:
+        if self._diversity_pair_stands(data, seen_changed):
             kept.add("d")
         if golden.items:  # np is a slice of the disliked items: kept if that slice is
             before = next((p.rejected for p in data.pairs if p.family == "np"), None)
@@ -212,11 +227,35 @@ class DerivedState:
                 kept.add("np")
         return kept
 
+    def _diversity_pair_stands(self, data: UserData, seen_changed: set[str]) -> bool:
+        """Whether the d pair (or skip) of the unchanged golden list is still the one to build:
+        yes while no item of its dominant category became rated; else, for a pair, while it
+        would still be drawn at random and none of the items it drew is among them."""
+        golden = data.golden.items if data.golden else ()
+        if not golden:
+            return True
+        dominant = data.dominant
+        changed = [i for i in seen_changed if self.category.get(i, "") == dominant]
+        if not changed:
+            return True
+        pair = next((p for p in data.pairs if p.family == "d"), None)
+        if pair is None or any(i not in data.history for i in changed):
+            return False  # a skip, or an item unrated again: rebuilt
+        pool = self.items_by_category.get(dominant, ())
+        unseen = len(pool) - data.history.rated_per_category.get(dominant, 0)
+        drawn = [r for g, r in zip(golden, pair.rejected, strict=True) if g != r]
+        return (
+            unseen >= len(drawn)
+            and draws_at_random(len(pool), unseen)
+            and not any(i in seen_changed for i in drawn)
+        )
+
     def _resort(self, user_id: str, data: UserData) -> None:
         """Sort the user's ratings afresh with today's s_i and categories."""
         ratings = data.history.ratings
         popularity = {i: self.popularity(i) for i, r in ratings.items() if is_positive(r.rating)}
         data.history = SortedRatings.build(user_id, ratings, popularity, self.category)
+        data.counted_version = self.catalogue_version
 
     def stale_users(self) -> list[str]:
         """Users whose lists were built with popularity or categories that changed since."""
@@ -224,6 +263,7 @@ class DerivedState:
             user_id
             for user_id, data in self.users.items()
             if data.catalogue_version != self.catalogue_version
+            or data.counted_version != self.catalogue_version
             or any(self.popularity(i) != s for i, s in data.history.popularity_used.items())
         ]
 

@@ -66,6 +66,11 @@ def ranking_negative(golden: Sequence[str], rng: random.Random) -> tuple[str, ..
     return tuple(items)
 
 
+def draws_at_random(pool_size: int, unseen: int) -> bool:
+    """4 * unseen >= pool_size: random draws find an unseen item once in 4 tries or better."""
+    return 4 * unseen >= pool_size
+
+
 def sample_unseen(
     pool: Sequence[str],
     k: int,
@@ -76,12 +81,14 @@ def sample_unseen(
     """k distinct items of ``pool`` that are not ``seen``, of which there are ``unseen``.
 
     When at least a quarter of the pool is unseen, random draws find k of them after about
-    4k tries, without listing the pool (a category may hold thousands of items); else, or if
-    the draws run out (a stale ``unseen``), the unseen items are listed and k drawn from them.
+    4k tries, without listing the pool (a category may hold thousands of items); if 64k tries
+    do not (a count that promises more than there are), none. Else the unseen items are listed
+    and k drawn from them. So a draw at random reads only the items it drew: while none of
+    those changes, it draws the same again (``derived_state`` keeps such a pair).
     """
     if unseen < k:
         return None
-    if 4 * unseen >= len(pool):
+    if draws_at_random(len(pool), unseen):
         chosen: dict[str, None] = {}
         for _ in range(64 * k):
             item = pool[rng.randrange(len(pool))]
@@ -89,6 +96,7 @@ def sample_unseen(
                 chosen[item] = None
                 if len(chosen) == k:
                     return list(chosen)
+        return None
     listed = [i for i in pool if not seen(i)]
     return rng.sample(listed, k) if len(listed) >= k else None
 
