@@ -15,6 +15,19 @@ CATALOGUE = {f"i{n}": CatalogueItem(item_id=f"i{n}", category=f"c{n % 4}") for n
 CONFIG = DeriveConfig(prompt_length=3, list_length=5, seed=5)
 
 
+def rate(item: str, rating: int, minute: int, user: str = "a") -> Rating:
+    """``user``'s rating of ``item``, ``minute`` minutes after T0."""
+    return Rating(
+        type="rating",
+        event_id=f"{user}-{item}-{minute}",
+        user_id=user,
+        session_id="s",
+        ts=T0 + timedelta(minutes=minute),
+        item_id=item,
+        rating=rating,
+    )
+
+
 @st.composite
 def user_histories(draw: st.DrawFn) -> dict[str, list]:
     """Per user, an ordered history of ratings and impression/click pairs."""
@@ -108,19 +121,10 @@ def test_incremental_after_refresh_equals_full_rebuild(case: tuple[list, list[li
 
 def test_an_event_touches_only_its_user() -> None:
     state = DerivedState(CATALOGUE, CONFIG)
-    rate = lambda u, i, r, m: Rating(  # noqa: E731
-        type="rating",
-        event_id=f"{u}-{i}-{m}",
-        user_id=u,
-        session_id="s",
-        ts=T0 + timedelta(minutes=m),
-        item_id=i,
-        rating=r,
-    )
-    state.apply([rate("a", f"i{n}", 5, n) for n in range(8)])
-    state.apply([rate("b", f"i{n}", 4, n) for n in range(8)])
+    state.apply([rate(f"i{n}", 5, n, "a") for n in range(8)])
+    state.apply([rate(f"i{n}", 4, n, "b") for n in range(8)])
     before = state.users["a"].golden
-    assert state.apply([rate("b", "i9", 5, 20)]) == {"b"}
+    assert state.apply([rate("i9", 5, 20, "b")]) == {"b"}
     assert state.users["a"].golden is before  # untouched, possibly stale
     assert state.stale_users() == ["a"]  # b's ratings moved s_i of a's candidates
     assert state.refresh() == ["a"] and state.stale_users() == []
@@ -163,15 +167,6 @@ def test_an_event_that_leaves_the_lists_as_they_were_keeps_their_models() -> Non
     # their cap-balanced order). A neutral 3 changes no list and no disliked slice: the prompt,
     # the golden list and every pair are the same objects; a new dislike rebuilds only np.
     state = DerivedState(CATALOGUE, CONFIG)
-    rate = lambda i, r, m: Rating(  # noqa: E731
-        type="rating",
-        event_id=f"a-{i}-{m}",
-        user_id="a",
-        session_id="s",
-        ts=T0 + timedelta(minutes=m),
-        item_id=i,
-        rating=r,
-    )
     state.apply([rate(f"i{n}", 5, n) for n in range(8)] + [rate("i20", 1, 9), rate("i21", 2, 10)])
     data = state.users["a"]
     prompt, golden, pairs = data.prompt, data.golden, {p.family: p for p in data.pairs}
@@ -191,18 +186,9 @@ def test_an_event_that_leaves_the_lists_as_they_were_keeps_their_models() -> Non
 def test_a_d_pair_drawn_at_random_stands_until_an_item_it_drew_is_rated() -> None:
     # a likes i0-i7: prompt i5-i7, list i0-i4, dominant category c0 (i0, i4); d replaces i1-i3
     # by three unseen items of c0's 8, drawn at random (6 unseen). Rating another c0 item
-    # leaves the draws as they were; rating one of the drawn items changes them.
+    # (a 3, which moves no list) leaves the draws as they were; rating a drawn item changes them.
     state = DerivedState(CATALOGUE, CONFIG)
-    rate = lambda i, m: Rating(  # noqa: E731
-        type="rating",
-        event_id=f"a-{i}-{m}",
-        user_id="a",
-        session_id="s",
-        ts=T0 + timedelta(minutes=m),
-        item_id=i,
-        rating=5 if m < 8 else 3,  # a 3 moves no list: only which items are rated
-    )
-    state.apply([rate(f"i{n}", n) for n in range(8)])
+    state.apply([rate(f"i{n}", 5, n) for n in range(8)])
     data = state.users["a"]
     golden, pair = data.golden, next(p for p in data.pairs if p.family == "d")
     assert golden is not None and golden.items == ("i0", "i1", "i2", "i3", "i4")
@@ -212,12 +198,12 @@ def test_a_d_pair_drawn_at_random_stands_until_an_item_it_drew_is_rated() -> Non
     def rebuilt(events: list) -> DerivedState:
         return DerivedState.rebuild(CATALOGUE, CONFIG, events)
 
-    events = [rate(f"i{n}", n) for n in range(8)] + [rate(undrawn[0], 8)]
+    events = [rate(f"i{n}", 5, n) for n in range(8)] + [rate(undrawn[0], 3, 8)]
     state.apply(events[-1:])
     assert data.golden is golden and next(p for p in data.pairs if p.family == "d") is pair
     assert training_view(state) == training_view(rebuilt(events))
 
-    events.append(rate(drawn[0], 9))
+    events.append(rate(drawn[0], 3, 9))
     state.apply(events[-1:])
     again = next(p for p in data.pairs if p.family == "d")
     assert data.golden is golden and again is not pair and drawn[0] not in again.rejected
@@ -228,15 +214,6 @@ def test_a_category_change_is_counted_again_at_the_next_refresh() -> None:
     # a rated i1 (c1) and i2 (c2); i1 moves to c2. An event of a's after the change rebuilds
     # a's lists with the new category, but a's count of rated items per category still says
     # c1: the refresh recounts it, and the state equals a rebuild on the new catalogue.
-    rate = lambda i, r, m: Rating(  # noqa: E731
-        type="rating",
-        event_id=f"a-{i}-{m}",
-        user_id="a",
-        session_id="s",
-        ts=T0 + timedelta(minutes=m),
-        item_id=i,
-        rating=r,
-    )
     events = [rate(f"i{n}", 5, n) for n in range(8)]
     state = DerivedState(CATALOGUE, CONFIG)
     state.apply(events)
