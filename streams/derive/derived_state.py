@@ -10,8 +10,8 @@ and rd, functions of the golden list alone, stay too; d stays while the user's r
 the list's dominant category are the same, and a d drawn at random also while none of the
 items it drew became rated and it would still draw at random (a draw at random reads only the
 items it drew, see ``sample_unseen``); np, a slice of the disliked items, stays while that
-slice does. An unchanged prompt or list keeps its
-model. A long history makes an unchanged list likelier, so later events of a user cost less.
+slice does. An unchanged prompt or list keeps its model. A long history makes an unchanged
+list likelier, so later events of a user cost less.
 
 Staleness bound: a user's golden list breaks rating ties by the popularity s_i each candidate
 had when the user's rating of it last changed (or at the user's last refresh), and caps
