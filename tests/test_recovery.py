@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import signal
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from kafka.errors import KafkaError
 from streams.ingest.producer import EventProducer
 from streams.settings import StreamSettings
 from streams.store.event_store import EventStore
+from streams.store.file_locks import exclusive
 from streams.store.store_views import connect_store
 from tests.conftest import wait_for, waiting_on_a_file_lock
 from tests.feed_bytes import rating_records
@@ -186,7 +186,7 @@ def test_a_worker_stalled_past_its_session_cannot_store_what_its_successor_took(
     with contextlib.ExitStack() as held:
         for partition in range(settings.partitions):
             lock_path = fence_dir / f"{partition}.lock"
-            fcntl.flock(held.enter_context(lock_path.open("a")), fcntl.LOCK_EX)
+            held.enter_context(exclusive(lock_path))
         produced += produce(settings, records)  # every user: every partition, held ones too
         wait_for(lambda: waiting_on_a_file_lock(stalled.pid), 60, "a batch waiting to publish")
         stalled.send_signal(signal.SIGSTOP)

@@ -89,7 +89,6 @@ class UserData:
     golden: GoldenList | None = None
     pairs: list[PreferencePair] = field(default_factory=list)
     skipped: dict[PairFamily, str] = field(default_factory=dict)
-    dominant: str = ""  # the golden list's dominant category
     catalogue_version: int = 0  # the catalogue the lists were built with
     # The catalogue the per-category counts were made with: a category change moves the count
     # of every item that had it, rated by users an event may not touch before a refresh.
@@ -204,8 +203,6 @@ class DerivedState:
             skipped |= {f: reason for f, reason in data.skipped.items() if f in kept}
             pairs.sort(key=lambda p: PAIR_FAMILIES.index(p.family))
             skipped = {f: skipped[f] for f in PAIR_FAMILIES if f in skipped}
-        if golden is not data.golden or data.catalogue_version != self.catalogue_version:
-            data.dominant = dominant_category(golden.items, self.category) if golden.items else ""
         data.pairs, data.skipped = pairs, skipped
         data.prompt, data.golden = prompt, golden
         data.catalogue_version = self.catalogue_version
@@ -234,7 +231,7 @@ class DerivedState:
         golden = data.golden.items if data.golden else ()
         if not golden:
             return True
-        dominant = data.dominant
+        dominant = dominant_category(golden, self.category)
         changed = [i for i in seen_changed if self.category.get(i, "") == dominant]
         if not changed:
             return True
